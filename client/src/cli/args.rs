@@ -1,0 +1,262 @@
+//! refreshctl's command line.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+/// The environment variable naming refreshd's socket.
+pub const SOCKET_ENV: &str = "REFRESHD_SOCKET";
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the operation failed (including a change that ended in Error or Undone)
+  2  usage error (bad arguments)
+  3  refreshd is unreachable
+  4  permission denied
+  5  conflict with a change in progress
+
+--json prints refreshd's API objects as documented in docs/api.md.";
+
+/// Installs, removes and follows snaps through refreshd.
+#[derive(Parser, Debug)]
+#[command(name = "refreshctl", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// The root refreshd manages; its socket is DIR/run/refreshd.socket [default: /]
+    #[arg(long, value_name = "DIR", global = true)]
+    pub root: Option<PathBuf>,
+
+    /// refreshd's socket; overrides --root. Without either, $REFRESHD_SOCKET if set
+    #[arg(long, value_name = "PATH", global = true)]
+    pub socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Show refreshd's version, root and activity
+    Status(JsonFlag),
+    /// List installed snaps
+    List(JsonFlag),
+    /// Install a snap from a local .snap file
+    Install {
+        /// The .snap file
+        file: PathBuf,
+        /// Install as this parallel instance (NAME_KEY)
+        #[arg(long, value_name = "INSTANCE")]
+        name: Option<String>,
+        #[command(flatten)]
+        wait: NoWait,
+    },
+    /// Remove a snap
+    Remove {
+        /// The snap's instance name
+        name: String,
+        #[command(flatten)]
+        wait: NoWait,
+    },
+    /// List changes (those in progress unless --all)
+    Changes {
+        /// Include changes that are ready
+        #[arg(long)]
+        all: bool,
+        /// Only changes touching this snap
+        #[arg(long, value_name = "NAME")]
+        snap: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Show the tasks of a change, their logs and errors
+    Tasks {
+        /// The change's id (see refreshctl changes)
+        id: u64,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Follow a change until it is ready; exits 1 if it did not succeed
+    Watch {
+        /// The change's id (see refreshctl changes)
+        id: u64,
+        // With --json: every state of the change as a line of JSON (NDJSON).
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Abort a change: undo what it did, skip what it has not started
+    Abort {
+        /// The change's id (see refreshctl changes)
+        id: u64,
+    },
+}
+
+#[derive(Args, Debug, PartialEq, Eq, Default, Clone, Copy)]
+pub struct JsonFlag {
+    /// Print refreshd's JSON (schema: docs/api.md) instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, PartialEq, Eq, Default, Clone, Copy)]
+pub struct NoWait {
+    /// Print the change id and return at once instead of following the change
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+impl Cli {
+    /// The socket to talk to: `--socket`, else `--root`, else `$REFRESHD_SOCKET`, else
+    /// `/run/refreshd.socket`. A flag beats the environment because it was typed for this call.
+    pub fn socket_path(&self, env: Option<OsString>) -> PathBuf {
+        if let Some(socket) = &self.socket {
+            return socket.clone();
+        }
+        if let Some(root) = &self.root {
+            return socket_in(root);
+        }
+        match env {
+            Some(env) if !env.is_empty() => PathBuf::from(env),
+            _ => socket_in(Path::new("/")),
+        }
+    }
+}
+
+fn socket_in(root: &Path) -> PathBuf {
+    root.join("run/refreshd.socket")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("refreshctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn commands() {
+        let json = JsonFlag { json: true };
+        let cases: &[(&[&str], Command)] = &[
+            (&["status"], Command::Status(JsonFlag::default())),
+            (&["status", "--json"], Command::Status(json)),
+            (&["list", "--json"], Command::List(json)),
+            (
+                &["install", "hello.snap"],
+                Command::Install {
+                    file: "hello.snap".into(),
+                    name: None,
+                    wait: NoWait::default(),
+                },
+            ),
+            (
+                &["install", "--name", "hello_work", "--no-wait", "hello.snap"],
+                Command::Install {
+                    file: "hello.snap".into(),
+                    name: Some("hello_work".into()),
+                    wait: NoWait { no_wait: true },
+                },
+            ),
+            (
+                &["remove", "hello", "--no-wait"],
+                Command::Remove {
+                    name: "hello".into(),
+                    wait: NoWait { no_wait: true },
+                },
+            ),
+            (
+                &["changes"],
+                Command::Changes {
+                    all: false,
+                    snap: None,
+                    json: JsonFlag::default(),
+                },
+            ),
+            (
+                &["changes", "--all", "--snap", "hello", "--json"],
+                Command::Changes {
+                    all: true,
+                    snap: Some("hello".into()),
+                    json,
+                },
+            ),
+            (
+                &["tasks", "7"],
+                Command::Tasks {
+                    id: 7,
+                    json: JsonFlag::default(),
+                },
+            ),
+            (&["watch", "7", "--json"], Command::Watch { id: 7, json }),
+            (&["abort", "12"], Command::Abort { id: 12 }),
+        ];
+        for (args, want) in cases {
+            let cli = parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(&cli.command, want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        for args in [
+            &[][..],
+            &["frobnicate"],
+            &["tasks"],
+            &["tasks", "seven"],
+            &["tasks", "-1"],
+            &["install"],
+            &["abort", "1", "2"],
+            &["list", "--no-wait"],
+            &["install", "--json", "x.snap"],
+        ] {
+            let err = parse(args).expect_err(&format!("{args:?} should not parse"));
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn help_and_version_exit_0() {
+        for (args, kind) in [
+            (&["--help"][..], ErrorKind::DisplayHelp),
+            (&["tasks", "--help"], ErrorKind::DisplayHelp),
+            (&["--version"], ErrorKind::DisplayVersion),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.kind(), kind);
+            assert_eq!(err.exit_code(), 0);
+        }
+        let help = parse(&["--help"]).unwrap_err().to_string();
+        assert!(help.contains("Exit codes:"), "{help}");
+    }
+
+    #[test]
+    fn socket_choice() {
+        let env = || Some(OsString::from("/tmp/env.socket"));
+        let cases: &[(&[&str], Option<OsString>, &str)] = &[
+            (&["status"], None, "/run/refreshd.socket"),
+            (&["status"], env(), "/tmp/env.socket"),
+            (&["status"], Some(OsString::new()), "/run/refreshd.socket"),
+            (
+                &["--root", "/srv/r", "status"],
+                env(),
+                "/srv/r/run/refreshd.socket",
+            ),
+            // Global options may come after the command too.
+            (
+                &["status", "--root", "/srv/r"],
+                None,
+                "/srv/r/run/refreshd.socket",
+            ),
+            (
+                &["--root", "/srv/r", "--socket", "/tmp/s", "status"],
+                env(),
+                "/tmp/s",
+            ),
+        ];
+        for (args, env, want) in cases {
+            let cli = parse(args).unwrap();
+            assert_eq!(cli.socket_path(env.clone()), Path::new(want), "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! What each refreshctl command does.
+
+use std::io::{self, IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::args::{Command, JsonFlag};
+use super::exit::ChangeFailed;
+use super::format::{self, Clock};
+use super::progress::{Follower, Mode};
+use crate::client::{Client, ClientError};
+use crate::types::{Change, Select};
+
+pub async fn run(command: Command, client: &Client, clock: &Clock) -> Result<()> {
+    match command {
+        Command::Status(JsonFlag { json }) => {
+            let info = client.system_info().await.doing("get refreshd's status")?;
+            if json {
+                return print_json(&info);
+            }
+            print(&format::system_info(&info, clock))
+        }
+        Command::List(JsonFlag { json }) => {
+            let snaps = client.snaps().await.doing("list snaps")?;
+            if json {
+                return print_json(&snaps);
+            }
+            if snaps.is_empty() {
+                eprintln!("No snaps are installed yet; install one with: refreshctl install FILE");
+                return Ok(());
+            }
+            print(&format::snaps(&snaps))
+        }
+        Command::Install {
+            file,
+            name,
+            wait: no_wait,
+        } => {
+            let id = client
+                .install_file(&file, name.as_deref())
+                .await
+                .doing(&format!("install {}", file.display()))?;
+            if no_wait.no_wait {
+                return print(&format!("{id}\n"));
+            }
+            let change = wait(client, id).await?;
+            let installed = match change.snap.as_deref().or(name.as_deref()) {
+                Some(snap) => {
+                    let snap = client.snap(snap).await.doing("get the installed snap")?;
+                    format!("Installed {} {}\n", snap.name, snap.revision)
+                }
+                None => format!("Installed {} (change {id})\n", display_name(&file)),
+            };
+            print(&installed)
+        }
+        Command::Remove {
+            name,
+            wait: no_wait,
+        } => {
+            let id = client
+                .remove(&name)
+                .await
+                .doing(&format!("remove {name}"))?;
+            if no_wait.no_wait {
+                return print(&format!("{id}\n"));
+            }
+            wait(client, id).await?;
+            print(&format!("Removed {name}\n"))
+        }
+        Command::Changes { all, snap, json } => {
+            let select = if all { Select::All } else { Select::InProgress };
+            let changes = client
+                .changes(select, snap.as_deref())
+                .await
+                .doing("list changes")?;
+            if json.json {
+                return print_json(&changes);
+            }
+            if changes.is_empty() {
+                let which = if all { "" } else { " in progress" };
+                match snap {
+                    Some(snap) => eprintln!("No changes{which} for snap {snap:?}."),
+                    None => eprintln!("No changes{which}."),
+                }
+                return Ok(());
+            }
+            print(&format::changes(&changes, clock))
+        }
+        Command::Tasks { id, json } => {
+            let change = client.change(id).await.doing(&format!("get change {id}"))?;
+            if json.json {
+                return print_json(&change);
+            }
+            print(&format::tasks(&change, clock))
+        }
+        Command::Watch { id, json } => {
+            let mode = if json.json {
+                Mode::Json
+            } else if io::stdout().is_terminal() {
+                Mode::Live
+            } else {
+                Mode::Lines
+            };
+            let change = follow(client, id, Follower::new(io::stdout(), mode)).await?;
+            check(&change)?;
+            if mode != Mode::Json {
+                print(&format!(
+                    "Change {} ({}) is {}\n",
+                    change.id, change.summary, change.status
+                ))?;
+            }
+            Ok(())
+        }
+        Command::Abort { id } => {
+            let change = client
+                .abort(id)
+                .await
+                .doing(&format!("abort change {id}"))?;
+            let text = if change.ready {
+                format!("Change {id} ({}) is {}\n", change.summary, change.status)
+            } else {
+                format!(
+                    "Aborting change {id} ({}); follow it with: refreshctl watch {id}\n",
+                    change.summary
+                )
+            };
+            print(&text)
+        }
+    }
+}
+
+/// `install` and `remove` follow their change like `watch`, with the progress on stderr so
+/// that stdout carries only the result.
+async fn wait(client: &Client, id: u64) -> Result<Change> {
+    let mode = if io::stderr().is_terminal() {
+        Mode::Live
+    } else {
+        Mode::Lines
+    };
+    let change = follow(client, id, Follower::new(io::stderr(), mode)).await?;
+    check(&change)?;
+    Ok(change)
+}
+
+/// Shows every state of change `id` until it is ready, and returns the ready one.
+async fn follow<W: Write>(client: &Client, id: u64, mut shown: Follower<W>) -> Result<Change> {
+    let mut watch = client.watch(id);
+    let mut last = None;
+    while let Some(change) = watch.next().await {
+        let change = match change {
+            Ok(change) => change,
+            Err(err) => {
+                let _ = shown.finish();
+                return Err(err).doing(&format!("follow change {id}"));
+            }
+        };
+        shown.show(&change).context("cannot write progress")?;
+        last = Some(change);
+    }
+    shown.finish().context("cannot write progress")?;
+    last.with_context(|| format!("refreshd's watch of change {id} ended without any state"))
+}
+
+/// A ready change that did not succeed is the command's failure (exit code 1).
+fn check(change: &Change) -> Result<()> {
+    if change.status.is_failure() {
+        return Err(ChangeFailed(Box::new(change.clone())).into());
+    }
+    Ok(())
+}
+
+fn display_name(file: &Path) -> String {
+    file.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| file.display().to_string())
+}
+
+fn print(text: &str) -> Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("cannot write to standard output")
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value).context("cannot encode JSON")?;
+    text.push('\n');
+    print(&text)
+}
+
+/// Context for client errors. The server's own messages (API errors) and the unreachable
+/// message already say what failed and what to do, so they are left alone; the rest get told
+/// what we were doing.
+trait Doing<T> {
+    fn doing(self, what: &str) -> Result<T>;
+}
+
+impl<T> Doing<T> for std::result::Result<T, ClientError> {
+    fn doing(self, what: &str) -> Result<T> {
+        self.map_err(|err| match err {
+            ClientError::Api { .. } | ClientError::Unreachable { .. } => err.into(),
+            _ => anyhow::Error::new(err).context(format!("cannot {what}")),
+        })
+    }
+}

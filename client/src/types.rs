@@ -1,0 +1,605 @@
+//! The JSON shapes of refreshd's API (docs/api.md), shared by the daemon, which serializes
+//! them, and the client, which deserializes them.
+//!
+//! Field names are kebab-case exactly as documented. Times are [`jiff::Timestamp`]s, which
+//! serialize as RFC 3339 strings in UTC. Optional values serialize as `null` (as the examples in
+//! the doc show) and parse from either `null` or absence.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/system-info`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct SystemInfo {
+    pub version: String,
+    /// The API version, `"v1"`.
+    pub api: String,
+    pub root: PathBuf,
+    pub pid: u32,
+    pub started: Timestamp,
+    /// How many snaps are installed.
+    pub snaps: u64,
+    pub changes_in_progress: u64,
+    pub mount_mode: MountMode,
+}
+
+/// How snap payloads are made available.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum MountMode {
+    /// Read-only loop mounts of the squashfs images.
+    Loop,
+    /// Unpacked copies, where loop devices are unavailable.
+    Extract,
+    /// A mode this client does not know (a newer daemon).
+    #[serde(other)]
+    Unknown,
+}
+
+impl fmt::Display for MountMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            MountMode::Loop => "loop",
+            MountMode::Extract => "extract",
+            MountMode::Unknown => "unknown",
+        })
+    }
+}
+
+/// An installed snap: an element of `GET /v1/snaps`, or `GET /v1/snaps/NAME`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Snap {
+    /// The instance name (`hello_work` for a parallel instance).
+    pub name: String,
+    /// The name from snap.yaml.
+    pub snap_name: String,
+    pub instance_key: Option<String>,
+    /// The current revision (`"x1"` for a local install).
+    pub revision: String,
+    pub version: String,
+    pub summary: String,
+    pub channel: Option<String>,
+    /// `"forever"` or an RFC 3339 time; `None` when not held.
+    pub hold: Option<String>,
+    /// Every revision kept on disk, oldest first.
+    #[serde(default)]
+    pub revisions: Vec<String>,
+    #[serde(default)]
+    pub apps: Vec<AppInfo>,
+    pub installed: Timestamp,
+}
+
+/// An app of a snap.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct AppInfo {
+    pub name: String,
+    pub command: String,
+    /// The daemon type (`simple`, `forking`, …) when the app is a service.
+    pub daemon: Option<String>,
+}
+
+/// A change: a user-visible operation made of tasks.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Change {
+    pub id: u64,
+    /// `install`, `remove`, …
+    pub kind: String,
+    pub summary: String,
+    /// The snap this change touches, if any.
+    pub snap: Option<String>,
+    pub status: Status,
+    /// True once no task can make progress any more.
+    pub ready: bool,
+    pub spawn_time: Timestamp,
+    pub ready_time: Option<Timestamp>,
+    /// Every task error, one per line.
+    pub error: Option<String>,
+    /// Empty (and left out of the JSON) in `GET /v1/changes`, which lists changes without
+    /// their tasks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<Task>,
+}
+
+/// One step of a change.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Task {
+    pub id: u64,
+    pub kind: String,
+    pub summary: String,
+    pub status: Status,
+    #[serde(default)]
+    pub progress: Progress,
+    #[serde(default)]
+    pub log: Vec<String>,
+    /// Set while the task waits to retry a transient failure.
+    pub retry: Option<RetryInfo>,
+    /// Set while the task is parked in [`Status::Wait`].
+    pub wait: Option<WaitInfo>,
+    pub spawn_time: Timestamp,
+    pub ready_time: Option<Timestamp>,
+}
+
+/// How far a task has got; `total` 0 means unknown.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub struct Progress {
+    pub label: String,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Why and when a task will be retried.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct RetryInfo {
+    pub count: u32,
+    pub reason: String,
+    pub next_attempt: Timestamp,
+}
+
+/// What a task parked in `Wait` waits for.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct WaitInfo {
+    /// The event that wakes the task, e.g. `snap-idle:hello`.
+    pub event: String,
+    /// A time after which the task stops waiting, if any.
+    pub until: Option<Timestamp>,
+    pub reason: String,
+}
+
+/// The status of a task, or of a change (derived from its tasks).
+///
+/// Serialized as the bare variant name (`"Doing"`), as the doc spells them.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    Do,
+    Doing,
+    Done,
+    Undo,
+    Undoing,
+    Undone,
+    Error,
+    Hold,
+    Wait,
+}
+
+impl Status {
+    /// True when nothing more will happen: `Done`, `Undone`, `Error` or `Hold`.
+    pub fn is_ready(self) -> bool {
+        matches!(
+            self,
+            Status::Done | Status::Undone | Status::Error | Status::Hold
+        )
+    }
+
+    /// True when this is a ready status that did not achieve what was asked: `Undone` (rolled
+    /// back or aborted), `Error`, or `Hold` (aborted before it started).
+    pub fn is_failure(self) -> bool {
+        matches!(self, Status::Undone | Status::Error | Status::Hold)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Do => "Do",
+            Status::Doing => "Doing",
+            Status::Done => "Done",
+            Status::Undo => "Undo",
+            Status::Undoing => "Undoing",
+            Status::Undone => "Undone",
+            Status::Error => "Error",
+            Status::Hold => "Hold",
+            Status::Wait => "Wait",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // pad, not write_str, so that `{:<8}` lines statuses up.
+        f.pad(self.as_str())
+    }
+}
+
+/// The body of every non-2xx answer.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ErrorDetail {
+    pub kind: ErrorKind,
+    /// One line for a person: what is wrong and what to do.
+    pub message: String,
+    /// The change the error is about, where there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<u64>,
+}
+
+impl ErrorBody {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                kind,
+                message: message.into(),
+                change: None,
+            },
+        }
+    }
+
+    /// The same error, naming `change`.
+    pub fn with_change(mut self, change: u64) -> Self {
+        self.error.change = Some(change);
+        self
+    }
+}
+
+/// The machine-readable class of an error.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    BadRequest,
+    InvalidSnap,
+    Forbidden,
+    NotFound,
+    Conflict,
+    TooLarge,
+    Internal,
+    Unavailable,
+    /// A kind this client does not know, so a newer daemon's errors still parse.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorKind {
+    /// The HTTP status the doc pairs with this kind.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::BadRequest | ErrorKind::InvalidSnap => 400,
+            ErrorKind::Forbidden => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Conflict => 409,
+            ErrorKind::TooLarge => 413,
+            ErrorKind::Internal | ErrorKind::Unknown => 500,
+            ErrorKind::Unavailable => 503,
+        }
+    }
+
+    /// The kind the doc pairs with an HTTP status, for error bodies that are not ours (a
+    /// proxy, a crashing daemon).
+    pub fn from_http_status(status: u16) -> Self {
+        match status {
+            400 => ErrorKind::BadRequest,
+            403 => ErrorKind::Forbidden,
+            404 => ErrorKind::NotFound,
+            409 => ErrorKind::Conflict,
+            413 => ErrorKind::TooLarge,
+            500 => ErrorKind::Internal,
+            503 => ErrorKind::Unavailable,
+            _ => ErrorKind::Unknown,
+        }
+    }
+}
+
+/// `202 {"change": ID}`: the answer to an asynchronous operation.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeRef {
+    pub change: u64,
+}
+
+/// Body of `POST /v1/snaps/NAME`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapAction {
+    pub action: SnapActionKind,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapActionKind {
+    Remove,
+}
+
+impl SnapAction {
+    pub fn remove() -> Self {
+        SnapAction {
+            action: SnapActionKind::Remove,
+        }
+    }
+}
+
+/// Body of `POST /v1/changes/ID`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeAction {
+    pub action: ChangeActionKind,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChangeActionKind {
+    Abort,
+}
+
+impl ChangeAction {
+    pub fn abort() -> Self {
+        ChangeAction {
+            action: ChangeActionKind::Abort,
+        }
+    }
+}
+
+/// The query of `GET /v1/changes`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChangesQuery {
+    #[serde(default)]
+    pub select: Select,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snap: Option<String>,
+}
+
+/// Which changes `GET /v1/changes` lists.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Select {
+    #[default]
+    InProgress,
+    Ready,
+    All,
+}
+
+impl Select {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Select::InProgress => "in-progress",
+            Select::Ready => "ready",
+            Select::All => "all",
+        }
+    }
+}
+
+/// The query of `POST /v1/snaps`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct InstallQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_name: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// Parses `doc` as `T`, serializes it back, and checks nothing was lost: the result parses
+    /// to the same value and, timestamps aside (jiff may print fractions differently), is the
+    /// same JSON.
+    fn round_trip<T>(doc: &str) -> T
+    where
+        T: serde::de::DeserializeOwned + Serialize + PartialEq + fmt::Debug,
+    {
+        let parsed: T = serde_json::from_str(doc).expect("doc example parses");
+        let back = serde_json::to_value(&parsed).unwrap();
+        let again: T = serde_json::from_value(back.clone()).unwrap();
+        assert_eq!(parsed, again);
+        let mut want: Value = serde_json::from_str(doc).unwrap();
+        let mut got = back;
+        normalize_times(&mut want);
+        normalize_times(&mut got);
+        assert_eq!(want, got);
+        parsed
+    }
+
+    fn normalize_times(v: &mut Value) {
+        match v {
+            Value::String(s) => {
+                if let Ok(t) = s.parse::<Timestamp>() {
+                    *s = t.as_millisecond().to_string();
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(normalize_times),
+            Value::Object(o) => o.values_mut().for_each(normalize_times),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn system_info() {
+        let info: SystemInfo = round_trip(
+            r#"{
+              "version": "0.1.0",
+              "api": "v1",
+              "root": "/",
+              "pid": 4242,
+              "started": "2026-11-21T20:15:03.120Z",
+              "snaps": 3,
+              "changes-in-progress": 1,
+              "mount-mode": "loop"
+            }"#,
+        );
+        assert_eq!(info.mount_mode, MountMode::Loop);
+        assert_eq!(info.changes_in_progress, 1);
+        assert_eq!(
+            info.started,
+            "2026-11-21T20:15:03.120Z".parse::<Timestamp>().unwrap()
+        );
+        let s = serde_json::to_string(&info).unwrap();
+        assert!(s.contains(r#""started":"2026-11-21T20:15:03.12Z""#), "{s}");
+    }
+
+    #[test]
+    fn snap() {
+        let snap: Snap = round_trip(
+            r#"{
+              "name": "hello",
+              "snap-name": "hello",
+              "instance-key": null,
+              "revision": "x1",
+              "version": "1.0",
+              "summary": "Says hello",
+              "channel": null,
+              "hold": null,
+              "revisions": ["x1"],
+              "apps": [{"name": "hello", "command": "bin/hello", "daemon": null}],
+              "installed": "2026-11-21T20:15:03.120Z"
+            }"#,
+        );
+        assert_eq!(snap.apps[0].command, "bin/hello");
+        assert_eq!(snap.revisions, ["x1"]);
+    }
+
+    const CHANGE: &str = r#"{
+      "id": 7,
+      "kind": "install",
+      "summary": "Install \"hello\" from file",
+      "snap": "hello",
+      "status": "Doing",
+      "ready": false,
+      "spawn-time": "2026-11-21T20:15:03.120Z",
+      "ready-time": null,
+      "error": null,
+      "tasks": [
+        {
+          "id": 31,
+          "kind": "prepare",
+          "summary": "Prepare snap \"hello\" (x1)",
+          "status": "Done",
+          "progress": {"label": "", "done": 1, "total": 1},
+          "log": ["2026-11-21T20:15:03Z INFO copied blob (4096 bytes)"],
+          "retry": null,
+          "wait": null,
+          "spawn-time": "2026-11-21T20:15:03.120Z",
+          "ready-time": "2026-11-21T20:15:03.170Z"
+        }
+      ]
+    }"#;
+
+    #[test]
+    fn change_with_tasks() {
+        let change: Change = round_trip(CHANGE);
+        assert_eq!(change.status, Status::Doing);
+        assert!(!change.ready);
+        assert_eq!(change.tasks.len(), 1);
+        assert_eq!(change.tasks[0].status, Status::Done);
+        assert_eq!(change.tasks[0].progress.total, 1);
+        assert!(change.tasks[0].ready_time.is_some());
+    }
+
+    #[test]
+    fn change_in_a_list_has_no_tasks() {
+        let mut v: Value = serde_json::from_str(CHANGE).unwrap();
+        v.as_object_mut().unwrap().remove("tasks");
+        // Absent optional fields parse too ("absent when unset").
+        v.as_object_mut().unwrap().remove("ready-time");
+        let change: Change = serde_json::from_value(v).unwrap();
+        assert!(change.tasks.is_empty());
+        assert_eq!(change.ready_time, None);
+        let back = serde_json::to_value(&change).unwrap();
+        assert!(back.get("tasks").is_none(), "{back}");
+        assert_eq!(back["ready-time"], Value::Null);
+    }
+
+    #[test]
+    fn retry_and_wait() {
+        let retry: RetryInfo = round_trip(
+            r#"{"count": 2, "reason": "loop device busy", "next-attempt": "2026-11-21T20:15:05Z"}"#,
+        );
+        assert_eq!(retry.count, 2);
+        let wait: WaitInfo = round_trip(
+            r#"{"event": "snap-idle:hello", "until": null, "reason": "waiting for 2 processes to exit"}"#,
+        );
+        assert_eq!(wait.until, None);
+    }
+
+    #[test]
+    fn statuses_are_bare_words() {
+        for s in [
+            Status::Do,
+            Status::Doing,
+            Status::Done,
+            Status::Undo,
+            Status::Undoing,
+            Status::Undone,
+            Status::Error,
+            Status::Hold,
+            Status::Wait,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
+            assert_eq!(s.to_string(), s.as_str());
+        }
+        let ready: Vec<_> = ["Done", "Undone", "Error", "Hold"]
+            .iter()
+            .map(|s| serde_json::from_value::<Status>(json!(s)).unwrap())
+            .collect();
+        assert!(ready.iter().all(|s| s.is_ready()));
+        assert!(!Status::Wait.is_ready() && !Status::Undoing.is_ready());
+        assert!(!Status::Done.is_failure() && Status::Undone.is_failure());
+    }
+
+    #[test]
+    fn error_body() {
+        let body: ErrorBody = round_trip(
+            r#"{"error": {"kind": "conflict", "message": "snap \"hello\" has change 12 in progress; wait for it or abort it with: refreshctl abort 12", "change": 12}}"#,
+        );
+        assert_eq!(body.error.kind, ErrorKind::Conflict);
+        assert_eq!(body.error.change, Some(12));
+
+        // `change` appears only where the error is about one.
+        let body = ErrorBody::new(ErrorKind::NotFound, "no snap \"x\"");
+        let v = serde_json::to_value(&body).unwrap();
+        assert_eq!(
+            v,
+            json!({"error": {"kind": "not-found", "message": "no snap \"x\""}})
+        );
+    }
+
+    #[test]
+    fn error_kinds() {
+        for (word, kind, status) in [
+            ("bad-request", ErrorKind::BadRequest, 400),
+            ("invalid-snap", ErrorKind::InvalidSnap, 400),
+            ("forbidden", ErrorKind::Forbidden, 403),
+            ("not-found", ErrorKind::NotFound, 404),
+            ("conflict", ErrorKind::Conflict, 409),
+            ("too-large", ErrorKind::TooLarge, 413),
+            ("internal", ErrorKind::Internal, 500),
+            ("unavailable", ErrorKind::Unavailable, 503),
+        ] {
+            assert_eq!(
+                serde_json::from_value::<ErrorKind>(json!(word)).unwrap(),
+                kind
+            );
+            assert_eq!(serde_json::to_value(kind).unwrap(), json!(word));
+            assert_eq!(kind.http_status(), status);
+        }
+        let unknown: ErrorKind = serde_json::from_value(json!("quota-exceeded")).unwrap();
+        assert_eq!(unknown, ErrorKind::Unknown);
+    }
+
+    #[test]
+    fn request_bodies() {
+        assert_eq!(round_trip::<ChangeRef>(r#"{"change": 7}"#).change, 7);
+        assert_eq!(
+            round_trip::<SnapAction>(r#"{"action": "remove"}"#),
+            SnapAction::remove()
+        );
+        assert_eq!(
+            round_trip::<ChangeAction>(r#"{"action": "abort"}"#),
+            ChangeAction::abort()
+        );
+        assert!(serde_json::from_str::<SnapAction>(r#"{"action": "frobnicate"}"#).is_err());
+        let q: ChangesQuery = serde_json::from_str(r#"{"snap": "hello"}"#).unwrap();
+        assert_eq!(q.select, Select::InProgress);
+        let q: ChangesQuery = serde_json::from_str(r#"{"select": "all"}"#).unwrap();
+        assert_eq!(q.select, Select::All);
+        assert_eq!(q.select.as_str(), "all");
+    }
+}

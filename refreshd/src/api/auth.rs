@@ -1,0 +1,80 @@
+//! Who is calling: the kernel's word (SO_PEERCRED), never the client's.
+
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
+use refreshd_client::types::ErrorKind;
+use tokio::net::UnixListener;
+
+use super::{ApiError, ApiState};
+
+/// The credentials of the process at the other end of the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+}
+
+/// A uid that is nobody's: used when the kernel could not tell, so nothing is allowed.
+const UNKNOWN_UID: u32 = u32::MAX;
+
+impl Connected<IncomingStream<'_, UnixListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        match stream.io().peer_cred() {
+            Ok(c) => Peer {
+                uid: c.uid(),
+                gid: c.gid(),
+                pid: c.pid(),
+            },
+            Err(_) => Peer {
+                uid: UNKNOWN_UID,
+                gid: UNKNOWN_UID,
+                pid: None,
+            },
+        }
+    }
+}
+
+impl Peer {
+    /// Allows root, and members of the admin group; refuses anyone else with a 403 that says
+    /// what `what` needs.
+    pub fn require_admin(&self, st: &ApiState, what: &str) -> Result<(), ApiError> {
+        if self.uid == 0 {
+            return Ok(());
+        }
+        if let Some(gid) = st.admin_gid {
+            if self.gid == gid || user_in_group(self.uid, gid) {
+                return Ok(());
+            }
+        }
+        let who = match st.admin_gid {
+            Some(g) => format!("root or membership of group {}", group_name(g)),
+            None => "root".to_owned(),
+        };
+        Err(ApiError::new(
+            ErrorKind::Forbidden,
+            format!("{what} requires {who}; try again with sudo"),
+        ))
+    }
+}
+
+fn user_in_group(uid: u32, gid: u32) -> bool {
+    use nix::unistd::{getgrouplist, Gid, Uid, User};
+    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
+        return false;
+    };
+    let Ok(name) = std::ffi::CString::new(user.name) else {
+        return false;
+    };
+    getgrouplist(&name, user.gid)
+        .map(|groups| groups.contains(&Gid::from_raw(gid)))
+        .unwrap_or(false)
+}
+
+fn group_name(gid: u32) -> String {
+    nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+        .unwrap_or_else(|| gid.to_string())
+}

@@ -1,0 +1,78 @@
+//! API errors: a status code and a one-line message for a person (docs/api.md).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use refreshd_client::types::{ErrorBody, ErrorKind};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub body: ErrorBody,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+        // One line, always: multi-line library messages are folded.
+        let message: String = message.into();
+        let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+        ApiError {
+            body: ErrorBody::new(kind, message),
+        }
+    }
+
+    pub fn with_change(mut self, change: u64) -> ApiError {
+        self.body = self.body.with_change(change);
+        self
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> ApiError {
+        tracing::error!("request failed: {e}");
+        ApiError::new(
+            ErrorKind::Internal,
+            format!("refreshd failed: {e}; see its log for more"),
+        )
+    }
+
+    pub fn bad_request(msg: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorKind::BadRequest, msg)
+    }
+}
+
+impl From<refreshd_state::Error> for ApiError {
+    fn from(e: refreshd_state::Error) -> ApiError {
+        match e {
+            refreshd_state::Error::Conflict { snap, change } => ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "snap {snap:?} has change {change} in progress; wait for it (refreshctl watch {change}) or abort it (refreshctl abort {change})"
+                ),
+            )
+            .with_change(change),
+            refreshd_state::Error::KeyReused { key, request } => ApiError::new(
+                ErrorKind::Conflict,
+                format!("Idempotency-Key {key:?} was already used for a {request} request; use a fresh key"),
+            ),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.body.error.kind.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.body)).into_response()
+    }
+}
+
+/// Quotes untrusted text for a message: escaped, and cut short so it cannot flood a terminal.
+pub fn quote(s: &str) -> String {
+    const MAX: usize = 60;
+    let n = s.chars().count();
+    if n <= MAX {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(MAX).collect();
+        format!("{head:?}... ({n} characters)")
+    }
+}

@@ -1,0 +1,368 @@
+//! /v1/system-info and /v1/snaps.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use refreshd_client::types::{
+    AppInfo, ChangeRef, ErrorKind, InstallQuery, Snap, SnapAction, SnapActionKind, SystemInfo,
+};
+use refreshd_snap::{InstanceName, Revision};
+use refreshd_state::{Created, IdempotencyKey, NewChange, NewTask, Select, SnapRow};
+use sha3::{Digest, Sha3_384};
+use tokio::io::AsyncWriteExt;
+
+use super::{ApiError, ApiState, Peer};
+use crate::tasks::{RemoveSetup, SnapSetup};
+
+type St = State<Arc<ApiState>>;
+
+fn ts(ms: i64) -> jiff::Timestamp {
+    jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+pub async fn system_info(State(st): St) -> Result<Json<SystemInfo>, ApiError> {
+    let (snaps, changes) = st
+        .engine
+        .db()
+        .call(|s| {
+            let snaps = s.snaps()?.iter().filter(|r| r.current.is_some()).count();
+            let changes = s.changes(Select::InProgress, None)?.len();
+            Ok::<_, refreshd_state::Error>((snaps, changes))
+        })
+        .await?;
+    Ok(Json(SystemInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        api: "v1".to_owned(),
+        root: st.ctx.layout.root().to_owned(),
+        pid: std::process::id(),
+        started: st.started,
+        snaps: snaps as u64,
+        changes_in_progress: changes as u64,
+        mount_mode: st.mount_mode(),
+    }))
+}
+
+/// The API view of an installed snap; None while it has no current revision.
+fn snap_json(s: &mut refreshd_state::State, row: &SnapRow) -> refreshd_state::Result<Option<Snap>> {
+    let Some(current) = &row.current else {
+        return Ok(None);
+    };
+    let revs = s.revisions(&row.name)?;
+    let Some(cur) = revs.iter().find(|r| &r.revision == current) else {
+        return Ok(None);
+    };
+    let apps = refreshd_snap::yaml::parse(cur.manifest.as_bytes())
+        .map(|y| {
+            y.apps
+                .iter()
+                .map(|(name, a)| AppInfo {
+                    name: name.clone(),
+                    command: a.command.clone(),
+                    daemon: a.daemon.map(|d| format!("{d:?}").to_lowercase()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Some(Snap {
+        name: row.name.clone(),
+        snap_name: row.snap_name.clone(),
+        instance_key: row.instance_key.clone(),
+        revision: current.clone(),
+        version: cur.version.clone(),
+        summary: cur.summary.clone().unwrap_or_default(),
+        channel: row.channel.clone(),
+        hold: row.hold.clone(),
+        revisions: revs.iter().map(|r| r.revision.clone()).collect(),
+        apps,
+        installed: ts(row.installed),
+    }))
+}
+
+pub async fn list(State(st): St) -> Result<Json<Vec<Snap>>, ApiError> {
+    let snaps = st
+        .engine
+        .db()
+        .call(|s| {
+            let mut out = vec![];
+            for row in s.snaps()? {
+                out.extend(snap_json(s, &row)?);
+            }
+            Ok::<_, refreshd_state::Error>(out)
+        })
+        .await?;
+    Ok(Json(snaps))
+}
+
+pub async fn one(State(st): St, Path(name): Path<String>) -> Result<Json<Snap>, ApiError> {
+    let n = name.clone();
+    let snap = st
+        .engine
+        .db()
+        .call(move |s| match s.snap(&n)? {
+            Some(row) => snap_json(s, &row),
+            None => Ok(None),
+        })
+        .await?;
+    snap.map(Json).ok_or_else(|| not_installed(&name))
+}
+
+fn not_installed(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        format!(
+            "snap {} is not installed; refreshctl list shows what is",
+            super::error::quote(name)
+        ),
+    )
+}
+
+/// The Idempotency-Key header, checked: 1–128 printable ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(
+            "Idempotency-Key must be 1 to 128 printable ASCII characters; send a fresh random key",
+        )
+    };
+    let s = v.to_str().map_err(|_| bad())?;
+    if s.is_empty() || s.len() > 128 || !s.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err(bad());
+    }
+    Ok(Some(s.to_owned()))
+}
+
+fn accepted(id: u64) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/v1/changes/{id}"))],
+        Json(ChangeRef { change: id }),
+    )
+        .into_response()
+}
+
+/// Removes the uploaded file when the request does not hand it over to a change.
+struct Upload(Option<PathBuf>);
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+pub async fn install(
+    State(st): St,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Query(q): Query<InstallQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    peer.require_admin(&st, "installing snaps")?;
+    let key = idempotency_key(&headers)?;
+    if let Some(k) = &key {
+        let (uid, k2) = (peer.uid, k.clone());
+        if let Some((req, id)) = st.engine.db().call(move |s| s.idempotency_key(uid, &k2)).await? {
+            if req == "install" {
+                // A retry of a request that got through: same answer, nothing new. Read the
+                // body anyway so the client can finish sending it.
+                let mut s = body.into_data_stream();
+                while let Some(Ok(_)) = s.next().await {}
+                return Ok(accepted(id));
+            }
+        }
+    }
+    if st.shutdown.is_cancelled() {
+        return Err(ApiError::new(ErrorKind::Unavailable, "refreshd is shutting down; try again when it is back"));
+    }
+    if let Some(name) = &q.instance_name {
+        name.parse::<InstanceName>()
+            .map_err(|e| ApiError::new(ErrorKind::InvalidSnap, e.to_string()))?;
+    }
+
+    // Stream the body to disk, hashing as it comes.
+    let path = st.ctx.layout.uploads().join(format!("{}.snap", uuid::Uuid::new_v4()));
+    let mut upload = Upload(Some(path.clone()));
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut hasher = Sha3_384::new();
+    let mut size = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
+        size += chunk.len() as u64;
+        if size > st.max_upload {
+            return Err(ApiError::new(
+                ErrorKind::TooLarge,
+                format!("snap file is larger than the {} bytes refreshd accepts (--max-upload)", st.max_upload),
+            ));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(ApiError::internal)?;
+    }
+    file.sync_all().await.map_err(ApiError::internal)?;
+    drop(file);
+    if size == 0 {
+        return Err(ApiError::new(ErrorKind::InvalidSnap, "the uploaded snap file is empty; send the .snap file as the request body"));
+    }
+    let sha3_384 = hex::encode(hasher.finalize());
+
+    // Check the file before anything is recorded: a bad snap leaves no trace.
+    let p = path.clone();
+    let yaml = tokio::task::spawn_blocking(move || -> Result<(refreshd_snap::SnapYaml, String), String> {
+        refreshd_snap::check_image(&p).map_err(|e| e.to_string())?;
+        let bytes = refreshd_snap::read_file(&p, "meta/snap.yaml").map_err(|e| e.to_string())?;
+        let yaml = refreshd_snap::yaml::parse(&bytes).map_err(|e| e.to_string())?;
+        Ok((yaml, String::from_utf8_lossy(&bytes).into_owned()))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| ApiError::new(ErrorKind::InvalidSnap, e))?;
+    let (yaml, manifest) = yaml;
+    let instance: InstanceName = match &q.instance_name {
+        Some(n) => n.parse().map_err(|e: refreshd_snap::NameError| ApiError::new(ErrorKind::InvalidSnap, e.to_string()))?,
+        None => yaml.name.parse().map_err(|e: refreshd_snap::NameError| ApiError::new(ErrorKind::InvalidSnap, e.to_string()))?,
+    };
+    if instance.snap_name() != yaml.name {
+        return Err(ApiError::new(
+            ErrorKind::InvalidSnap,
+            format!("instance name {:?} does not belong to snap {:?}; use {}_KEY", instance.as_str(), yaml.name, yaml.name),
+        ));
+    }
+
+    let inst = instance.as_str().to_owned();
+    let uid = peer.uid;
+    let upload_path = path.clone();
+    let created = st
+        .engine
+        .db()
+        .call(move |s| -> refreshd_state::Result<Created> {
+            let existing = s.snap(&inst)?;
+            let revs: Vec<Revision> = s
+                .revisions(&inst)?
+                .iter()
+                .filter_map(|r| r.revision.parse().ok())
+                .collect();
+            let revision = Revision::next_local(revs.iter()).to_string();
+            let ss = SnapSetup {
+                instance: inst.clone(),
+                snap_name: yaml.name.clone(),
+                instance_key: instance.instance_key().map(str::to_owned),
+                revision: revision.clone(),
+                previous: existing.and_then(|e| e.current),
+                sha3_384,
+                size,
+                upload: Some(upload_path),
+                manifest,
+                version: yaml.version.clone(),
+                summary: yaml.summary.clone(),
+            };
+            let steps = [
+                ("prepare", format!("Prepare snap {inst:?} ({revision})")),
+                ("mount", format!("Mount snap {inst:?} ({revision})")),
+                ("setup-data", format!("Set up data of snap {inst:?} ({revision})")),
+                ("link", format!("Make snap {inst:?} ({revision}) available")),
+                ("launchers", format!("Write launchers of snap {inst:?} ({revision})")),
+            ];
+            let new = NewChange {
+                kind: "install".into(),
+                summary: format!("Install {inst:?} ({revision}) from a file"),
+                snap: Some(inst.clone()),
+                data: serde_json::to_value(&ss).expect("serializable"),
+                tasks: chain(&steps),
+            };
+            let key = key.as_deref().map(|k| IdempotencyKey { uid, key: k, request: "install" });
+            s.create_change(&new, key)
+        })
+        .await?;
+    if let Created::New(_) = created {
+        // The change owns the file now.
+        upload.0 = None;
+        st.engine.ensure();
+    }
+    Ok(accepted(created.id()))
+}
+
+fn chain(steps: &[(&str, String)]) -> Vec<NewTask> {
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, (kind, summary))| NewTask {
+            kind: (*kind).to_owned(),
+            summary: summary.clone(),
+            data: serde_json::json!({}),
+            waits_for: if i == 0 { vec![] } else { vec![i - 1] },
+        })
+        .collect()
+}
+
+pub async fn action(
+    State(st): St,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    peer.require_admin(&st, "removing snaps")?;
+    let act: SnapAction = super::json_body(&body, r#"{"action": "remove"}"#)?;
+    let key = idempotency_key(&headers)?;
+    match act.action {
+        SnapActionKind::Remove => {}
+    }
+    if st.shutdown.is_cancelled() {
+        return Err(ApiError::new(ErrorKind::Unavailable, "refreshd is shutting down; try again when it is back"));
+    }
+    let uid = peer.uid;
+    let n = name.clone();
+    let created = st
+        .engine
+        .db()
+        .call(move |s| -> refreshd_state::Result<Option<Created>> {
+            if let Some(k) = &key {
+                if let Some((req, id)) = s.idempotency_key(uid, k)? {
+                    if req == "remove" {
+                        return Ok(Some(Created::Existing(id)));
+                    }
+                }
+            }
+            let Some(row) = s.snap(&n)? else {
+                return Ok(None);
+            };
+            let rs = RemoveSetup {
+                instance: n.clone(),
+                current: row.current.clone(),
+                revisions: s.revisions(&n)?.into_iter().map(|r| r.revision).collect(),
+            };
+            let steps = [
+                ("unlink", format!("Make snap {n:?} unavailable")),
+                ("unmount", format!("Unmount snap {n:?}")),
+                ("discard", format!("Remove data and files of snap {n:?}")),
+            ];
+            let new = NewChange {
+                kind: "remove".into(),
+                summary: format!("Remove {n:?}"),
+                snap: Some(n.clone()),
+                data: serde_json::to_value(&rs).expect("serializable"),
+                tasks: chain(&steps),
+            };
+            let key = key.as_deref().map(|k| IdempotencyKey { uid, key: k, request: "remove" });
+            s.create_change(&new, key).map(Some)
+        })
+        .await?;
+    let created = created.ok_or_else(|| not_installed(&name))?;
+    st.engine.ensure();
+    Ok(accepted(created.id()))
+}

@@ -1,0 +1,287 @@
+//! The daemon: start-up checks, recovery after a crash, serving, and an orderly shutdown.
+//!
+//! Global set-up (lock, database, recovery) happens before the async runtime starts; [`run`]
+//! takes the listener and a shutdown token from its caller, so tests can run a daemon in-process.
+
+use std::fs::{self, File};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use nix::fcntl::{Flock, FlockArg};
+use refreshd_state::{PrunePolicy, Select, State};
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::{self, ApiState};
+use crate::db::Db;
+use crate::engine::Engine;
+use crate::fsutil;
+use crate::layout::Layout;
+use crate::tasks::{self, install, Ctx, MountMode, SnapSetup};
+
+/// How long a shutdown waits for running task handlers to reach their end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Parser)]
+#[command(name = "refreshd", version, about = "Refreshes snap-style applications safely while people use them")]
+pub struct Args {
+    /// Directory every path of the daemon lives under (state, runtime dir, snaps, data, homes).
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    pub root: PathBuf,
+    /// Group whose members may change state besides root (by name or number).
+    #[arg(long, value_name = "GROUP")]
+    pub admin_group: Option<String>,
+    /// Largest snap file accepted for upload, in bytes.
+    #[arg(long, default_value_t = 8 << 30, value_name = "BYTES")]
+    pub max_upload: u64,
+    /// Delete finished changes older than this many hours.
+    #[arg(long, default_value_t = 24, value_name = "HOURS")]
+    pub prune_age_hours: u32,
+    /// Keep at most this many finished changes.
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    pub prune_count: u32,
+    /// Unpack payloads instead of loop-mounting them, even where loop devices work.
+    #[arg(long)]
+    pub extract: bool,
+}
+
+pub fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    init_tracing();
+    match start(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Once, on stderr (the journal under systemd), as one line.
+            eprintln!("refreshd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Text logs on a terminal; without timestamps under systemd, whose journal adds them.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some() {
+        b.without_time().with_ansi(false).init();
+    } else {
+        b.init();
+    }
+}
+
+/// A daemon set up and ready to serve.
+pub struct Daemon {
+    pub layout: Layout,
+    pub engine: Engine,
+    pub api: Arc<ApiState>,
+    _lock: Flock<File>,
+}
+
+fn start(args: Args) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let daemon = Daemon::setup(&args, shutdown.clone())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let listener = daemon.bind()?;
+        let sig = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                warn!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            info!("shutting down");
+            sig.cancel();
+        });
+        daemon.run(listener).await
+    })
+}
+
+impl Daemon {
+    /// Everything before serving: refuse a foreign root, take the root's lock, open the state,
+    /// and repair what a crash may have left.
+    pub fn setup(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Daemon> {
+        fs::create_dir_all(&args.root)
+            .with_context(|| format!("cannot create root {}", args.root.display()))?;
+        let root = args
+            .root
+            .canonicalize()
+            .with_context(|| format!("cannot resolve root {}", args.root.display()))?;
+        let layout = Layout::new(&root);
+        if layout.snapd_state().exists() {
+            bail!(
+                "{} is managed by snapd ({} exists); two managers must not share one tree: stop snapd or use another --root",
+                root.display(),
+                layout.snapd_state().display()
+            );
+        }
+        layout
+            .ensure_dirs()
+            .with_context(|| format!("cannot create refreshd's directories under {}", root.display()))?;
+        let lock = lock_root(&layout)?;
+        let admin_gid = args.admin_group.as_deref().map(resolve_group).transpose()?;
+
+        let mount_mode = if !args.extract && refreshd_snap::loop_available() {
+            MountMode::Loop
+        } else {
+            MountMode::Extract
+        };
+        info!(
+            root = %root.display(),
+            mount_mode = mount_mode.as_str(),
+            "starting refreshd {}{}",
+            env!("CARGO_PKG_VERSION"),
+            if mount_mode == MountMode::Extract {
+                " (payloads are extracted: no loop devices, not root, or --extract)"
+            } else {
+                " (payloads are loop-mounted)"
+            }
+        );
+
+        let mut state = State::open(&layout.state_db())
+            .with_context(|| format!("cannot open {}", layout.state_db().display()))?;
+        let ctx = Arc::new(Ctx { layout: layout.clone(), mount_mode });
+        recover(&ctx, &mut state)?;
+
+        let prune = PrunePolicy {
+            max_age_ms: i64::from(args.prune_age_hours) * 3600 * 1000,
+            max_count: args.prune_count,
+        };
+        let engine = Engine::new(Db::new(state), tasks::handlers(ctx.clone()), prune);
+        let api = Arc::new(ApiState {
+            engine: engine.clone(),
+            ctx,
+            started: jiff::Timestamp::now(),
+            admin_gid,
+            max_upload: args.max_upload,
+            shutdown,
+        });
+        Ok(Daemon { layout, engine, api, _lock: lock })
+    }
+
+    /// Binds the API socket (mode 0666: anyone may connect; each request is authorized).
+    pub fn bind(&self) -> anyhow::Result<UnixListener> {
+        let path = self.layout.socket();
+        // We hold the root's lock, so a socket file left here is stale.
+        fsutil::remove_file_if_exists(&path)?;
+        let l = UnixListener::bind(&path).with_context(|| format!("cannot listen on {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666))?;
+        info!(socket = %path.display(), "listening");
+        Ok(l)
+    }
+
+    /// Serves until the shutdown token fires; then stops accepting, lets handlers reach an
+    /// end (at most [`SHUTDOWN_GRACE`]), and returns with everything persisted.
+    pub async fn run(self, listener: UnixListener) -> anyhow::Result<()> {
+        let shutdown = self.api.shutdown.clone();
+        let engine = self.engine.clone();
+        let engine_task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { engine.run(shutdown, SHUTDOWN_GRACE).await }
+        });
+        let served = api::serve(listener, self.api.clone()).await;
+        shutdown.cancel();
+        let _ = engine_task.await;
+        let _ = fs::remove_file(self.layout.socket());
+        info!("stopped");
+        served.context("API server failed")
+    }
+}
+
+/// One daemon per root: an exclusive lock held for the daemon's life, with its pid inside.
+fn lock_root(layout: &Layout) -> anyhow::Result<Flock<File>> {
+    let path = layout.daemon_lock();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut lock = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((mut f, _)) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            bail!(
+                "another refreshd (pid {}) is already running on {}; stop it first",
+                pid.trim(),
+                layout.root().display()
+            );
+        }
+    };
+    lock.set_len(0)?;
+    lock.rewind()?;
+    write!(lock, "{}", std::process::id())?;
+    Ok(lock)
+}
+
+fn resolve_group(g: &str) -> anyhow::Result<u32> {
+    if let Ok(n) = g.parse() {
+        return Ok(n);
+    }
+    match nix::unistd::Group::from_name(g) {
+        Ok(Some(gr)) => Ok(gr.gid.as_raw()),
+        _ => bail!("no group named {g:?} (--admin-group); create it or name an existing one"),
+    }
+}
+
+/// Repairs what a crash may have left, before anything runs: temporaries go, uploads no change
+/// owns go, and every recorded revision is mounted again (after a reboot none is).
+fn recover(ctx: &Ctx, state: &mut State) -> anyhow::Result<()> {
+    let l = &ctx.layout;
+    let mut swept = 0;
+    for dir in [l.blobs(), l.bin_dir(), l.snaps_dir(), l.at_var_snap()] {
+        swept += fsutil::sweep_tmp(&dir).unwrap_or(0);
+    }
+    for snap in state.snaps()? {
+        for dir in [l.snap_dir(&snap.name), l.data_dir(&snap.name)] {
+            swept += fsutil::sweep_tmp(&dir).unwrap_or(0);
+        }
+    }
+    // Uploads still owned by an unfinished change stay; the rest were never taken.
+    let mut owned: Vec<PathBuf> = vec![];
+    for c in state.changes(Select::InProgress, None)? {
+        if let Ok(ss) = serde_json::from_value::<SnapSetup>(c.data) {
+            owned.extend(ss.upload);
+        }
+    }
+    for e in fs::read_dir(l.uploads())?.flatten() {
+        if !owned.contains(&e.path()) {
+            let _ = fs::remove_file(e.path());
+            swept += 1;
+        }
+    }
+    if swept > 0 {
+        info!("removed {swept} leftovers of an interrupted run");
+    }
+    for snap in state.snaps()? {
+        for rev in state.revisions(&snap.name)? {
+            let dir = l.rev_dir(&snap.name, &rev.revision);
+            let blob = l.blob(&snap.name, &rev.revision);
+            if dir.exists() && blob.exists() {
+                if let Err(e) = install::mount_revision(ctx, &blob, &dir) {
+                    warn!(snap = %snap.name, revision = %rev.revision, "cannot mount: {e:#}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Used by tests and tools that need the path without a daemon.
+pub fn socket_path(root: &Path) -> PathBuf {
+    Layout::new(root).socket()
+}

@@ -1,0 +1,124 @@
+//! Where everything lives under the root (documented in docs/layout.md).
+//!
+//! The shape is snapd's, so snaps find what they expect; every path hangs off one root so that
+//! several daemons can run side by side on scratch roots.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn at(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.at("var/lib/refreshd")
+    }
+    pub fn state_db(&self) -> PathBuf {
+        self.at("var/lib/refreshd/state.db")
+    }
+    pub fn blobs(&self) -> PathBuf {
+        self.at("var/lib/refreshd/blobs")
+    }
+    /// Uploaded files wait here until their change takes them (same filesystem as blobs/, so
+    /// taking them is a rename).
+    pub fn uploads(&self) -> PathBuf {
+        self.at("var/lib/refreshd/uploads")
+    }
+    pub fn blob(&self, name: &str, rev: &str) -> PathBuf {
+        self.blobs().join(format!("{name}_{rev}.snap"))
+    }
+    pub fn snaps_dir(&self) -> PathBuf {
+        self.at("snap")
+    }
+    pub fn snap_dir(&self, name: &str) -> PathBuf {
+        self.at("snap").join(name)
+    }
+    pub fn rev_dir(&self, name: &str, rev: &str) -> PathBuf {
+        self.snap_dir(name).join(rev)
+    }
+    pub fn current_link(&self, name: &str) -> PathBuf {
+        self.snap_dir(name).join("current")
+    }
+    pub fn bin_dir(&self) -> PathBuf {
+        self.at("snap/bin")
+    }
+    pub fn at_var_snap(&self) -> PathBuf {
+        self.at("var/snap")
+    }
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.at("var/snap").join(name)
+    }
+    pub fn data_rev(&self, name: &str, rev: &str) -> PathBuf {
+        self.data_dir(name).join(rev)
+    }
+    pub fn data_common(&self, name: &str) -> PathBuf {
+        self.data_dir(name).join("common")
+    }
+    pub fn data_current(&self, name: &str) -> PathBuf {
+        self.data_dir(name).join("current")
+    }
+    /// Every user's per-snap data directory that exists: `home/*/snap/NAME` and
+    /// `root/snap/NAME`.
+    pub fn user_data_dirs(&self, name: &str) -> Vec<PathBuf> {
+        let mut homes: Vec<PathBuf> = std::fs::read_dir(self.at("home"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        homes.push(self.at("root"));
+        homes.sort();
+        homes
+            .into_iter()
+            .map(|h| h.join("snap").join(name))
+            .filter(|p| p.symlink_metadata().is_ok())
+            .collect()
+    }
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.at("run/refreshd")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.at("run/refreshd.socket")
+    }
+    /// Held (flock) by the running daemon: one daemon per root.
+    pub fn daemon_lock(&self) -> PathBuf {
+        self.at("run/refreshd/daemon.lock")
+    }
+    /// Present when snapd manages this root; refreshd then refuses to start.
+    pub fn snapd_state(&self) -> PathBuf {
+        self.at("var/lib/snapd/state.json")
+    }
+
+    /// Creates the directories the daemon writes to.
+    pub fn ensure_dirs(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        for (dir, mode) in [
+            (self.state_dir(), 0o755),
+            (self.blobs(), 0o700),
+            (self.uploads(), 0o700),
+            (self.snaps_dir(), 0o755),
+            (self.bin_dir(), 0o755),
+            (self.at("var/snap"), 0o755),
+            (self.runtime_dir(), 0o755),
+        ] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(&dir)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! Task handlers: one module per concern, each with a do and an undo half.
+//!
+//! Every handler is idempotent (it may be interrupted anywhere and run again) and checks the
+//! world rather than trusting that an earlier run did or did not get somewhere.
+
+pub mod install;
+pub mod launchers;
+pub mod remove;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Handler, Outcome, Phase, TaskCtx};
+use crate::layout::Layout;
+
+/// How revisions' payloads are made available under `snap/NAME/REV`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MountMode {
+    /// Read-only loop mount of the squashfs image (root with loop devices).
+    Loop,
+    /// Unpacked copy of the image (no loop devices, or not root).
+    Extract,
+}
+
+impl MountMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MountMode::Loop => "loop",
+            MountMode::Extract => "extract",
+        }
+    }
+}
+
+/// What every handler may use.
+pub struct Ctx {
+    pub layout: Layout,
+    pub mount_mode: MountMode,
+}
+
+/// The data an install change carries (the change's `data`), shared by its tasks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct SnapSetup {
+    /// Instance name: "foo" or "foo_key".
+    pub instance: String,
+    pub snap_name: String,
+    pub instance_key: Option<String>,
+    pub revision: String,
+    /// The revision current when the change was made, if any.
+    pub previous: Option<String>,
+    pub sha3_384: String,
+    pub size: u64,
+    /// The uploaded file waiting in uploads/ for `prepare` to take it.
+    pub upload: Option<PathBuf>,
+    /// meta/snap.yaml as found in the image.
+    pub manifest: String,
+    pub version: String,
+    pub summary: Option<String>,
+}
+
+/// The data a remove change carries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct RemoveSetup {
+    pub instance: String,
+    /// The revision current when the removal started.
+    pub current: Option<String>,
+    /// Every revision on disk.
+    pub revisions: Vec<String>,
+}
+
+type HandlerFn = fn(&Ctx, &TaskCtx, Phase) -> anyhow::Result<Outcome>;
+
+struct FnHandler {
+    ctx: Arc<Ctx>,
+    f: HandlerFn,
+}
+
+impl Handler for FnHandler {
+    fn run(&self, task: &TaskCtx, phase: Phase) -> Outcome {
+        (self.f)(&self.ctx, task, phase).unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")))
+    }
+}
+
+/// Every task kind this daemon knows, with its handler.
+pub fn handlers(ctx: Arc<Ctx>) -> HashMap<String, Arc<dyn Handler>> {
+    let table: [(&str, HandlerFn); 8] = [
+        ("prepare", install::prepare),
+        ("mount", install::mount),
+        ("setup-data", install::setup_data),
+        ("link", install::link),
+        ("launchers", launchers::launchers),
+        ("unlink", remove::unlink),
+        ("unmount", remove::unmount),
+        ("discard", remove::discard),
+    ];
+    table
+        .into_iter()
+        .map(|(kind, f)| {
+            let h: Arc<dyn Handler> = Arc::new(FnHandler {
+                ctx: ctx.clone(),
+                f,
+            });
+            (kind.to_owned(), h)
+        })
+        .collect()
+}
+
+/// The change's data as `T`.
+pub fn setup<T: serde::de::DeserializeOwned>(t: &TaskCtx) -> anyhow::Result<T> {
+    serde_json::from_value(t.change.data.clone())
+        .map_err(|e| anyhow::anyhow!("change {} has malformed data: {e}", t.change.id))
+}

@@ -1,0 +1,230 @@
+//! SIGKILL at every task boundary of an install and of a remove — and at every boundary of an
+//! install's undo — then restart: the change completes or is cleanly undone, `current` always
+//! names a complete revision, and no half-written file is left.
+
+use std::fs;
+use std::path::Path;
+
+use refreshd_tests::*;
+
+const INSTALL_TASKS: [&str; 5] = ["prepare", "mount", "setup-data", "link", "launchers"];
+const REMOVE_TASKS: [&str; 3] = ["unlink", "unmount", "discard"];
+
+fn prerequisites() -> bool {
+    if !mksquashfs_available() {
+        skip("mksquashfs not installed (squashfs-tools)");
+        return false;
+    }
+    true
+}
+
+/// The invariants that must hold whenever the daemon is not in the middle of a change.
+fn check_invariants(root: &Path, snap: &str, expect_installed: bool) {
+    let current = root.join(format!("snap/{snap}/current"));
+    match fs::read_link(&current) {
+        Ok(rev) => {
+            assert!(expect_installed, "{snap} should be gone, but current -> {}", rev.display());
+            let dir = root.join(format!("snap/{snap}")).join(&rev);
+            assert!(
+                dir.join("meta/snap.yaml").is_file(),
+                "current -> {} which is not a complete revision",
+                rev.display()
+            );
+            let data = fs::read_link(root.join(format!("var/snap/{snap}/current"))).unwrap();
+            assert_eq!(data, rev, "data current and payload current disagree");
+            assert!(root.join(format!("var/snap/{snap}")).join(&rev).is_dir());
+            let launcher = root.join(format!("snap/bin/{snap}"));
+            let out = std::process::Command::new(&launcher).output().unwrap();
+            assert_eq!(
+                text(&out.stdout).trim(),
+                format!("hello from {snap} {}", rev.display())
+            );
+        }
+        Err(_) => {
+            assert!(!expect_installed, "{snap} should be installed but has no current link");
+            assert!(!root.join(format!("snap/bin/{snap}")).exists(), "launcher left behind");
+            assert!(
+                !root.join(format!("var/snap/{snap}")).exists(),
+                "data dir left behind"
+            );
+            assert!(
+                refreshd_snap::mounts_under(&root.join("snap")).unwrap().is_empty(),
+                "mount left behind"
+            );
+        }
+    }
+    let tmp = temporaries(root);
+    assert!(tmp.is_empty(), "half-written files left: {tmp:?}");
+    let db = refreshd_state::State::open(&root.join("var/lib/refreshd/state.db")).unwrap();
+    assert_eq!(db.integrity_check().unwrap(), "ok");
+}
+
+/// The one change of `kind` in the root.
+fn the_change(root: &Path, kind: &str) -> u64 {
+    let all = ctl_json(root, &["changes", "--all", "--json"]);
+    let ids: Vec<u64> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == kind)
+        .map(|c| c["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "expected one {kind} change: {all}");
+    ids[0]
+}
+
+/// Starts a daemon armed with `failpoints`, runs `refreshctl args`, expects the daemon to die
+/// by SIGKILL, restarts it unarmed, and returns the final state of the change of `kind`.
+fn crash_and_resume(root: &Root, failpoints: &str, args: &[&str], kind: &str) -> Value {
+    let d = Daemon::start_with(
+        root.path(),
+        DaemonOpts {
+            failpoints: Some(failpoints),
+            ..Default::default()
+        },
+    );
+    // The request may or may not get its answer before the daemon dies: either is fine, the
+    // change was committed before any task ran.
+    let _ = ctl(root.path(), args);
+    let log = d.log_text();
+    let st = d.wait();
+    assert!(
+        killed_by_sigkill(st),
+        "refreshd should have died at {failpoints}, got {st:?}; log:\n{log}"
+    );
+    let _d = Daemon::start(root.path());
+    let id = the_change(root.path(), kind);
+    watch_until_ready(root.path(), id)
+}
+
+#[test]
+fn sigkill_at_every_install_boundary() {
+    if !prerequisites() {
+        return;
+    }
+    let mut runs = 0;
+    for task in INSTALL_TASKS {
+        for when in ["before-do", "after-do"] {
+            let root = Root::new("crash-inst");
+            let blob = root.aux("crashy.snap");
+            hello_snap(&blob, "crashy", "1.0");
+            let fp = format!("{when}:{task}");
+            let ch = crash_and_resume(&root, &fp, &["install", blob.to_str().unwrap(), "--no-wait"], "install");
+            assert_eq!(ch["status"], "Done", "install after a crash at {fp}: {ch}");
+            check_invariants(root.path(), "crashy", true);
+            runs += 1;
+        }
+    }
+    println!("install: {runs} SIGKILLs survived");
+}
+
+#[test]
+fn sigkill_at_every_remove_boundary() {
+    if !prerequisites() {
+        return;
+    }
+    let mut runs = 0;
+    for task in REMOVE_TASKS {
+        for when in ["before-do", "after-do"] {
+            let root = Root::new("crash-rm");
+            let blob = root.aux("crashy.snap");
+            hello_snap(&blob, "crashy", "1.0");
+            {
+                let _d = Daemon::start(root.path());
+                let out = ctl(root.path(), &["install", blob.to_str().unwrap()]);
+                assert!(out.status.success(), "install: {}", text(&out.stderr));
+            }
+            let fp = format!("{when}:{task}");
+            let ch = crash_and_resume(&root, &fp, &["remove", "crashy", "--no-wait"], "remove");
+            assert_eq!(ch["status"], "Done", "remove after a crash at {fp}: {ch}");
+            check_invariants(root.path(), "crashy", false);
+            assert!(!root.path().join("var/lib/refreshd/blobs/crashy_x1.snap").exists());
+            runs += 1;
+        }
+    }
+    println!("remove: {runs} SIGKILLs survived");
+}
+
+/// An install that fails at its last task is undone; a SIGKILL at every boundary of that undo
+/// still ends with everything as it was before the install.
+#[test]
+fn sigkill_at_every_undo_boundary() {
+    if !prerequisites() {
+        return;
+    }
+    let mut runs = 0;
+    for task in ["prepare", "mount", "setup-data", "link"] {
+        for when in ["before-undo", "after-undo"] {
+            let root = Root::new("crash-undo");
+            let blob = root.aux("crashy.snap");
+            hello_snap(&blob, "crashy", "1.0");
+            let fp = format!("fail-do:launchers,{when}:{task}");
+            let d = Daemon::start_with(
+                root.path(),
+                DaemonOpts {
+                    failpoints: Some(&fp),
+                    ..Default::default()
+                },
+            );
+            let _ = ctl(root.path(), &["install", blob.to_str().unwrap(), "--no-wait"]);
+            let st = d.wait();
+            assert!(killed_by_sigkill(st), "should have died at {fp}: {st:?}");
+            let _d = Daemon::start(root.path());
+            let id = the_change(root.path(), "install");
+            let ch = watch_until_ready(root.path(), id);
+            assert_eq!(ch["status"], "Error", "{fp}: {ch}");
+            let statuses: Vec<&str> = ch["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["status"].as_str().unwrap())
+                .collect();
+            assert_eq!(statuses, ["Undone", "Undone", "Undone", "Undone", "Error"], "{fp}");
+            check_invariants(root.path(), "crashy", false);
+            let list = ctl_json(root.path(), &["list", "--json"]);
+            assert_eq!(list, Value::Array(vec![]), "nothing installed after the undo");
+            runs += 1;
+        }
+    }
+    println!("undo: {runs} SIGKILLs survived");
+}
+
+/// A failed refresh of an installed snap (x1 → x2) is undone back to x1, data intact.
+#[test]
+fn failed_reinstall_returns_to_the_previous_revision() {
+    if !prerequisites() {
+        return;
+    }
+    let root = Root::new("reinstall");
+    let blob = root.aux("crashy.snap");
+    hello_snap(&blob, "again", "1.0");
+    {
+        let _d = Daemon::start(root.path());
+        assert!(ctl(root.path(), &["install", blob.to_str().unwrap()]).status.success());
+        fs::write(root.path().join("var/snap/again/x1/state"), "precious").unwrap();
+    }
+    let blob2 = root.aux("again2.snap");
+    hello_snap(&blob2, "again", "2.0");
+    let d = Daemon::start_with(
+        root.path(),
+        DaemonOpts {
+            failpoints: Some("fail-do:launchers"),
+            ..Default::default()
+        },
+    );
+    let out = ctl(root.path(), &["install", blob2.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "a failed change exits 1: {}", text(&out.stderr));
+    check_invariants(root.path(), "again", true);
+    assert_eq!(fs::read_link(root.path().join("snap/again/current")).unwrap(), Path::new("x1"));
+    assert_eq!(fs::read_to_string(root.path().join("var/snap/again/x1/state")).unwrap(), "precious");
+    assert!(!root.path().join("var/snap/again/x2").exists());
+    drop(d);
+
+    // And without the failure, x2 becomes current with x1's data copied.
+    let _d = Daemon::start(root.path());
+    let out = ctl(root.path(), &["install", blob2.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(fs::read_link(root.path().join("snap/again/current")).unwrap(), Path::new("x2"));
+    assert_eq!(fs::read_to_string(root.path().join("var/snap/again/x2/state")).unwrap(), "precious");
+    check_invariants(root.path(), "again", true);
+}
