@@ -266,11 +266,13 @@ impl Client {
         let body = req.payload.body().await?;
         let stream = UnixStream::connect(&self.socket).await.map_err(|err| {
             match err.kind() {
-                // No socket, or nobody behind it: refreshd is (re)starting.
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-                    Failure::Retry { sent: false, err }
+                // Not ours to fix by waiting: a wrong path or a socket we may not use.
+                io::ErrorKind::PermissionDenied | io::ErrorKind::NotADirectory => {
+                    Failure::Fatal(self.unreachable(err))
                 }
-                _ => Failure::Fatal(self.unreachable(err)),
+                // No socket, nobody behind it, a full backlog: refreshd is (re)starting or
+                // busy. Nothing was sent, so any request may be tried again.
+                _ => Failure::Retry { sent: false, err },
             }
         })?;
         let stream = DeafWriter {

@@ -29,7 +29,11 @@ use crate::tasks::{self, install, Ctx, MountMode, SnapSetup};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Parser)]
-#[command(name = "refreshd", version, about = "Refreshes snap-style applications safely while people use them")]
+#[command(
+    name = "refreshd",
+    version,
+    about = "Refreshes snap-style applications safely while people use them"
+)]
 pub struct Args {
     /// Directory every path of the daemon lives under (state, runtime dir, snaps, data, homes).
     #[arg(long, default_value = "/", value_name = "DIR")]
@@ -68,7 +72,9 @@ pub fn main() -> std::process::ExitCode {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some() {
         b.without_time().with_ansi(false).init();
     } else {
@@ -97,7 +103,10 @@ fn start(args: Args) -> anyhow::Result<()> {
         let sig = shutdown.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
                 warn!("cannot install signal handlers");
                 return;
             };
@@ -127,9 +136,12 @@ impl Daemon {
                 layout.snapd_state().display()
             );
         }
-        layout
-            .ensure_dirs()
-            .with_context(|| format!("cannot create refreshd's directories under {}", root.display()))?;
+        layout.ensure_dirs().with_context(|| {
+            format!(
+                "cannot create refreshd's directories under {}",
+                root.display()
+            )
+        })?;
         let lock = lock_root(&layout)?;
         let admin_gid = args.admin_group.as_deref().map(resolve_group).transpose()?;
 
@@ -152,7 +164,10 @@ impl Daemon {
 
         let mut state = State::open(&layout.state_db())
             .with_context(|| format!("cannot open {}", layout.state_db().display()))?;
-        let ctx = Arc::new(Ctx { layout: layout.clone(), mount_mode });
+        let ctx = Arc::new(Ctx {
+            layout: layout.clone(),
+            mount_mode,
+        });
         recover(&ctx, &mut state)?;
 
         let prune = PrunePolicy {
@@ -168,7 +183,12 @@ impl Daemon {
             max_upload: args.max_upload,
             shutdown,
         });
-        Ok(Daemon { layout, engine, api, _lock: lock })
+        Ok(Daemon {
+            layout,
+            engine,
+            api,
+            _lock: lock,
+        })
     }
 
     /// Binds the API socket (mode 0666: anyone may connect; each request is authorized).
@@ -176,7 +196,8 @@ impl Daemon {
         let path = self.layout.socket();
         // We hold the root's lock, so a socket file left here is stale.
         fsutil::remove_file_if_exists(&path)?;
-        let l = UnixListener::bind(&path).with_context(|| format!("cannot listen on {}", path.display()))?;
+        let l = UnixListener::bind(&path)
+            .with_context(|| format!("cannot listen on {}", path.display()))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666))?;
         info!(socket = %path.display(), "listening");
         Ok(l)

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 pub const TMP_MARK: &str = ".refreshd-tmp";
 
 pub fn tmp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}{TMP_MARK}-{}", std::process::id()))
 }
 
@@ -115,7 +118,10 @@ mod tests {
         write_atomic(&f, b"one", 0o644).unwrap();
         write_atomic(&f, b"two", 0o600).unwrap();
         assert_eq!(fs::read(&f).unwrap(), b"two");
-        assert_eq!(fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let l = d.path().join("current");
         symlink_atomic(Path::new("x1"), &l).unwrap();
         symlink_atomic(Path::new("x2"), &l).unwrap();

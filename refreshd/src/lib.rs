@@ -3,11 +3,11 @@
 //! The daemon's library: the change/task engine, the task handlers, the on-disk layout and the
 //! HTTP API. The `refreshd` binary is a thin wrapper around [`daemon::main`].
 
-pub mod db;
-pub mod engine;
 pub mod api;
 pub mod blob;
 pub mod daemon;
+pub mod db;
+pub mod engine;
 pub mod fsutil;
 pub mod layout;
 pub mod tasks;

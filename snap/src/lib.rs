@@ -16,10 +16,16 @@ mod mountinfo;
 mod sys;
 mod text;
 
-pub use mount::{is_mountpoint, loop_available, mount_squashfs, mounts_under, unmount, MountError};
+pub use mount::{
+    is_mountpoint, loop_available, mount_squashfs, mounts_under, unmount, unmount_reporting,
+    MountError, Unmounted,
+};
 pub use name::{
     validate_app_name, validate_hook_name, validate_instance_key, validate_instance_name,
     validate_snap_name, validate_version, InstanceName, NameError, Revision,
 };
-pub use squashfs::{check_image, extract, pack, read_file, read_snap_yaml, ImageError, Superblock};
+pub use squashfs::{
+    check_image, extract, pack, read_file, read_file_limited, read_snap_yaml, Compression,
+    ImageError, Superblock,
+};
 pub use yaml::{App, DaemonKind, Hook, RefreshMode, RefreshPendingBehavior, SnapYaml, YamlError};

@@ -17,7 +17,7 @@ use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 
 use crate::mountinfo::{self, MountEntry};
-use crate::squashfs::{check_image, ImageError};
+use crate::squashfs::{check_open_image, ImageError};
 use crate::sys;
 
 const LOOP_CONTROL: &str = "/dev/loop-control";
@@ -58,7 +58,7 @@ pub enum MountError {
     },
     #[error("cannot attach {} to a loop device: other processes took {attempts} free devices in a row", image.display())]
     NoFreeDevice { image: PathBuf, attempts: u32 },
-    #[error("cannot mount {} on {}: {source}", image.display(), target.display())]
+    #[error("cannot mount {} on {}: {source}{}", image.display(), target.display(), mount_hint(source))]
     Mount {
         image: PathBuf,
         target: PathBuf,
@@ -69,6 +69,18 @@ pub enum MountError {
     Unmount { target: PathBuf, source: io::Error },
     #[error("cannot read {}: {source}", path.display())]
     MountTable { path: PathBuf, source: io::Error },
+}
+
+/// What a mount(2) errno usually means for a squashfs image, since the bare errno
+/// ("Invalid argument") does not say.
+fn mount_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EINVAL) => {
+            " (the kernel could not read the image: corrupt, or built with unsupported options)"
+        }
+        Some(libc::ENODEV) => " (this kernel has no squashfs support)",
+        _ => "",
+    }
 }
 
 /// Whether this process can make loop mounts: root, and a usable `/dev/loop-control`.
@@ -87,11 +99,25 @@ pub fn loop_available() -> bool {
 /// Idempotent: if `target` already has this same image (same file, by device and inode)
 /// mounted, this succeeds without mounting again, so a retried install step is harmless.
 pub fn mount_squashfs(image: &Path, target: &Path) -> Result<(), MountError> {
-    // Refuse truncated or foreign files before the kernel sees them; the squashfs driver would
-    // mount a truncated image and fail only on reads.
-    check_image(image).map_err(|source| MountError::Image {
+    let image_err = |source| MountError::Image {
         image: image.to_owned(),
         source,
+    };
+    let backing = File::open(image).map_err(|source| {
+        image_err(ImageError::Open {
+            path: image.to_owned(),
+            source,
+        })
+    })?;
+    // Refuse truncated or foreign files before the kernel sees them (the squashfs driver would
+    // mount a truncated image and fail only on reads). Checking the fd we will attach means the
+    // file cannot be swapped between check and mount.
+    check_open_image(&backing, image).map_err(image_err)?;
+    let backing_meta = backing.metadata().map_err(|source| {
+        image_err(ImageError::Read {
+            path: image.to_owned(),
+            source,
+        })
     })?;
     let target_meta = fs::metadata(target).map_err(|source| MountError::Target {
         path: target.to_owned(),
@@ -102,25 +128,11 @@ pub fn mount_squashfs(image: &Path, target: &Path) -> Result<(), MountError> {
             path: target.to_owned(),
         });
     }
-    let backing = File::open(image).map_err(|source| MountError::Image {
-        image: image.to_owned(),
-        source: ImageError::Open {
-            path: image.to_owned(),
-            source,
-        },
-    })?;
-    let backing_meta = backing.metadata().map_err(|source| MountError::Image {
-        image: image.to_owned(),
-        source: ImageError::Read {
-            path: image.to_owned(),
-            source,
-        },
-    })?;
 
     if let Some(top) = top_mount_at(target)? {
-        if backing_file_of(&top).is_some_and(|(dev, ino)| {
-            dev == backing_meta.dev() && ino == backing_meta.ino()
-        }) {
+        if backing_file_of(&top)
+            .is_some_and(|(dev, ino)| dev == backing_meta.dev() && ino == backing_meta.ino())
+        {
             return Ok(());
         }
         return Err(MountError::TargetBusy {
@@ -216,7 +228,9 @@ fn backing_file_of(entry: &MountEntry) -> Option<(u64, u64)> {
         entry.major, entry.minor
     );
     let text = fs::read(sys).ok()?;
-    let path = Path::new(std::ffi::OsStr::from_bytes(text.strip_suffix(b"\n").unwrap_or(&text)));
+    let path = Path::new(std::ffi::OsStr::from_bytes(
+        text.strip_suffix(b"\n").unwrap_or(&text),
+    ));
     let meta = fs::metadata(path).ok()?;
     Some((meta.dev(), meta.ino()))
 }
@@ -331,7 +345,7 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
-    use crate::squashfs::pack;
+    use crate::squashfs::{check_image, pack};
 
     /// Unmounts everything under a test's scratch directory even when an assertion fails, so a
     /// failing test leaks neither mounts nor loop devices.
@@ -428,25 +442,38 @@ mod tests {
         assert!(!is_mountpoint(&target).unwrap());
         mount_squashfs(&image, &target).unwrap();
         assert!(is_mountpoint(&target).unwrap());
-        assert_eq!(fs::read_to_string(target.join("greeting")).unwrap(), "hi there\n");
+        assert_eq!(
+            fs::read_to_string(target.join("greeting")).unwrap(),
+            "hi there\n"
+        );
         assert_eq!(loops_backed_by(&image).len(), 1);
 
-        // Read-only, and device nodes / setuid are neutralised by the mount flags.
+        // Read-only, with device nodes and setuid bits neutralised.
         let err = fs::write(target.join("new"), "x").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
         let entry = top_mount_at(&target).unwrap().unwrap();
         assert_eq!(entry.fstype, "squashfs");
+        let options: Vec<&str> = entry.options.split(',').collect();
+        for want in ["ro", "nodev", "nosuid"] {
+            assert!(options.contains(&want), "{want} missing from {options:?}");
+        }
 
         // Mounting the same image again is a no-op, not a second mount or loop device.
         mount_squashfs(&image, &target).unwrap();
-        assert_eq!(mounts_under(tmp.path()).unwrap(), [target.clone()]);
+        assert_eq!(
+            mounts_under(tmp.path()).unwrap(),
+            std::slice::from_ref(&target)
+        );
         assert_eq!(loops_backed_by(&image).len(), 1);
 
         // A different image on the same target is refused.
         let other = build_image(tmp.path(), "other", "bye\n");
         let err = mount_squashfs(&other, &target).unwrap_err();
         assert!(matches!(err, MountError::TargetBusy { .. }), "{err:?}");
-        assert!(err.to_string().contains("is already mounted there"), "{err}");
+        assert!(
+            err.to_string().contains("is already mounted there"),
+            "{err}"
+        );
         assert!(loops_backed_by(&other).is_empty());
 
         assert_eq!(unmount_reporting(&target).unwrap(), Unmounted::Done);
@@ -509,6 +536,11 @@ mod tests {
         fs::write(&corrupt, &bytes).unwrap();
         let err = mount_squashfs(&corrupt, &target).unwrap_err();
         assert!(matches!(err, MountError::Mount { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("the kernel could not read the image"),
+            "{err}"
+        );
         assert!(!err.to_string().contains('\n'));
         assert!(!is_mountpoint(&target).unwrap());
         assert_released(&corrupt);
@@ -517,17 +549,17 @@ mod tests {
         let truncated = tmp.path().join("truncated.snap");
         fs::write(&truncated, &bytes[..sb.bytes_used as usize / 2]).unwrap();
         let err = mount_squashfs(&truncated, &target).unwrap_err();
-        assert!(
-            err.to_string().contains("snap file is truncated"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("snap file is truncated"), "{err}");
         assert!(loops_backed_by(&truncated).is_empty());
 
         // Junk, and a target that is not a directory.
         let junk = tmp.path().join("junk.snap");
         fs::write(&junk, b"not squashfs at all").unwrap();
         let err = mount_squashfs(&junk, &target).unwrap_err();
-        assert!(err.to_string().contains("not a squashfs image (bad magic)"), "{err}");
+        assert!(
+            err.to_string().contains("not a squashfs image (bad magic)"),
+            "{err}"
+        );
         let err = mount_squashfs(&image, &junk).unwrap_err();
         assert!(matches!(err, MountError::TargetNotDir { .. }), "{err:?}");
         let err = mount_squashfs(&image, &tmp.path().join("absent")).unwrap_err();
@@ -557,7 +589,10 @@ mod tests {
             }
         });
         for (i, (image, target)) in jobs.iter().enumerate() {
-            assert_eq!(fs::read_to_string(target.join("greeting")).unwrap(), format!("{i}\n"));
+            assert_eq!(
+                fs::read_to_string(target.join("greeting")).unwrap(),
+                format!("{i}\n")
+            );
             assert_eq!(loops_backed_by(image).len(), 1);
         }
         let mounted = mounts_under(tmp.path()).unwrap();
@@ -601,7 +636,10 @@ mod tests {
         assert_eq!(found[0], inner);
         assert_eq!(found.len(), 3);
         assert_eq!(found[2], base);
-        assert_eq!(mounts_under(&tmp.path().join("nope")).unwrap(), Vec::<PathBuf>::new());
+        assert_eq!(
+            mounts_under(&tmp.path().join("nope")).unwrap(),
+            Vec::<PathBuf>::new()
+        );
         // A sibling whose name merely starts the same is not "under".
         assert!(mounts_under(&tmp.path().join("bas")).unwrap().is_empty());
 

@@ -10,6 +10,8 @@ pub(crate) struct MountEntry {
     pub major: u32,
     pub minor: u32,
     pub mount_point: PathBuf,
+    /// Per-mount options (`ro,nosuid,nodev,relatime`).
+    pub options: String,
     pub fstype: String,
     pub source: String,
 }
@@ -42,6 +44,7 @@ fn parse_line(line: &[u8]) -> Option<MountEntry> {
         major,
         minor,
         mount_point,
+        options: String::from_utf8_lossy(fields[5]).into_owned(),
         fstype: String::from_utf8_lossy(&unescape(fstype)).into_owned(),
         source: String::from_utf8_lossy(&unescape(source)).into_owned(),
     })
@@ -104,6 +107,7 @@ garbage line\n\
                 major: 7,
                 minor: 3,
                 mount_point: "/snap/hello/x1".into(),
+                options: "ro,nodev".into(),
                 fstype: "squashfs".into(),
                 source: "/dev/loop3".into(),
             }
@@ -132,7 +136,9 @@ garbage line\n\
         let text = std::fs::read("/proc/self/mountinfo").unwrap();
         let entries = parse(&text);
         assert!(
-            entries.iter().any(|e| e.mount_point == std::path::Path::new("/")),
+            entries
+                .iter()
+                .any(|e| e.mount_point == std::path::Path::new("/")),
             "no root mount in {entries:?}"
         );
     }

@@ -79,7 +79,8 @@ pub fn validate_snap_name(s: &str) -> Result<(), NameError> {
 pub fn validate_instance_key(s: &str) -> Result<(), NameError> {
     let b = s.as_bytes();
     let ok = (1..=MAX_INSTANCE_KEY_LEN).contains(&b.len())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if ok {
         Ok(())
     } else {
@@ -466,10 +467,7 @@ mod tests {
 
         let json = serde_json::to_string(&keyed).unwrap();
         assert_eq!(json, r#""hello_work""#);
-        assert_eq!(
-            serde_json::from_str::<InstanceName>(&json).unwrap(),
-            keyed
-        );
+        assert_eq!(serde_json::from_str::<InstanceName>(&json).unwrap(), keyed);
         let err = serde_json::from_str::<InstanceName>(r#""Hello""#).unwrap_err();
         assert!(err.to_string().contains("invalid snap name"), "{err}");
 

@@ -8,7 +8,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -120,21 +120,29 @@ pub enum ImageError {
     Empty { path: PathBuf },
     #[error("not a squashfs image (bad magic)")]
     BadMagic { path: PathBuf },
-    #[error("snap file is truncated: the squashfs image needs {needed} bytes but the file has {actual}")]
+    #[error(
+        "snap file is truncated: the squashfs image needs {needed} bytes but the file has {actual}"
+    )]
     Truncated {
         path: PathBuf,
         needed: u64,
         actual: u64,
     },
     #[error("unsupported squashfs version {major}.{minor}: only 4.0 is supported")]
-    UnsupportedVersion { path: PathBuf, major: u16, minor: u16 },
+    UnsupportedVersion {
+        path: PathBuf,
+        major: u16,
+        minor: u16,
+    },
     #[error("corrupt squashfs superblock: {reason}")]
     BadSuperblock { path: PathBuf, reason: String },
     #[error("{tool} not found: install squashfs-tools")]
     ToolMissing { tool: Tool },
     #[error("cannot run {tool}: {source}")]
     Spawn { tool: Tool, source: io::Error },
-    #[error("cannot read {inner:?} from a snap: the path must be relative, without \"..\" or wildcards")]
+    #[error(
+        "cannot read {inner:?} from a snap: the path must be relative, without \"..\" or wildcards"
+    )]
     BadInnerPath { inner: String },
     #[error("snap has no {inner}")]
     MissingFile { image: PathBuf, inner: String },
@@ -184,14 +192,21 @@ pub enum ImageError {
 /// This catches the common ways an upload goes wrong (not a snap, cut short) before any tool or
 /// the kernel sees the file; it does not check the compressed contents.
 pub fn check_image(path: &Path) -> Result<Superblock, ImageError> {
-    let mut file = File::open(path).map_err(|source| ImageError::Open {
+    let file = File::open(path).map_err(|source| ImageError::Open {
         path: path.to_owned(),
         source,
     })?;
-    let meta = file.metadata().map_err(|source| ImageError::Read {
+    check_open_image(&file, path)
+}
+
+/// [`check_image`] on an open file (`path` is for messages), so a caller can check exactly the
+/// file it goes on to use. Reads at offset 0 without moving the file position.
+pub fn check_open_image(file: &File, path: &Path) -> Result<Superblock, ImageError> {
+    let read_err = |source| ImageError::Read {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let meta = file.metadata().map_err(read_err)?;
     if !meta.is_file() {
         return Err(ImageError::NotAFile {
             path: path.to_owned(),
@@ -200,16 +215,11 @@ pub fn check_image(path: &Path) -> Result<Superblock, ImageError> {
     let mut buf = [0u8; SUPERBLOCK_SIZE];
     let mut got = 0;
     while got < buf.len() {
-        match file.read(&mut buf[got..]) {
+        match file.read_at(&mut buf[got..], got as u64) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(source) => {
-                return Err(ImageError::Read {
-                    path: path.to_owned(),
-                    source,
-                })
-            }
+            Err(source) => return Err(read_err(source)),
         }
     }
     // The length as read, not as stat'ed, decides "truncated" for short files: they agree
@@ -687,7 +697,8 @@ pub fn pack(dir: &Path, out: &Path) -> Result<(), ImageError> {
 
 pub(crate) fn pack_with(tools: &Tools, dir: &Path, out: &Path) -> Result<(), ImageError> {
     let snap_yaml = dir.join("meta/snap.yaml");
-    let meta = match fs::metadata(&snap_yaml) {
+    // Not following a symlink: mksquashfs would store the link, not what we validated.
+    let meta = match fs::symlink_metadata(&snap_yaml) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(ImageError::PackNoSnapYaml {
@@ -724,8 +735,17 @@ pub(crate) fn pack_with(tools: &Tools, dir: &Path, out: &Path) -> Result<(), Ima
         out: out.to_owned(),
         detail,
     };
-    let (parent, file_name) =
-        split_parent(out).ok_or_else(|| pack_err(format!("{} is not a file path", out.display())))?;
+    let (parent, file_name) = split_parent(out)
+        .ok_or_else(|| pack_err(format!("{} is not a file path", out.display())))?;
+    // The staging directory beside `out` would end up inside the image it is building.
+    if let (Ok(parent), Ok(dir)) = (fs::canonicalize(parent), fs::canonicalize(dir)) {
+        if parent.starts_with(&dir) {
+            return Err(pack_err(format!(
+                "the output {} is inside the directory being packed",
+                out.display()
+            )));
+        }
+    }
     let tmp = tempfile::Builder::new()
         .prefix(&staging_prefix(file_name, "pack"))
         .tempdir_in(parent)
@@ -748,8 +768,8 @@ pub(crate) fn pack_with(tools: &Tools, dir: &Path, out: &Path) -> Result<(), Ima
         // Host xattrs (SELinux labels, capabilities) do not belong in a portable image.
         "-no-xattrs".as_ref(),
     ];
-    let result = run_tool(tools, Tool::Mksquashfs, &args, Stdout::Keep(STDOUT_KEEP)).and_then(
-        |output| {
+    let result =
+        run_tool(tools, Tool::Mksquashfs, &args, Stdout::Keep(STDOUT_KEEP)).and_then(|output| {
             if !output.status.success() {
                 return Err(pack_err(meaningful_line(&output.stderr, output.status)));
             }
@@ -765,8 +785,7 @@ pub(crate) fn pack_with(tools: &Tools, dir: &Path, out: &Path) -> Result<(), Ima
             File::open(parent)
                 .and_then(|d| d.sync_all())
                 .map_err(|e| io_err("sync the directory of", e))
-        },
-    );
+        });
     if let Err(e) = cleanup(tmp) {
         result?;
         return Err(e);
@@ -879,7 +898,9 @@ fn run_tool(
         Stdout::KillAbove(limit) => read_or_kill(&mut child, stdout, limit),
         Stdout::Keep(limit) => read_capped(stdout, limit),
     };
-    let status = child.wait().map_err(|source| ImageError::Spawn { tool, source })?;
+    let status = child
+        .wait()
+        .map_err(|source| ImageError::Spawn { tool, source })?;
     let (stderr, _) = stderr_thread.join().unwrap_or_default();
     Ok(ToolOutput {
         status,
@@ -919,7 +940,11 @@ fn meaningful_line(stderr: &str, status: ExitStatus) -> String {
             || l.starts_with('[')
             || l.contains("inodes (")
     };
-    let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !noise(l)).collect();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !noise(l))
+        .collect();
     let chosen = lines
         .iter()
         .find_map(|l| l.strip_prefix("FATAL ERROR:"))
@@ -942,7 +967,8 @@ mod tests {
     use std::io::Write;
     use std::os::unix::fs::symlink;
 
-    const SNAP_YAML: &str = "name: hello\nversion: \"1.0\"\napps:\n  hello:\n    command: bin/hello\n";
+    const SNAP_YAML: &str =
+        "name: hello\nversion: \"1.0\"\napps:\n  hello:\n    command: bin/hello\n";
 
     /// A snap tree with compressible but irregular payload, so corrupting the middle of the image
     /// hits xz-compressed data.
@@ -992,9 +1018,15 @@ mod tests {
         let image = build(tmp.path());
         let good = fs::read(&image).unwrap();
         let used = u64_at(&good, 40);
-        let set16 = |at: usize, v: u16| move |b: &mut Vec<u8>| b[at..at + 2].copy_from_slice(&v.to_le_bytes());
-        let set32 = |at: usize, v: u32| move |b: &mut Vec<u8>| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-        let set64 = |at: usize, v: u64| move |b: &mut Vec<u8>| b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        let set16 = |at: usize, v: u16| {
+            move |b: &mut Vec<u8>| b[at..at + 2].copy_from_slice(&v.to_le_bytes())
+        };
+        let set32 = |at: usize, v: u32| {
+            move |b: &mut Vec<u8>| b[at..at + 4].copy_from_slice(&v.to_le_bytes())
+        };
+        let set64 = |at: usize, v: u64| {
+            move |b: &mut Vec<u8>| b[at..at + 8].copy_from_slice(&v.to_le_bytes())
+        };
         type Edit = Box<dyn Fn(&mut Vec<u8>)>;
         let cases: Vec<(&str, Edit, String)> = vec![
             ("empty", Box::new(|b: &mut Vec<u8>| b.clear()), "not a squashfs image (the file is empty)".into()),
@@ -1054,7 +1086,10 @@ mod tests {
     fn read_file_reads_and_distinguishes_missing() {
         let tmp = tempfile::tempdir().unwrap();
         let image = build(tmp.path());
-        assert_eq!(read_file(&image, "meta/snap.yaml").unwrap(), SNAP_YAML.as_bytes());
+        assert_eq!(
+            read_file(&image, "meta/snap.yaml").unwrap(),
+            SNAP_YAML.as_bytes()
+        );
         let y = read_snap_yaml(&image).unwrap();
         assert_eq!(y.name, "hello");
 
@@ -1063,11 +1098,20 @@ mod tests {
         assert_eq!(err.to_string(), "snap has no meta/nope.yaml");
 
         let err = read_file(&image, "meta").unwrap_err();
-        assert_eq!(err.to_string(), "cannot read meta from the snap: /meta is a directory");
+        assert_eq!(
+            err.to_string(),
+            "cannot read meta from the snap: /meta is a directory"
+        );
 
         let err = read_file_limited(&image, "bin/data", 1000).unwrap_err();
-        assert_eq!(err.to_string(), "bin/data in the snap is larger than 1000 bytes");
-        assert_eq!(read_file_limited(&image, "bin/hello", 21).unwrap().len(), 21);
+        assert_eq!(
+            err.to_string(),
+            "bin/data in the snap is larger than 1000 bytes"
+        );
+        assert_eq!(
+            read_file_limited(&image, "bin/hello", 21).unwrap().len(),
+            21
+        );
         assert!(read_file_limited(&image, "bin/hello", 20).is_err());
     }
 
@@ -1075,29 +1119,45 @@ mod tests {
     fn read_file_refuses_pattern_like_paths() {
         let tmp = tempfile::tempdir().unwrap();
         let image = build(tmp.path());
-        for inner in ["", "/meta/snap.yaml", "meta/*", "meta/snap.yam?", "meta/[s]nap.yaml", "../etc/passwd", "meta/../meta/snap.yaml", "meta//snap.yaml", "./meta/snap.yaml", "meta/snap.yaml\n", "-cat"] {
+        for inner in [
+            "",
+            "/meta/snap.yaml",
+            "meta/*",
+            "meta/snap.yam?",
+            "meta/[s]nap.yaml",
+            "../etc/passwd",
+            "meta/../meta/snap.yaml",
+            "meta//snap.yaml",
+            "./meta/snap.yaml",
+            "meta/snap.yaml\n",
+            "-cat",
+        ] {
             let err = read_file(&image, inner).unwrap_err();
-            assert!(matches!(err, ImageError::BadInnerPath { .. }), "{inner:?}: {err:?}");
+            assert!(
+                matches!(err, ImageError::BadInnerPath { .. }),
+                "{inner:?}: {err:?}"
+            );
         }
     }
 
     #[test]
     fn read_file_does_not_follow_symlinks() {
+        // A link to a host file must not be read from the host, with -cat or by extracting.
         let tmp = tempfile::tempdir().unwrap();
-        let dir = snap_tree(tmp.path());
+        let dir = tmp.path().join("tree");
+        fs::create_dir_all(dir.join("meta")).unwrap();
+        fs::write(dir.join("meta/snap.yaml"), SNAP_YAML).unwrap();
+        symlink("/etc/hostname", dir.join("meta/host")).unwrap();
         let image = tmp.path().join("links.snap");
         pack(&dir, &image).unwrap();
-        // Swap snap.yaml for a link after packing would not be in the image; build a second tree.
-        let dir2 = tmp.path().join("tree2");
-        fs::create_dir_all(dir2.join("meta")).unwrap();
-        fs::write(dir2.join("meta/snap.yaml"), SNAP_YAML).unwrap();
-        symlink("/etc/hostname", dir2.join("meta/host")).unwrap();
-        let image2 = tmp.path().join("links2.snap");
-        pack(&dir2, &image2).unwrap();
         let caps = default_caps(&Tools::default()).unwrap();
         for caps in [caps, UnsquashfsCaps { cat: false, ..caps }] {
-            let err = read_file_with(&Tools::default(), caps, &image2, "meta/host", 1000).unwrap_err();
-            assert!(matches!(err, ImageError::ReadFile { .. }), "{caps:?}: {err:?}");
+            let err =
+                read_file_with(&Tools::default(), caps, &image, "meta/host", 1000).unwrap_err();
+            assert!(
+                matches!(err, ImageError::ReadFile { .. }),
+                "{caps:?}: {err:?}"
+            );
         }
     }
 
@@ -1119,7 +1179,10 @@ mod tests {
         let err = read_file_with(&tools, caps, &image, "bin/data", 4096).unwrap_err();
         assert!(matches!(err, ImageError::FileTooLarge { .. }), "{err:?}");
         let err = read_file_with(&tools, caps, &image, "meta", 4096).unwrap_err();
-        assert_eq!(err.to_string(), "cannot read meta from the snap: /meta is not a regular file");
+        assert_eq!(
+            err.to_string(),
+            "cannot read meta from the snap: /meta is not a regular file"
+        );
     }
 
     #[test]
@@ -1141,11 +1204,17 @@ mod tests {
         check_image(&middle).unwrap();
         let err = read_file(&middle, "bin/data").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("cannot read bin/data from the snap: "), "{msg}");
+        assert!(
+            msg.starts_with("cannot read bin/data from the snap: "),
+            "{msg}"
+        );
         assert!(!msg.contains('\n'));
         let dest = tmp.path().join("middle-out");
         let err = extract(&middle, &dest).unwrap_err();
-        assert!(err.to_string().starts_with("cannot extract the snap: "), "{err}");
+        assert!(
+            err.to_string().starts_with("cannot extract the snap: "),
+            "{err}"
+        );
         assert!(!dest.exists(), "partial extraction left behind");
 
         // Garbage over the metadata (inode and directory tables): nothing is readable.
@@ -1159,10 +1228,7 @@ mod tests {
         });
         check_image(&tables).unwrap();
         let err = read_file(&tables, "meta/snap.yaml").unwrap_err();
-        assert!(
-            matches!(err, ImageError::ReadFile { .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, ImageError::ReadFile { .. }), "{err:?}");
         let dest = tmp.path().join("tables-out");
         assert!(extract(&tables, &dest).is_err());
         assert!(!dest.exists());
@@ -1224,10 +1290,22 @@ mod tests {
 
         let dest = tmp.path().join("-dest");
         extract(&image, &dest).unwrap();
-        assert_eq!(fs::read_to_string(dest.join("meta/snap.yaml")).unwrap(), SNAP_YAML);
-        assert_eq!(fs::read(dest.join("bin/data")).unwrap(), fs::read(dir.join("bin/data")).unwrap());
-        assert_eq!(fs::read_link(dest.join("bin/link")).unwrap(), Path::new("hello"));
-        let mode = fs::metadata(dest.join("bin/suid")).unwrap().permissions().mode();
+        assert_eq!(
+            fs::read_to_string(dest.join("meta/snap.yaml")).unwrap(),
+            SNAP_YAML
+        );
+        assert_eq!(
+            fs::read(dest.join("bin/data")).unwrap(),
+            fs::read(dir.join("bin/data")).unwrap()
+        );
+        assert_eq!(
+            fs::read_link(dest.join("bin/link")).unwrap(),
+            Path::new("hello")
+        );
+        let mode = fs::metadata(dest.join("bin/suid"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o7777, 0o755, "setuid bit survived: {mode:o}");
 
         let err = extract(&image, &dest).unwrap_err();
@@ -1247,16 +1325,24 @@ mod tests {
         fs::write(&out, "old contents").unwrap();
         pack(&dir, &out).unwrap();
         check_image(&out).unwrap();
-        assert_eq!(read_snap_yaml(&out).unwrap().apps["hello"].command, "bin/hello");
+        assert_eq!(
+            read_snap_yaml(&out).unwrap().apps["hello"].command,
+            "bin/hello"
+        );
 
         fs::write(dir.join("meta/snap.yaml"), "name: Bad\nversion: 1\n").unwrap();
         let before = fs::read(&out).unwrap();
         let err = pack(&dir, &out).unwrap_err();
         assert!(
-            err.to_string().contains("snap.yaml: field \"name\": invalid snap name \"Bad\""),
+            err.to_string()
+                .contains("snap.yaml: field \"name\": invalid snap name \"Bad\""),
             "{err}"
         );
-        assert_eq!(fs::read(&out).unwrap(), before, "failed pack touched the output");
+        assert_eq!(
+            fs::read(&out).unwrap(),
+            before,
+            "failed pack touched the output"
+        );
 
         fs::remove_file(dir.join("meta/snap.yaml")).unwrap();
         let err = pack(&dir, &out).unwrap_err();
@@ -1264,6 +1350,27 @@ mod tests {
 
         let err = pack(&tmp.path().join("nope"), &out).unwrap_err();
         assert!(matches!(err, ImageError::PackNoSnapYaml { .. }), "{err:?}");
+
+        // A snap.yaml that is a link is refused: the image would hold the link, not the file.
+        fs::write(tmp.path().join("elsewhere.yaml"), SNAP_YAML).unwrap();
+        symlink(
+            tmp.path().join("elsewhere.yaml"),
+            dir.join("meta/snap.yaml"),
+        )
+        .unwrap();
+        let err = pack(&dir, &out).unwrap_err();
+        assert!(matches!(err, ImageError::NotAFile { .. }), "{err:?}");
+        fs::remove_file(dir.join("meta/snap.yaml")).unwrap();
+
+        // Packing into the tree itself is refused.
+        fs::write(dir.join("meta/snap.yaml"), SNAP_YAML).unwrap();
+        let err = pack(&dir, &dir.join("self.snap")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is inside the directory being packed"),
+            "{err}"
+        );
+        assert!(!dir.join("self.snap").exists());
     }
 
     #[test]
@@ -1275,14 +1382,31 @@ mod tests {
             mksquashfs: "/nonexistent/mksquashfs".into(),
         };
         let err = probe_caps(&tools).unwrap_err();
-        assert_eq!(err.to_string(), "unsquashfs not found: install squashfs-tools");
+        assert_eq!(
+            err.to_string(),
+            "unsquashfs not found: install squashfs-tools"
+        );
         let caps = default_caps(&Tools::default()).unwrap();
         let err = read_file_with(&tools, caps, &image, "meta/snap.yaml", 100).unwrap_err();
-        assert_eq!(err.to_string(), "unsquashfs not found: install squashfs-tools");
+        assert_eq!(
+            err.to_string(),
+            "unsquashfs not found: install squashfs-tools"
+        );
         let err = extract_with(&tools, caps, &image, &tmp.path().join("d")).unwrap_err();
-        assert_eq!(err.to_string(), "unsquashfs not found: install squashfs-tools");
-        let err = pack_with(&tools, &snap_tree(&tmp.path().join("p")), &tmp.path().join("o.snap")).unwrap_err();
-        assert_eq!(err.to_string(), "mksquashfs not found: install squashfs-tools");
+        assert_eq!(
+            err.to_string(),
+            "unsquashfs not found: install squashfs-tools"
+        );
+        let err = pack_with(
+            &tools,
+            &snap_tree(&tmp.path().join("p")),
+            &tmp.path().join("o.snap"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "mksquashfs not found: install squashfs-tools"
+        );
     }
 
     #[test]

@@ -76,8 +76,8 @@ pub fn loop_configure(
     flags: u32,
     file_name: &[u8],
 ) -> io::Result<()> {
-    let backing_fd =
-        u32::try_from(backing.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    let backing_fd = u32::try_from(backing.as_raw_fd())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     let mut name = [0u8; LO_NAME_SIZE];
     // Keep the last byte NUL: the kernel treats the field as a C string.
     let n = file_name.len().min(LO_NAME_SIZE - 1);

@@ -27,6 +27,9 @@ pub const MAX_DESCRIPTION_CHARS: usize = 4096;
 pub const MAX_SUMMARY_CHARS: usize = 128;
 
 /// The parsed, validated contents of `meta/snap.yaml`.
+///
+/// Build it from a snap with [`parse`]; the serde impls are for storing and reloading an
+/// already-validated value and do not validate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct SnapYaml {
@@ -88,7 +91,10 @@ pub struct App {
 impl App {
     /// The program path inside the snap (first word of `command`).
     pub fn program(&self) -> &str {
-        self.command.split(' ').find(|w| !w.is_empty()).unwrap_or("")
+        self.command
+            .split(' ')
+            .find(|w| !w.is_empty())
+            .unwrap_or("")
     }
 
     /// The arguments after the program (`command` split on spaces, as snapd's snap-exec does).
@@ -159,8 +165,19 @@ macro_rules! yaml_word_enum {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(deserializer)?;
-                s.parse().map_err(de::Error::custom)
+                // A visitor rather than String-then-parse: an error raised inside the visitor
+                // is tagged with this field's path and position, not the enclosing mapping's.
+                struct Word;
+                impl de::Visitor<'_> for Word {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str(concat!("a ", $what))
+                    }
+                    fn visit_str<E: de::Error>(self, s: &str) -> Result<$name, E> {
+                        s.parse().map_err(E::custom)
+                    }
+                }
+                deserializer.deserialize_str(Word)
             }
         }
     };
@@ -188,18 +205,14 @@ yaml_word_enum!(
 
 yaml_word_enum!(
     /// `refresh-pending-behavior:` (project extension) — `block` makes a refresh wait until no
-    /// app of the snap is running; `allow` refreshes underneath running apps.
+    /// app of the snap is running; `allow` (the default) refreshes underneath running apps.
+    #[derive(Default)]
     RefreshPendingBehavior, "refresh-pending-behavior", {
         Block => "block",
+        #[default]
         Allow => "allow",
     }
 );
-
-impl Default for RefreshPendingBehavior {
-    fn default() -> Self {
-        RefreshPendingBehavior::Allow
-    }
-}
 
 fn hooks_allowing_empty<'de, D: Deserializer<'de>>(
     deserializer: D,
@@ -638,10 +651,7 @@ layout:
         assert_eq!(svc.stop_timeout_duration(), Some(Duration::from_secs(90)));
         assert_eq!(svc.refresh_mode, Some(RefreshMode::Endure));
         assert_eq!(y.apps["env"].environment["FOO"], "bar");
-        assert_eq!(
-            y.daemons().map(|(n, _)| n).collect::<Vec<_>>(),
-            ["svc"]
-        );
+        assert_eq!(y.daemons().map(|(n, _)| n).collect::<Vec<_>>(), ["svc"]);
         assert_eq!(y.hooks.len(), 3);
         assert!(y.hooks["install"].environment.is_empty());
         assert_eq!(y.hooks["post-refresh"].environment["HOOKY"], "yes");
@@ -659,7 +669,10 @@ layout:
         assert_eq!(y.refresh_pending_behavior, None);
         assert_eq!(y.pending_behavior(), RefreshPendingBehavior::Allow);
         // An empty `apps:` is an empty map, as in snapd.
-        assert!(parse(b"name: hi\nversion: 1\napps:\n").unwrap().apps.is_empty());
+        assert!(parse(b"name: hi\nversion: 1\napps:\n")
+            .unwrap()
+            .apps
+            .is_empty());
     }
 
     /// Each case: the document and the exact message (or, with a leading `~`, a substring).
@@ -707,7 +720,7 @@ layout:
             ),
             (
                 format!("name: a\nversion: 1\nx: {}1{}\n", "[".repeat(200), "]".repeat(200)).into_bytes(),
-                "~snap.yaml is not valid YAML: line 3 column 132: recursion limit exceeded",
+                "~snap.yaml is not valid YAML: line 3 column 131: recursion limit exceeded",
             ),
             // Missing fields and wrong types.
             (b"version: 1\n".to_vec(), "snap.yaml: missing field \"name\""),
@@ -730,7 +743,7 @@ layout:
             ),
             (
                 with_apps("  hello:\n    command: bin/hello\n    daemon: [simple]\n").into_bytes(),
-                "snap.yaml: apps.hello.daemon: invalid type: sequence, expected a string (line 6 column 13)",
+                "snap.yaml: apps.hello.daemon: invalid type: sequence, expected a daemon type (line 6 column 13)",
             ),
             (
                 with_apps("  hello:\n    command: bin/hello\n    daemon: simple\n    refresh-mode: sometimes\n").into_bytes(),
@@ -839,20 +852,28 @@ layout:
                 "snap.yaml: hooks.install.environment.X: value must not contain control characters",
             ),
         ];
+        // Report every mismatch at once: these messages are read by people, and a table of
+        // them is easier to review than one failure at a time.
+        let mut failures = Vec::new();
         for (doc, want) in &cases {
             let shown = String::from_utf8_lossy(doc);
             let shown: String = shown.chars().take(120).collect();
             let err = match parse(doc) {
-                Ok(y) => panic!("accepted {shown:?} as {y:?}"),
+                Ok(y) => {
+                    failures.push(format!("accepted {shown:?} as {y:?}"));
+                    continue;
+                }
                 Err(e) => e.to_string(),
             };
-            assert!(!err.contains('\n'), "multi-line message {err:?}");
-            assert!(err.len() < 500, "long message for {shown:?}: {err}");
-            match want.strip_prefix('~') {
-                Some(part) => assert!(err.contains(part), "for {shown:?}\n got: {err}\nwant: …{part}…"),
-                None => assert_eq!(&err, want, "for {shown:?}"),
+            let ok = match want.strip_prefix('~') {
+                Some(part) => err.contains(part),
+                None => err == *want,
+            };
+            if !ok || err.contains('\n') || err.len() > 500 {
+                failures.push(format!("for {shown:?}\n  got: {err}\n want: {want}"));
             }
         }
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
     }
 
     #[test]

@@ -290,9 +290,9 @@ impl State {
     // ---- snaps and revisions ----
 
     pub fn snaps(&self) -> Result<Vec<SnapRow>> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {SNAP_COLS} FROM snaps ORDER BY name"
-        ))?;
+        let mut st = self
+            .conn
+            .prepare_cached(&format!("SELECT {SNAP_COLS} FROM snaps ORDER BY name"))?;
         let rows = st.query_map([], snap_from_row)?;
         collect(rows)
     }
@@ -470,9 +470,9 @@ impl State {
     }
 
     pub fn change(&self, id: ChangeId) -> Result<Option<ChangeRow>> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {CHANGE_COLS} FROM changes WHERE id = ?1"
-        ))?;
+        let mut st = self
+            .conn
+            .prepare_cached(&format!("SELECT {CHANGE_COLS} FROM changes WHERE id = ?1"))?;
         let row = st.query_row([id as i64], change_from_row).optional()?;
         row.transpose()
     }
@@ -620,9 +620,7 @@ fn in_progress_for(conn: &Connection, snap: &str) -> Result<Option<ChangeId>> {
         .map(|id| id as ChangeId))
 }
 
-fn collect<T>(
-    rows: impl Iterator<Item = rusqlite::Result<Result<T>>>,
-) -> Result<Vec<T>> {
+fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<Result<T>>>) -> Result<Vec<T>> {
     let mut out = Vec::new();
     for r in rows {
         out.push(r??);
@@ -633,8 +631,7 @@ fn collect<T>(
 const SNAP_COLS: &str =
     "name, snap_name, instance_key, current, channel, hold, settings, installed";
 const REV_COLS: &str = "snap, revision, version, summary, sha3_384, size, manifest, added";
-const CHANGE_COLS: &str =
-    "id, kind, summary, snap, data, spawn_time, ready_time, abort_requested";
+const CHANGE_COLS: &str = "id, kind, summary, snap, data, spawn_time, ready_time, abort_requested";
 const TASK_COLS: &str = "id, change_id, seq, kind, summary, status, data, waits_for, log, \
      progress_label, progress_done, progress_total, retry_count, retry_reason, wait_until, \
      wait_event, wait_reason, spawn_time, ready_time";

@@ -70,7 +70,11 @@ fn migrates_from_every_older_version() {
         }
         let st = State::open(&path).unwrap();
         assert_eq!(st.schema_version().unwrap(), SCHEMA_VERSION, "from {start}");
-        assert_eq!(schema_of(&st.conn), want, "schema after migrating from {start}");
+        assert_eq!(
+            schema_of(&st.conn),
+            want,
+            "schema after migrating from {start}"
+        );
         assert_eq!(st.integrity_check().unwrap(), "ok");
     }
 }
@@ -141,7 +145,10 @@ fn change_with_ordered_tasks() {
 #[test]
 fn one_unfinished_change_per_snap() {
     let mut st = State::open_in_memory().unwrap();
-    let first = st.create_change(&install_change("hello"), None).unwrap().id();
+    let first = st
+        .create_change(&install_change("hello"), None)
+        .unwrap()
+        .id();
     match st.create_change(&install_change("hello"), None) {
         Err(Error::Conflict { snap, change }) => {
             assert_eq!(snap, "hello");
@@ -164,8 +171,12 @@ fn idempotency_key_returns_the_same_change() {
         key: "k1",
         request: "install",
     };
-    let a = st.create_change(&install_change("hello"), Some(key)).unwrap();
-    let b = st.create_change(&install_change("hello"), Some(key)).unwrap();
+    let a = st
+        .create_change(&install_change("hello"), Some(key))
+        .unwrap();
+    let b = st
+        .create_change(&install_change("hello"), Some(key))
+        .unwrap();
     assert!(matches!(a, Created::New(_)));
     assert_eq!(b, Created::Existing(a.id()));
     assert_eq!(st.changes(Select::All, None).unwrap().len(), 1);
@@ -204,7 +215,8 @@ fn prune_by_age_and_count() {
     let hour = 3600 * 1000;
     st.set_change_ready(ids[0], Some(now - 48 * hour)).unwrap(); // too old
     for (i, id) in ids[1..4].iter().enumerate() {
-        st.set_change_ready(*id, Some(now - hour + i as i64)).unwrap();
+        st.set_change_ready(*id, Some(now - hour + i as i64))
+            .unwrap();
     }
     // ids[4] stays in progress and is never pruned.
     let n = st
@@ -256,7 +268,9 @@ fn survives_reopen() {
     let path = dir.path().join("state.db");
     let id = {
         let mut st = State::open(&path).unwrap();
-        st.create_change(&install_change("hello"), None).unwrap().id()
+        st.create_change(&install_change("hello"), None)
+            .unwrap()
+            .id()
     };
     let st = State::open(&path).unwrap();
     assert_eq!(st.change(id).unwrap().unwrap().kind, "install");

@@ -20,7 +20,13 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe
         .parent()
-        .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
         .expect("target dir");
     let p = dir.join(name);
     assert!(
@@ -35,9 +41,15 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Prints why a test is skipped, in a form the test command counts.
+/// Prints why a test is skipped, and records it where the test command counts skips.
 pub fn skip(why: &str) {
     println!("SKIP: {why}");
+    if let Some(p) = std::env::var_os("REFRESHD_TEST_SKIPS") {
+        let test = std::thread::current().name().unwrap_or("?").to_owned();
+        if let Ok(mut f) = fs::OpenOptions::new().append(true).open(p) {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
 }
 
 /// A scratch root directory (`DIR/root`) with room beside it for the test's own files (logs,
@@ -102,18 +114,10 @@ pub struct Daemon {
     pub log: PathBuf,
 }
 
+#[derive(Default)]
 pub struct DaemonOpts<'a> {
     pub failpoints: Option<&'a str>,
     pub extra_args: Vec<String>,
-}
-
-impl Default for DaemonOpts<'_> {
-    fn default() -> Self {
-        DaemonOpts {
-            failpoints: None,
-            extra_args: vec![],
-        }
-    }
 }
 
 impl Daemon {
@@ -126,7 +130,8 @@ impl Daemon {
         let log = root.parent().unwrap().join("refreshd.log");
         let mut cmd = Command::new(bin("refreshd"));
         cmd.arg("--root").arg(root).args(&opts.extra_args);
-        cmd.env("RUST_LOG", "info").env_remove("REFRESHD_FAILPOINTS");
+        cmd.env("RUST_LOG", "info")
+            .env_remove("REFRESHD_FAILPOINTS");
         if let Some(fp) = opts.failpoints {
             cmd.env("REFRESHD_FAILPOINTS", fp);
         }
@@ -266,7 +271,13 @@ pub fn text(b: &[u8]) -> String {
 
 /// A minimal HTTP/1.1 request over the daemon's socket, for what refreshctl hides (headers).
 /// Returns (status, body).
-pub fn http(root: &Path, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
+pub fn http(
+    root: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Value) {
     let mut s = UnixStream::connect(root.join("run/refreshd.socket")).expect("connect");
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -283,9 +294,18 @@ pub fn http(root: &Path, method: &str, path: &str, headers: &[(&str, &str)], bod
     let resp = String::from_utf8_lossy(&resp).into_owned();
     let (head, rest) = resp.split_once("\r\n\r\n").expect("http response");
     let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(rest) } else { rest.to_owned() };
-    (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -327,7 +347,14 @@ impl SnapSrc {
         let st = Command::new("mksquashfs")
             .arg(self.dir.path())
             .arg(out)
-            .args(["-noappend", "-comp", "gzip", "-no-progress", "-all-root", "-quiet"])
+            .args([
+                "-noappend",
+                "-comp",
+                "gzip",
+                "-no-progress",
+                "-all-root",
+                "-quiet",
+            ])
             .stdout(Stdio::null())
             .status()
             .expect("mksquashfs (install squashfs-tools)");
@@ -364,7 +391,13 @@ pub fn snapshot(dir: &Path, skip: &[&str]) -> Vec<(String, String)> {
     out
 }
 
-fn walk(base: &Path, dir: &Path, skip: &[&str], mounts: &[PathBuf], out: &mut Vec<(String, String)>) {
+fn walk(
+    base: &Path,
+    dir: &Path,
+    skip: &[&str],
+    mounts: &[PathBuf],
+    out: &mut Vec<(String, String)>,
+) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         let p = e.path();
@@ -379,7 +412,12 @@ fn walk(base: &Path, dir: &Path, skip: &[&str], mounts: &[PathBuf], out: &mut Ve
             format!("dir {:o}", md.permissions().mode())
         } else {
             let bytes = fs::read(&p).unwrap_or_default();
-            format!("file {:o} {} {:x}", md.permissions().mode(), bytes.len(), fxhash(&bytes))
+            format!(
+                "file {:o} {} {:x}",
+                md.permissions().mode(),
+                bytes.len(),
+                fxhash(&bytes)
+            )
         };
         out.push((rel, kind));
         if md.is_dir() && !mounts.contains(&p) {
@@ -389,7 +427,9 @@ fn walk(base: &Path, dir: &Path, skip: &[&str], mounts: &[PathBuf], out: &mut Ve
 }
 
 fn fxhash(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf29ce484222325u64, |h, &x| (h ^ x as u64).wrapping_mul(0x100000001b3))
+    b.iter().fold(0xcbf29ce484222325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// Paths under `dir` whose name marks them as refreshd temporaries.
@@ -412,7 +452,13 @@ impl TestUser {
     pub fn create(tag: &str) -> Option<TestUser> {
         let name = format!("rfd{}{}", tag, std::process::id() % 100000);
         let st = Command::new("useradd")
-            .args(["--no-create-home", "--shell", "/bin/sh", "--user-group", &name])
+            .args([
+                "--no-create-home",
+                "--shell",
+                "/bin/sh",
+                "--user-group",
+                &name,
+            ])
             .status()
             .ok()?;
         if !st.success() {
@@ -439,11 +485,13 @@ pub fn watch_until_ready(root: &Path, id: u64) -> Value {
     let out = ctl(root, &["watch", &id.to_string(), "--json"]);
     let last = text(&out.stdout)
         .lines()
-        .filter(|l| !l.trim().is_empty())
-        .last()
+        .rfind(|l| !l.trim().is_empty())
         .map(str::to_owned)
         .unwrap_or_else(|| panic!("watch {id} printed nothing: {}", text(&out.stderr)));
     let v: Value = serde_json::from_str(&last).unwrap();
-    assert_eq!(v["ready"], true, "watch ended before the change was ready: {v}");
+    assert_eq!(
+        v["ready"], true,
+        "watch ended before the change was ready: {v}"
+    );
     v
 }

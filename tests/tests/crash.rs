@@ -23,7 +23,11 @@ fn check_invariants(root: &Path, snap: &str, expect_installed: bool) {
     let current = root.join(format!("snap/{snap}/current"));
     match fs::read_link(&current) {
         Ok(rev) => {
-            assert!(expect_installed, "{snap} should be gone, but current -> {}", rev.display());
+            assert!(
+                expect_installed,
+                "{snap} should be gone, but current -> {}",
+                rev.display()
+            );
             let dir = root.join(format!("snap/{snap}")).join(&rev);
             assert!(
                 dir.join("meta/snap.yaml").is_file(),
@@ -41,14 +45,22 @@ fn check_invariants(root: &Path, snap: &str, expect_installed: bool) {
             );
         }
         Err(_) => {
-            assert!(!expect_installed, "{snap} should be installed but has no current link");
-            assert!(!root.join(format!("snap/bin/{snap}")).exists(), "launcher left behind");
+            assert!(
+                !expect_installed,
+                "{snap} should be installed but has no current link"
+            );
+            assert!(
+                !root.join(format!("snap/bin/{snap}")).exists(),
+                "launcher left behind"
+            );
             assert!(
                 !root.join(format!("var/snap/{snap}")).exists(),
                 "data dir left behind"
             );
             assert!(
-                refreshd_snap::mounts_under(&root.join("snap")).unwrap().is_empty(),
+                refreshd_snap::mounts_under(&root.join("snap"))
+                    .unwrap()
+                    .is_empty(),
                 "mount left behind"
             );
         }
@@ -109,7 +121,12 @@ fn sigkill_at_every_install_boundary() {
             let blob = root.aux("crashy.snap");
             hello_snap(&blob, "crashy", "1.0");
             let fp = format!("{when}:{task}");
-            let ch = crash_and_resume(&root, &fp, &["install", blob.to_str().unwrap(), "--no-wait"], "install");
+            let ch = crash_and_resume(
+                &root,
+                &fp,
+                &["install", blob.to_str().unwrap(), "--no-wait"],
+                "install",
+            );
             assert_eq!(ch["status"], "Done", "install after a crash at {fp}: {ch}");
             check_invariants(root.path(), "crashy", true);
             runs += 1;
@@ -138,7 +155,10 @@ fn sigkill_at_every_remove_boundary() {
             let ch = crash_and_resume(&root, &fp, &["remove", "crashy", "--no-wait"], "remove");
             assert_eq!(ch["status"], "Done", "remove after a crash at {fp}: {ch}");
             check_invariants(root.path(), "crashy", false);
-            assert!(!root.path().join("var/lib/refreshd/blobs/crashy_x1.snap").exists());
+            assert!(!root
+                .path()
+                .join("var/lib/refreshd/blobs/crashy_x1.snap")
+                .exists());
             runs += 1;
         }
     }
@@ -166,7 +186,10 @@ fn sigkill_at_every_undo_boundary() {
                     ..Default::default()
                 },
             );
-            let _ = ctl(root.path(), &["install", blob.to_str().unwrap(), "--no-wait"]);
+            let _ = ctl(
+                root.path(),
+                &["install", blob.to_str().unwrap(), "--no-wait"],
+            );
             let st = d.wait();
             assert!(killed_by_sigkill(st), "should have died at {fp}: {st:?}");
             let _d = Daemon::start(root.path());
@@ -179,10 +202,18 @@ fn sigkill_at_every_undo_boundary() {
                 .iter()
                 .map(|t| t["status"].as_str().unwrap())
                 .collect();
-            assert_eq!(statuses, ["Undone", "Undone", "Undone", "Undone", "Error"], "{fp}");
+            assert_eq!(
+                statuses,
+                ["Undone", "Undone", "Undone", "Undone", "Error"],
+                "{fp}"
+            );
             check_invariants(root.path(), "crashy", false);
             let list = ctl_json(root.path(), &["list", "--json"]);
-            assert_eq!(list, Value::Array(vec![]), "nothing installed after the undo");
+            assert_eq!(
+                list,
+                Value::Array(vec![]),
+                "nothing installed after the undo"
+            );
             runs += 1;
         }
     }
@@ -200,7 +231,9 @@ fn failed_reinstall_returns_to_the_previous_revision() {
     hello_snap(&blob, "again", "1.0");
     {
         let _d = Daemon::start(root.path());
-        assert!(ctl(root.path(), &["install", blob.to_str().unwrap()]).status.success());
+        assert!(ctl(root.path(), &["install", blob.to_str().unwrap()])
+            .status
+            .success());
         fs::write(root.path().join("var/snap/again/x1/state"), "precious").unwrap();
     }
     let blob2 = root.aux("again2.snap");
@@ -213,10 +246,21 @@ fn failed_reinstall_returns_to_the_previous_revision() {
         },
     );
     let out = ctl(root.path(), &["install", blob2.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "a failed change exits 1: {}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed change exits 1: {}",
+        text(&out.stderr)
+    );
     check_invariants(root.path(), "again", true);
-    assert_eq!(fs::read_link(root.path().join("snap/again/current")).unwrap(), Path::new("x1"));
-    assert_eq!(fs::read_to_string(root.path().join("var/snap/again/x1/state")).unwrap(), "precious");
+    assert_eq!(
+        fs::read_link(root.path().join("snap/again/current")).unwrap(),
+        Path::new("x1")
+    );
+    assert_eq!(
+        fs::read_to_string(root.path().join("var/snap/again/x1/state")).unwrap(),
+        "precious"
+    );
     assert!(!root.path().join("var/snap/again/x2").exists());
     drop(d);
 
@@ -224,7 +268,13 @@ fn failed_reinstall_returns_to_the_previous_revision() {
     let _d = Daemon::start(root.path());
     let out = ctl(root.path(), &["install", blob2.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(fs::read_link(root.path().join("snap/again/current")).unwrap(), Path::new("x2"));
-    assert_eq!(fs::read_to_string(root.path().join("var/snap/again/x2/state")).unwrap(), "precious");
+    assert_eq!(
+        fs::read_link(root.path().join("snap/again/current")).unwrap(),
+        Path::new("x2")
+    );
+    assert_eq!(
+        fs::read_to_string(root.path().join("var/snap/again/x2/state")).unwrap(),
+        "precious"
+    );
     check_invariants(root.path(), "again", true);
 }

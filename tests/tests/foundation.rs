@@ -17,7 +17,11 @@ fn prerequisites() -> bool {
 
 fn install(root: &Path, blob: &Path) {
     let out = ctl(root, &["install", blob.to_str().unwrap()]);
-    assert!(out.status.success(), "install failed: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "install failed: {}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -49,21 +53,46 @@ fn install_list_run_remove() {
     }
 
     // The layout snapd's snaps expect.
-    assert_eq!(fs::read_link(r.join("snap/hello/current")).unwrap(), Path::new("x1"));
-    assert_eq!(fs::read_link(r.join("var/snap/hello/current")).unwrap(), Path::new("x1"));
+    assert_eq!(
+        fs::read_link(r.join("snap/hello/current")).unwrap(),
+        Path::new("x1")
+    );
+    assert_eq!(
+        fs::read_link(r.join("var/snap/hello/current")).unwrap(),
+        Path::new("x1")
+    );
     assert!(r.join("var/snap/hello/common").is_dir());
     assert!(r.join("var/lib/refreshd/blobs/hello_x1.snap").is_file());
     let out = Command::new(r.join("snap/bin/hello")).output().unwrap();
     assert_eq!(text(&out.stdout).trim(), "hello from hello x1");
-    let env = text(&Command::new(r.join("snap/bin/hello.env")).output().unwrap().stdout);
-    assert!(env.contains(&format!("SNAP_DATA={}", r.join("var/snap/hello/x1").display())), "{env}");
+    let env = text(
+        &Command::new(r.join("snap/bin/hello.env"))
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    assert!(
+        env.contains(&format!(
+            "SNAP_DATA={}",
+            r.join("var/snap/hello/x1").display()
+        )),
+        "{env}"
+    );
 
     // The change is on record with its tasks.
     let changes = ctl_json(r, &["changes", "--all", "--json"]);
     let id = changes[0]["id"].as_u64().unwrap();
     let ch = ctl_json(r, &["tasks", &id.to_string(), "--json"]);
-    let kinds: Vec<&str> = ch["tasks"].as_array().unwrap().iter().map(|t| t["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["prepare", "mount", "setup-data", "link", "launchers"]);
+    let kinds: Vec<&str> = ch["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["prepare", "mount", "setup-data", "link", "launchers"]
+    );
     assert_eq!(ch["status"], "Done");
 
     // Reachable with curl, as documented.
@@ -83,7 +112,13 @@ fn install_list_run_remove() {
     let out = ctl(r, &["remove", "hello"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(ctl_json(r, &["list", "--json"]), Value::Array(vec![]));
-    for gone in ["snap/hello", "var/snap/hello", "snap/bin/hello", "snap/bin/hello.env", "var/lib/refreshd/blobs/hello_x1.snap"] {
+    for gone in [
+        "snap/hello",
+        "var/snap/hello",
+        "snap/bin/hello",
+        "snap/bin/hello.env",
+        "var/lib/refreshd/blobs/hello_x1.snap",
+    ] {
         assert!(!r.join(gone).exists(), "{gone} left after remove");
     }
     assert!(refreshd_snap::mounts_under(r).unwrap().is_empty());
@@ -118,29 +153,50 @@ fn two_daemons_side_by_side() {
     assert_eq!(la[0]["name"], "one");
     assert_eq!(lb[0]["name"], "two");
     assert!(!a.path().join("snap/two").exists() && !b.path().join("snap/one").exists());
-    assert_eq!(ctl_json(a.path(), &["status", "--json"])["root"], a.path().to_str().unwrap());
-    assert_eq!(ctl_json(b.path(), &["status", "--json"])["root"], b.path().to_str().unwrap());
+    assert_eq!(
+        ctl_json(a.path(), &["status", "--json"])["root"],
+        a.path().to_str().unwrap()
+    );
+    assert_eq!(
+        ctl_json(b.path(), &["status", "--json"])["root"],
+        b.path().to_str().unwrap()
+    );
 }
 
 #[test]
 fn one_daemon_per_root_and_never_on_snapds() {
     let root = Root::new("lock");
     let _d = Daemon::start(root.path());
-    let out = Command::new(bin("refreshd")).arg("--root").arg(root.path()).output().unwrap();
+    let out = Command::new(bin("refreshd"))
+        .arg("--root")
+        .arg(root.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("another refreshd") && err.contains("already running"), "{err}");
+    assert!(
+        err.contains("another refreshd") && err.contains("already running"),
+        "{err}"
+    );
 
     let snapd = Root::new("snapd");
     fs::create_dir_all(snapd.path().join("var/lib/snapd")).unwrap();
     fs::write(snapd.path().join("var/lib/snapd/state.json"), "{}").unwrap();
     let before = snapshot(snapd.path(), &[]);
-    let out = Command::new(bin("refreshd")).arg("--root").arg(snapd.path()).output().unwrap();
+    let out = Command::new(bin("refreshd"))
+        .arg("--root")
+        .arg(snapd.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("managed by snapd"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-    assert_eq!(snapshot(snapd.path(), &[]), before, "refused start must touch nothing");
+    assert_eq!(
+        snapshot(snapd.path(), &[]),
+        before,
+        "refused start must touch nothing"
+    );
 }
 
 #[test]
@@ -164,11 +220,23 @@ fn unprivileged_user_reads_but_cannot_change() {
     install(root.path(), &blob);
     let as_user = Some((user.uid, user.gid));
 
-    for args in [&["status"][..], &["list"], &["changes", "--all"], &["list", "--json"]] {
+    for args in [
+        &["status"][..],
+        &["list"],
+        &["changes", "--all"],
+        &["list", "--json"],
+    ] {
         let out = ctl_as(root.path(), args, as_user);
-        assert_eq!(out.status.code(), Some(0), "{args:?} as {}: {}", user.name, text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?} as {}: {}",
+            user.name,
+            text(&out.stderr)
+        );
     }
-    let list: Value = serde_json::from_slice(&ctl_as(root.path(), &["list", "--json"], as_user).stdout).unwrap();
+    let list: Value =
+        serde_json::from_slice(&ctl_as(root.path(), &["list", "--json"], as_user).stdout).unwrap();
     assert_eq!(list[0]["name"], "hello");
 
     let before = snapshot(root.path(), &["var/lib/refreshd/state.db"]);
@@ -179,12 +247,23 @@ fn unprivileged_user_reads_but_cannot_change() {
     ] {
         let out = ctl_as(root.path(), &args, as_user);
         let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(4), "{args:?} as {}: {err}", user.name);
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{args:?} as {}: {err}",
+            user.name
+        );
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
         assert!(err.contains("requires root"), "{err}");
     }
-    assert_eq!(snapshot(root.path(), &["var/lib/refreshd/state.db"]), before);
-    assert_eq!(ctl_json(root.path(), &["list", "--json"])[0]["name"], "hello");
+    assert_eq!(
+        snapshot(root.path(), &["var/lib/refreshd/state.db"]),
+        before
+    );
+    assert_eq!(
+        ctl_json(root.path(), &["list", "--json"])[0]["name"],
+        "hello"
+    );
 }
 
 /// Bad input: a one-line error, and the root left exactly as it was.
@@ -206,7 +285,11 @@ fn bad_snaps_are_refused_and_leave_no_trace() {
         ("no-version", "name: nover\n", "version"),
         ("upper", "name: Hello\nversion: '1'\n", "Hello"),
         ("dotdot", "name: '..'\nversion: '1'\n", "invalid snap name"),
-        ("long", "name: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\nversion: '1'\n", "invalid snap name"),
+        (
+            "long",
+            "name: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\nversion: '1'\n",
+            "invalid snap name",
+        ),
         ("empty-name", "name: ''\nversion: '1'\n", "name"),
     ];
     for (tag, yaml, needle) in yaml_cases {
@@ -215,8 +298,18 @@ fn bad_snaps_are_refused_and_leave_no_trace() {
         cases.push((tag.into(), p, vec![], needle));
     }
     // Bad instance names given on the command line.
-    for (tag, name) in [("arg-upper", "Good"), ("arg-dotdot", "../good"), ("arg-long", &"g".repeat(41)[..]), ("arg-empty", "")] {
-        cases.push((tag.into(), good.clone(), vec!["--name".into(), name.into()], "name"));
+    for (tag, name) in [
+        ("arg-upper", "Good"),
+        ("arg-dotdot", "../good"),
+        ("arg-long", &"g".repeat(41)[..]),
+        ("arg-empty", ""),
+    ] {
+        cases.push((
+            tag.into(),
+            good.clone(),
+            vec!["--name".into(), name.into()],
+            "name",
+        ));
     }
     // A corrupt image: the superblock is fine, the contents are garbage.
     let corrupt = root.aux("corrupt.snap");
@@ -248,10 +341,22 @@ fn bad_snaps_are_refused_and_leave_no_trace() {
         args.extend(extra.iter().map(String::as_str));
         let out = ctl(r, &args);
         let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{tag}: exit {:?}: {err}", out.status.code());
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{tag}: exit {:?}: {err}",
+            out.status.code()
+        );
         assert_eq!(err.trim().lines().count(), 1, "{tag}: not one line: {err}");
-        assert!(err.contains(needle), "{tag}: {err:?} should mention {needle:?}");
-        assert_eq!(snapshot(r, &["var/lib/refreshd/state.db"]), before, "{tag} changed the root");
+        assert!(
+            err.contains(needle),
+            "{tag}: {err:?} should mention {needle:?}"
+        );
+        assert_eq!(
+            snapshot(r, &["var/lib/refreshd/state.db"]),
+            before,
+            "{tag} changed the root"
+        );
         println!("{tag}: {}", err.trim());
     }
     assert_eq!(ctl_json(r, &["changes", "--all", "--json"]), changes_before);
@@ -272,7 +377,10 @@ fn retried_request_with_the_same_key_yields_the_same_change() {
     let bytes = fs::read(&blob).unwrap();
     let d = Daemon::start(r);
 
-    let hdr = [("Idempotency-Key", "key-install-1"), ("Content-Type", "application/octet-stream")];
+    let hdr = [
+        ("Idempotency-Key", "key-install-1"),
+        ("Content-Type", "application/octet-stream"),
+    ];
     let (s1, v1) = http(r, "POST", "/v1/snaps", &hdr, &bytes);
     assert_eq!(s1, 202, "{v1}");
     let (s2, v2) = http(r, "POST", "/v1/snaps", &hdr, &bytes);
@@ -280,7 +388,13 @@ fn retried_request_with_the_same_key_yields_the_same_change() {
     assert_eq!(v1["change"], v2["change"], "same key, same change");
     let id = v1["change"].as_u64().unwrap();
     watch_until_ready(r, id);
-    assert_eq!(ctl_json(r, &["changes", "--all", "--json"]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        ctl_json(r, &["changes", "--all", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Across a restart too.
     drop(d);
@@ -295,7 +409,13 @@ fn retried_request_with_the_same_key_yields_the_same_change() {
     assert_eq!((s4, s5), (202, 202), "{v4} {v5}");
     assert_eq!(v4["change"], v5["change"]);
     assert_ne!(v4["change"], v1["change"]);
-    let (s6, v6) = http(r, "POST", "/v1/snaps", &[("Idempotency-Key", "key-remove-1")], &bytes);
+    let (s6, v6) = http(
+        r,
+        "POST",
+        "/v1/snaps",
+        &[("Idempotency-Key", "key-remove-1")],
+        &bytes,
+    );
     assert_eq!(s6, 409, "{v6}");
     assert_eq!(v6["error"]["kind"], "conflict");
 
@@ -317,17 +437,28 @@ fn conflict_then_abort() {
     let blob = root.aux("hello.snap");
     hello_snap(&blob, "hello", "1.0");
     // The install parks at link (a test failpoint) until aborted.
-    let _d = Daemon::start_with(r, DaemonOpts { failpoints: Some("park-do:link"), ..Default::default() });
+    let _d = Daemon::start_with(
+        r,
+        DaemonOpts {
+            failpoints: Some("park-do:link"),
+            ..Default::default()
+        },
+    );
     let before = snapshot(r, &["var/lib/refreshd/state.db", "run/"]);
     let out = ctl(r, &["install", blob.to_str().unwrap(), "--no-wait"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let id = ctl_json(r, &["changes", "--json"])[0]["id"].as_u64().unwrap();
+    let id = ctl_json(r, &["changes", "--json"])[0]["id"]
+        .as_u64()
+        .unwrap();
 
     let out = ctl(r, &["install", blob.to_str().unwrap()]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "conflict exits 5: {err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains(&format!("change {id}")), "names the change: {err}");
+    assert!(
+        err.contains(&format!("change {id}")),
+        "names the change: {err}"
+    );
     let out = ctl(r, &["remove", "hello"]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
 
@@ -335,7 +466,16 @@ fn conflict_then_abort() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let ch = watch_until_ready(r, id);
     assert_eq!(ch["status"], "Undone", "{ch}");
-    assert_eq!(snapshot(r, &["var/lib/refreshd/state.db", "run/"]), before, "abort restores the root");
+    assert_eq!(
+        snapshot(r, &["var/lib/refreshd/state.db", "run/"]),
+        before,
+        "abort restores the root"
+    );
     let out = ctl(r, &["abort", &id.to_string()]);
-    assert_eq!(out.status.code(), Some(5), "a finished change cannot be aborted: {}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "a finished change cannot be aborted: {}",
+        text(&out.stderr)
+    );
 }

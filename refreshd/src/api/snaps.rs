@@ -64,7 +64,7 @@ fn snap_json(s: &mut refreshd_state::State, row: &SnapRow) -> refreshd_state::Re
                 .map(|(name, a)| AppInfo {
                     name: name.clone(),
                     command: a.command.clone(),
-                    daemon: a.daemon.map(|d| format!("{d:?}").to_lowercase()),
+                    daemon: a.daemon.map(|d| d.as_str().to_owned()),
                 })
                 .collect()
         })
@@ -170,7 +170,12 @@ pub async fn install(
     let key = idempotency_key(&headers)?;
     if let Some(k) = &key {
         let (uid, k2) = (peer.uid, k.clone());
-        if let Some((req, id)) = st.engine.db().call(move |s| s.idempotency_key(uid, &k2)).await? {
+        if let Some((req, id)) = st
+            .engine
+            .db()
+            .call(move |s| s.idempotency_key(uid, &k2))
+            .await?
+        {
             if req == "install" {
                 // A retry of a request that got through: same answer, nothing new. Read the
                 // body anyway so the client can finish sending it.
@@ -181,7 +186,10 @@ pub async fn install(
         }
     }
     if st.shutdown.is_cancelled() {
-        return Err(ApiError::new(ErrorKind::Unavailable, "refreshd is shutting down; try again when it is back"));
+        return Err(ApiError::new(
+            ErrorKind::Unavailable,
+            "refreshd is shutting down; try again when it is back",
+        ));
     }
     if let Some(name) = &q.instance_name {
         name.parse::<InstanceName>()
@@ -189,7 +197,11 @@ pub async fn install(
     }
 
     // Stream the body to disk, hashing as it comes.
-    let path = st.ctx.layout.uploads().join(format!("{}.snap", uuid::Uuid::new_v4()));
+    let path = st
+        .ctx
+        .layout
+        .uploads()
+        .join(format!("{}.snap", uuid::Uuid::new_v4()));
     let mut upload = Upload(Some(path.clone()));
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
@@ -207,7 +219,10 @@ pub async fn install(
         if size > st.max_upload {
             return Err(ApiError::new(
                 ErrorKind::TooLarge,
-                format!("snap file is larger than the {} bytes refreshd accepts (--max-upload)", st.max_upload),
+                format!(
+                    "snap file is larger than the {} bytes refreshd accepts (--max-upload)",
+                    st.max_upload
+                ),
             ));
         }
         hasher.update(&chunk);
@@ -216,30 +231,45 @@ pub async fn install(
     file.sync_all().await.map_err(ApiError::internal)?;
     drop(file);
     if size == 0 {
-        return Err(ApiError::new(ErrorKind::InvalidSnap, "the uploaded snap file is empty; send the .snap file as the request body"));
+        return Err(ApiError::new(
+            ErrorKind::InvalidSnap,
+            "the uploaded snap file is empty; send the .snap file as the request body",
+        ));
     }
     let sha3_384 = hex::encode(hasher.finalize());
 
     // Check the file before anything is recorded: a bad snap leaves no trace.
     let p = path.clone();
-    let yaml = tokio::task::spawn_blocking(move || -> Result<(refreshd_snap::SnapYaml, String), String> {
-        refreshd_snap::check_image(&p).map_err(|e| e.to_string())?;
-        let bytes = refreshd_snap::read_file(&p, "meta/snap.yaml").map_err(|e| e.to_string())?;
-        let yaml = refreshd_snap::yaml::parse(&bytes).map_err(|e| e.to_string())?;
-        Ok((yaml, String::from_utf8_lossy(&bytes).into_owned()))
-    })
+    let yaml = tokio::task::spawn_blocking(
+        move || -> Result<(refreshd_snap::SnapYaml, String), String> {
+            refreshd_snap::check_image(&p).map_err(|e| e.to_string())?;
+            let bytes =
+                refreshd_snap::read_file(&p, "meta/snap.yaml").map_err(|e| e.to_string())?;
+            let yaml = refreshd_snap::yaml::parse(&bytes).map_err(|e| e.to_string())?;
+            Ok((yaml, String::from_utf8_lossy(&bytes).into_owned()))
+        },
+    )
     .await
     .map_err(ApiError::internal)?
     .map_err(|e| ApiError::new(ErrorKind::InvalidSnap, e))?;
     let (yaml, manifest) = yaml;
     let instance: InstanceName = match &q.instance_name {
-        Some(n) => n.parse().map_err(|e: refreshd_snap::NameError| ApiError::new(ErrorKind::InvalidSnap, e.to_string()))?,
-        None => yaml.name.parse().map_err(|e: refreshd_snap::NameError| ApiError::new(ErrorKind::InvalidSnap, e.to_string()))?,
+        Some(n) => n.parse().map_err(|e: refreshd_snap::NameError| {
+            ApiError::new(ErrorKind::InvalidSnap, e.to_string())
+        })?,
+        None => yaml.name.parse().map_err(|e: refreshd_snap::NameError| {
+            ApiError::new(ErrorKind::InvalidSnap, e.to_string())
+        })?,
     };
     if instance.snap_name() != yaml.name {
         return Err(ApiError::new(
             ErrorKind::InvalidSnap,
-            format!("instance name {:?} does not belong to snap {:?}; use {}_KEY", instance.as_str(), yaml.name, yaml.name),
+            format!(
+                "instance name {:?} does not belong to snap {:?}; use {}_KEY",
+                instance.as_str(),
+                yaml.name,
+                yaml.name
+            ),
         ));
     }
 
@@ -273,9 +303,15 @@ pub async fn install(
             let steps = [
                 ("prepare", format!("Prepare snap {inst:?} ({revision})")),
                 ("mount", format!("Mount snap {inst:?} ({revision})")),
-                ("setup-data", format!("Set up data of snap {inst:?} ({revision})")),
+                (
+                    "setup-data",
+                    format!("Set up data of snap {inst:?} ({revision})"),
+                ),
                 ("link", format!("Make snap {inst:?} ({revision}) available")),
-                ("launchers", format!("Write launchers of snap {inst:?} ({revision})")),
+                (
+                    "launchers",
+                    format!("Write launchers of snap {inst:?} ({revision})"),
+                ),
             ];
             let new = NewChange {
                 kind: "install".into(),
@@ -284,7 +320,11 @@ pub async fn install(
                 data: serde_json::to_value(&ss).expect("serializable"),
                 tasks: chain(&steps),
             };
-            let key = key.as_deref().map(|k| IdempotencyKey { uid, key: k, request: "install" });
+            let key = key.as_deref().map(|k| IdempotencyKey {
+                uid,
+                key: k,
+                request: "install",
+            });
             s.create_change(&new, key)
         })
         .await?;
@@ -323,7 +363,10 @@ pub async fn action(
         SnapActionKind::Remove => {}
     }
     if st.shutdown.is_cancelled() {
-        return Err(ApiError::new(ErrorKind::Unavailable, "refreshd is shutting down; try again when it is back"));
+        return Err(ApiError::new(
+            ErrorKind::Unavailable,
+            "refreshd is shutting down; try again when it is back",
+        ));
     }
     let uid = peer.uid;
     let n = name.clone();
@@ -358,7 +401,11 @@ pub async fn action(
                 data: serde_json::to_value(&rs).expect("serializable"),
                 tasks: chain(&steps),
             };
-            let key = key.as_deref().map(|k| IdempotencyKey { uid, key: k, request: "remove" });
+            let key = key.as_deref().map(|k| IdempotencyKey {
+                uid,
+                key: k,
+                request: "remove",
+            });
             s.create_change(&new, key).map(Some)
         })
         .await?;

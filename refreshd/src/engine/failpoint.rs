@@ -38,7 +38,10 @@ pub fn fails(name: &str) -> bool {
 /// Kills the process with SIGKILL if `name` is armed.
 pub fn hit(name: &str) {
     if points().iter().any(|p| p == name) {
-        tracing::warn!(failpoint = name, "failpoint reached: killing myself with SIGKILL");
+        tracing::warn!(
+            failpoint = name,
+            "failpoint reached: killing myself with SIGKILL"
+        );
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }

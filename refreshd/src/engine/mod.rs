@@ -86,7 +86,10 @@ impl TaskCtx {
     pub fn log(&self, msg: impl AsRef<str>) {
         let msg = msg.as_ref();
         info!(change = self.change.id, task = self.task.id, kind = %self.task.kind, "{msg}");
-        let line = format!("{} {msg}", jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ"));
+        let line = format!(
+            "{} {msg}",
+            jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ")
+        );
         self.update(|t| push_log(t, line));
     }
 
@@ -357,7 +360,11 @@ impl Engine {
             self.inner.running.lock().unwrap().insert(id);
             self.inner.tracker.spawn(async move {
                 engine
-                    .complete(id, phase, Outcome::Failed(format!("unknown task kind {kind:?}")))
+                    .complete(
+                        id,
+                        phase,
+                        Outcome::Failed(format!("unknown task kind {kind:?}")),
+                    )
                     .await;
             });
             return;
@@ -485,7 +492,10 @@ fn plan_change(
             Status::Doing => Some(Phase::Do),
             Status::Undoing => Some(Phase::Undo),
             Status::Do if !aborting => {
-                let after_deps = t.waits_for.iter().all(|d| by_id.get(d) == Some(&Status::Done));
+                let after_deps = t
+                    .waits_for
+                    .iter()
+                    .all(|d| by_id.get(d) == Some(&Status::Done));
                 after_deps.then_some(Phase::Do)
             }
             Status::Undo => {
@@ -564,7 +574,13 @@ fn apply_outcome(t: &mut TaskRow, phase: Phase, outcome: Outcome, cancelled: boo
         }
         Outcome::Failed(msg) => {
             error!(task = t.id, change = t.change_id, kind = %t.kind, "task failed: {msg}");
-            push_log(t, format!("{} ERROR {msg}", jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ")));
+            push_log(
+                t,
+                format!(
+                    "{} ERROR {msg}",
+                    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ")
+                ),
+            );
             t.retry_reason = None;
             t.ready_time = Some(now);
         }
@@ -574,7 +590,11 @@ fn apply_outcome(t: &mut TaskRow, phase: Phase, outcome: Outcome, cancelled: boo
                 t.retry_count += 1;
             }
             let delay = after.unwrap_or_else(|| backoff(t.retry_count));
-            warn!(task = t.id, change = t.change_id, "will retry in {delay:?}: {reason}");
+            warn!(
+                task = t.id,
+                change = t.change_id,
+                "will retry in {delay:?}: {reason}"
+            );
             t.retry_reason = Some(reason);
             t.wait_until = Some(now + delay.as_millis() as i64);
         }

@@ -77,17 +77,18 @@ pub fn is_active(s: Status) -> bool {
 }
 
 /// A change's status, derived from its tasks: the most "alive" status wins while anything can
-/// still move; once nothing can, the outcome.
+/// still move (running beats waiting beats not yet started); once nothing can, the outcome.
 pub fn change_status(tasks: &[Status]) -> Status {
     let any = |s: Status| tasks.contains(&s);
     if any(Status::Undoing) || any(Status::Undo) {
         Status::Undoing
     } else if any(Status::Doing) {
         Status::Doing
+    } else if any(Status::Wait) {
+        // Tasks still in Do are then blocked behind the waiting one.
+        Status::Wait
     } else if any(Status::Do) {
         Status::Do
-    } else if any(Status::Wait) {
-        Status::Wait
     } else if any(Status::Error) {
         Status::Error
     } else if any(Status::Undone) {
@@ -153,7 +154,8 @@ mod tests {
     fn derived_change_status() {
         assert_eq!(change_status(&[Done, Done]), Done);
         assert_eq!(change_status(&[Done, Doing, Do]), Doing);
-        assert_eq!(change_status(&[Done, Wait, Do]), Do);
+        assert_eq!(change_status(&[Done, Wait, Do]), Wait);
+        assert_eq!(change_status(&[Done, Do]), Do);
         assert_eq!(change_status(&[Done, Wait]), Wait);
         assert_eq!(change_status(&[Undone, Error, Hold]), Error);
         assert_eq!(change_status(&[Undone, Undoing, Error]), Undoing);

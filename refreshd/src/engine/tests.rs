@@ -113,7 +113,13 @@ async fn until_ready(h: &Harness, id: ChangeId) -> Vec<TaskRow> {
     let mut rx = h.engine.subscribe();
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let c = h.engine.db().call(move |s| s.change(id)).await.unwrap().unwrap();
+            let c = h
+                .engine
+                .db()
+                .call(move |s| s.change(id))
+                .await
+                .unwrap()
+                .unwrap();
             if c.ready_time.is_some() {
                 return h.engine.db().call(move |s| s.tasks(id)).await.unwrap();
             }
@@ -128,7 +134,13 @@ async fn until_status(h: &Harness, task: TaskId, want: Status) -> TaskRow {
     let mut rx = h.engine.subscribe();
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let t = h.engine.db().call(move |s| s.task(task)).await.unwrap().unwrap();
+            let t = h
+                .engine
+                .db()
+                .call(move |s| s.task(task))
+                .await
+                .unwrap()
+                .unwrap();
             if t.status == want {
                 return t;
             }
@@ -154,7 +166,10 @@ fn db() -> Db {
 
 #[tokio::test]
 async fn runs_a_chain_in_order() {
-    let h = start(db(), vec![("a", ok(), ok()), ("b", ok(), ok()), ("c", ok(), ok())]);
+    let h = start(
+        db(),
+        vec![("a", ok(), ok()), ("b", ok(), ok()), ("c", ok(), ok())],
+    );
     let id = create(&h, chain(&["a", "b", "c"])).await;
     let tasks = until_ready(&h, id).await;
     assert_eq!(statuses(&tasks), vec![Status::Done; 3]);
@@ -195,7 +210,11 @@ async fn failed_undo_is_recorded_and_the_rest_still_undone() {
         db(),
         vec![
             ("a", ok(), ok()),
-            ("b", ok(), Box::new(|_| Outcome::Failed("cannot undo b".into()))),
+            (
+                "b",
+                ok(),
+                Box::new(|_| Outcome::Failed("cannot undo b".into())),
+            ),
             ("c", Box::new(|_| Outcome::Failed("boom".into())), ok()),
         ],
     );
@@ -205,7 +224,10 @@ async fn failed_undo_is_recorded_and_the_rest_still_undone() {
         statuses(&tasks),
         vec![Status::Undone, Status::Error, Status::Error]
     );
-    assert!(tasks[1].log.iter().any(|l| l.contains("ERROR cannot undo b")));
+    assert!(tasks[1]
+        .log
+        .iter()
+        .any(|l| l.contains("ERROR cannot undo b")));
     stop(h).await;
 }
 
@@ -234,7 +256,13 @@ async fn transient_failures_retry_with_visible_reason() {
     let mut rx = h.engine.subscribe();
     let seen = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            let t = h.engine.db().call(move |s| s.task(tid)).await.unwrap().unwrap();
+            let t = h
+                .engine
+                .db()
+                .call(move |s| s.task(tid))
+                .await
+                .unwrap()
+                .unwrap();
             if t.retry_reason.is_some() {
                 return t;
             }
@@ -276,7 +304,10 @@ async fn parks_until_the_event_without_polling() {
     let id = create(&h, chain(&["wait"])).await;
     let tid = h.engine.db().call(move |s| s.tasks(id)).await.unwrap()[0].id;
     let t = until_status(&h, tid, Status::Wait).await;
-    assert_eq!(t.wait_reason.as_deref(), Some("waiting for the app to exit"));
+    assert_eq!(
+        t.wait_reason.as_deref(),
+        Some("waiting for the app to exit")
+    );
     // Parked: the handler is not called again however long we wait (no polling).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(h.calls.lock().unwrap().len(), 1);
@@ -374,7 +405,10 @@ async fn resumes_interrupted_tasks_from_the_database() {
     })
     .await
     .unwrap();
-    let h = start(db, vec![("a", ok(), ok()), ("b", ok(), ok()), ("c", ok(), ok())]);
+    let h = start(
+        db,
+        vec![("a", ok(), ok()), ("b", ok(), ok()), ("c", ok(), ok())],
+    );
     let tasks = until_ready(&h, id).await;
     assert_eq!(statuses(&tasks), vec![Status::Done; 3]);
     assert_eq!(*h.calls.lock().unwrap(), vec!["b:do", "c:do"]);

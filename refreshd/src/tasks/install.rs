@@ -19,7 +19,10 @@ pub fn prepare(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     match phase {
         Phase::Do => {
             if fs::symlink_metadata(&blob).is_err() {
-                let up = ss.upload.as_deref().context("change has no uploaded file")?;
+                let up = ss
+                    .upload
+                    .as_deref()
+                    .context("change has no uploaded file")?;
                 fs::rename(up, &blob).with_context(|| {
                     format!("cannot move {} to {}", up.display(), blob.display())
                 })?;
@@ -88,7 +91,12 @@ pub fn mount(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
             if !dir.join("meta/snap.yaml").is_file() {
                 bail!("{} has no meta/snap.yaml after mounting", dir.display());
             }
-            t.log(format!("{} {} at {}", verb(c.mount_mode), blob.display(), dir.display()));
+            t.log(format!(
+                "{} {} at {}",
+                verb(c.mount_mode),
+                blob.display(),
+                dir.display()
+            ));
         }
         Phase::Undo => {
             unmount_revision(c, &dir)?;
@@ -109,7 +117,10 @@ fn verb(m: MountMode) -> &'static str {
 pub fn mount_revision(c: &Ctx, blob: &Path, dir: &Path) -> anyhow::Result<()> {
     match c.mount_mode {
         MountMode::Loop => {
-            fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)?;
             if !refreshd_snap::mount::is_mountpoint(dir)? {
                 refreshd_snap::mount::mount_squashfs(blob, dir)?;
             }
@@ -151,7 +162,10 @@ pub fn setup_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome>
     match phase {
         Phase::Do => {
             for d in [l.data_dir(&ss.instance), l.data_common(&ss.instance)] {
-                fs::DirBuilder::new().recursive(true).mode(0o755).create(&d)?;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(&d)?;
             }
             if fs::symlink_metadata(&dst).is_ok() {
                 return Ok(Outcome::Done);
@@ -207,7 +221,10 @@ pub fn link(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     };
     set_current(c, t, &ss.instance, target.as_deref())?;
     if phase == Phase::Do {
-        t.log(format!("{} is now at revision {}", ss.instance, ss.revision));
+        t.log(format!(
+            "{} is now at revision {}",
+            ss.instance, ss.revision
+        ));
     }
     Ok(Outcome::Done)
 }
@@ -224,4 +241,3 @@ pub fn set_current(c: &Ctx, t: &TaskCtx, instance: &str, rev: Option<&str>) -> a
     t.db_with(|s| s.set_current(instance, rev))?;
     Ok(())
 }
-

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what it needs, then checks formatting,
+# lints, builds, and runs every test (unit and integration, as root on the real kernel).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v mksquashfs >/dev/null || need_pkgs+=(squashfs-tools)
+command -v curl >/dev/null || need_pkgs+=(curl)
+command -v setpriv >/dev/null || need_pkgs+=(util-linux)
+command -v useradd >/dev/null || need_pkgs+=(passwd)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "== installing ${need_pkgs[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  else
+    echo "missing ${need_pkgs[*]}: install them (as root) or run this script as root" >&2
+  fi
+fi
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== build"
+cargo build --workspace --bins --quiet
+
+skips=$(mktemp)
+trap 'rm -f "$skips"' EXIT
+echo "== tests"
+REFRESHD_TEST_SKIPS="$skips" cargo nextest run --workspace --no-fail-fast "$@"
+n=$(sort -u "$skips" | wc -l)
+echo "== skipped: $n"
+sort -u "$skips" | sed 's/^/   /'
