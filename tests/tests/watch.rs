@@ -35,7 +35,9 @@ fn watch_survives_a_daemon_restart() {
         .arg(r)
         .args(["watch", &id.to_string(), "--json"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(root.aux("watch.err")).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(root.aux("watch.err")).unwrap(),
+        ))
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
