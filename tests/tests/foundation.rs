@@ -479,3 +479,125 @@ fn conflict_then_abort() {
         text(&out.stderr)
     );
 }
+
+/// Members of the configured admin group may change state; others still may not.
+#[test]
+fn admin_group_members_may_install() {
+    if !prerequisites() {
+        return;
+    }
+    if !is_root() {
+        skip("needs root to create users and groups");
+        return;
+    }
+    let (Some(admin), Some(other)) = (TestUser::create("adm"), TestUser::create("oth")) else {
+        skip("useradd failed");
+        return;
+    };
+    let root = Root::new("admin");
+    let blob = root.aux("hello.snap");
+    hello_snap(&blob, "hello", "1.0");
+    fs::set_permissions(&blob, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    // The admin user's own group is the admin group.
+    let _d = Daemon::start_with(
+        root.path(),
+        DaemonOpts {
+            extra_args: vec!["--admin-group".into(), admin.name.clone()],
+            ..Default::default()
+        },
+    );
+    let out = ctl_as(
+        root.path(),
+        &["install", blob.to_str().unwrap()],
+        Some((other.uid, other.gid)),
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("membership of group {}", admin.name)),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = ctl_as(
+        root.path(),
+        &["install", blob.to_str().unwrap()],
+        Some((admin.uid, admin.gid)),
+    );
+    assert!(
+        out.status.success(),
+        "admin group member: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        ctl_json(root.path(), &["list", "--json"])[0]["name"],
+        "hello"
+    );
+}
+
+/// Without loop mounts (here forced with --extract) payloads are unpacked; parallel instances
+/// of one snap live side by side.
+#[test]
+fn extract_mode_and_parallel_instances() {
+    if !prerequisites() {
+        return;
+    }
+    let root = Root::new("extract");
+    let r = root.path();
+    let blob = root.aux("hello.snap");
+    hello_snap(&blob, "hello", "1.0");
+    let d = Daemon::start_with(
+        r,
+        DaemonOpts {
+            extra_args: vec!["--extract".into()],
+            ..Default::default()
+        },
+    );
+    assert!(
+        d.log_text().contains("extracted"),
+        "the log says which mode: {}",
+        d.log_text()
+    );
+    assert_eq!(ctl_json(r, &["status", "--json"])["mount-mode"], "extract");
+    install(r, &blob);
+    let out = ctl(
+        r,
+        &["install", blob.to_str().unwrap(), "--name", "hello_work"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        refreshd_snap::mounts_under(r).unwrap().is_empty(),
+        "extract mode mounts nothing"
+    );
+    assert!(r.join("snap/hello/x1/meta/snap.yaml").is_file());
+    assert!(r.join("snap/hello_work/x1/meta/snap.yaml").is_file());
+    let run = |l: &str| {
+        text(
+            &Command::new(r.join("snap/bin").join(l))
+                .output()
+                .unwrap()
+                .stdout,
+        )
+    };
+    assert_eq!(run("hello").trim(), "hello from hello x1");
+    assert_eq!(run("hello_work").trim(), "hello from hello x1");
+    assert!(run("hello_work.env").contains("SNAP_INSTANCE_NAME=hello_work"));
+    let names: Vec<String> = ctl_json(r, &["list", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["hello", "hello_work"]);
+    // A key that does not belong to the snap is refused.
+    let out = ctl(
+        r,
+        &["install", blob.to_str().unwrap(), "--name", "other_work"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(ctl(r, &["remove", "hello_work"]).status.success());
+    assert!(!r.join("snap/hello_work").exists() && !r.join("snap/bin/hello_work").exists());
+    assert_eq!(
+        run("hello").trim(),
+        "hello from hello x1",
+        "the other instance is untouched"
+    );
+}

@@ -13,7 +13,7 @@ use refreshd_client::types::{
     AppInfo, ChangeRef, ErrorKind, InstallQuery, Snap, SnapAction, SnapActionKind, SystemInfo,
 };
 use refreshd_snap::{InstanceName, Revision};
-use refreshd_state::{Created, IdempotencyKey, NewChange, NewTask, Select, SnapRow};
+use refreshd_state::{Created, IdempotencyKey, Select, SnapRow};
 use sha3::{Digest, Sha3_384};
 use tokio::io::AsyncWriteExt;
 
@@ -300,26 +300,7 @@ pub async fn install(
                 version: yaml.version.clone(),
                 summary: yaml.summary.clone(),
             };
-            let steps = [
-                ("prepare", format!("Prepare snap {inst:?} ({revision})")),
-                ("mount", format!("Mount snap {inst:?} ({revision})")),
-                (
-                    "setup-data",
-                    format!("Set up data of snap {inst:?} ({revision})"),
-                ),
-                ("link", format!("Make snap {inst:?} ({revision}) available")),
-                (
-                    "launchers",
-                    format!("Write launchers of snap {inst:?} ({revision})"),
-                ),
-            ];
-            let new = NewChange {
-                kind: "install".into(),
-                summary: format!("Install {inst:?} ({revision}) from a file"),
-                snap: Some(inst.clone()),
-                data: serde_json::to_value(&ss).expect("serializable"),
-                tasks: chain(&steps),
-            };
+            let new = crate::tasks::install_change(&ss);
             let key = key.as_deref().map(|k| IdempotencyKey {
                 uid,
                 key: k,
@@ -334,19 +315,6 @@ pub async fn install(
         st.engine.ensure();
     }
     Ok(accepted(created.id()))
-}
-
-fn chain(steps: &[(&str, String)]) -> Vec<NewTask> {
-    steps
-        .iter()
-        .enumerate()
-        .map(|(i, (kind, summary))| NewTask {
-            kind: (*kind).to_owned(),
-            summary: summary.clone(),
-            data: serde_json::json!({}),
-            waits_for: if i == 0 { vec![] } else { vec![i - 1] },
-        })
-        .collect()
 }
 
 pub async fn action(
@@ -389,18 +357,7 @@ pub async fn action(
                 current: row.current.clone(),
                 revisions: s.revisions(&n)?.into_iter().map(|r| r.revision).collect(),
             };
-            let steps = [
-                ("unlink", format!("Make snap {n:?} unavailable")),
-                ("unmount", format!("Unmount snap {n:?}")),
-                ("discard", format!("Remove data and files of snap {n:?}")),
-            ];
-            let new = NewChange {
-                kind: "remove".into(),
-                summary: format!("Remove {n:?}"),
-                snap: Some(n.clone()),
-                data: serde_json::to_value(&rs).expect("serializable"),
-                tasks: chain(&steps),
-            };
+            let new = crate::tasks::remove_change(&rs);
             let key = key.as_deref().map(|k| IdempotencyKey {
                 uid,
                 key: k,

@@ -85,7 +85,13 @@ impl TaskCtx {
     /// Appends a line to the task's log (shown by `refreshctl tasks`) and to the daemon's log.
     pub fn log(&self, msg: impl AsRef<str>) {
         let msg = msg.as_ref();
-        info!(change = self.change.id, task = self.task.id, kind = %self.task.kind, "{msg}");
+        info!(
+            snap = self.change.snap.as_deref().unwrap_or(""),
+            change = self.change.id,
+            task = self.task.id,
+            kind = %self.task.kind,
+            "{msg}"
+        );
         let line = format!(
             "{} {msg}",
             jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ")

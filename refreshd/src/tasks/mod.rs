@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use refreshd_state::{NewChange, NewTask};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Handler, Outcome, Phase, TaskCtx};
@@ -114,4 +115,64 @@ pub fn handlers(ctx: Arc<Ctx>) -> HashMap<String, Arc<dyn Handler>> {
 pub fn setup<T: serde::de::DeserializeOwned>(t: &TaskCtx) -> anyhow::Result<T> {
     serde_json::from_value(t.change.data.clone())
         .map_err(|e| anyhow::anyhow!("change {} has malformed data: {e}", t.change.id))
+}
+
+/// The change that installs `ss`: prepare → mount → setup-data → link → launchers.
+pub fn install_change(ss: &SnapSetup) -> NewChange {
+    let (n, r) = (&ss.instance, &ss.revision);
+    chain(
+        "install",
+        format!("Install {n:?} ({r}) from a file"),
+        n,
+        serde_json::to_value(ss).expect("serializable"),
+        [
+            ("prepare", format!("Prepare snap {n:?} ({r})")),
+            ("mount", format!("Mount snap {n:?} ({r})")),
+            ("setup-data", format!("Set up data of snap {n:?} ({r})")),
+            ("link", format!("Make snap {n:?} ({r}) available")),
+            ("launchers", format!("Write launchers of snap {n:?} ({r})")),
+        ],
+    )
+}
+
+/// The change that removes `rs.instance`: unlink → unmount → discard.
+pub fn remove_change(rs: &RemoveSetup) -> NewChange {
+    let n = &rs.instance;
+    chain(
+        "remove",
+        format!("Remove {n:?}"),
+        n,
+        serde_json::to_value(rs).expect("serializable"),
+        [
+            ("unlink", format!("Make snap {n:?} unavailable")),
+            ("unmount", format!("Unmount snap {n:?}")),
+            ("discard", format!("Remove data and files of snap {n:?}")),
+        ],
+    )
+}
+
+/// A change whose tasks run one after the other.
+fn chain<const N: usize>(
+    kind: &str,
+    summary: String,
+    snap: &str,
+    data: serde_json::Value,
+    steps: [(&str, String); N],
+) -> NewChange {
+    NewChange {
+        kind: kind.to_owned(),
+        summary,
+        snap: Some(snap.to_owned()),
+        data,
+        tasks: steps
+            .into_iter()
+            .enumerate()
+            .map(|(i, (kind, summary))| NewTask {
+                kind: kind.to_owned(),
+                summary,
+                data: serde_json::json!({}),
+                waits_for: if i == 0 { vec![] } else { vec![i - 1] },
+            })
+            .collect(),
+    }
 }
