@@ -1,0 +1,335 @@
+//! The contract between refreshd, confine-hook and the release agent (docs/runctl-protocol.md).
+//!
+//! `no_std` and allocation-free, so the release agent (a `no_std`/`no_main` binary the kernel
+//! spawns for every emptied cgroup) can share it with the daemon and the launcher. Everything
+//! here is pure: byte-string checks and path pieces written into caller-provided buffers.
+
+#![no_std]
+#![deny(unsafe_code)]
+
+/// The runtime control directory, relative to the root.
+pub const RUNCTL_DIR: &str = "run/refreshd/runctl";
+/// Where confine-hook must be installed, relative to the root; the launcher derives its root
+/// from its own location (`/proc/self/exe`), never from anything its caller controls.
+pub const HOOK_PATH: &str = "usr/lib/refreshd/confine-hook";
+/// Launch descriptions written by refreshd for confine-hook: `LAUNCH_DIR/INSTANCE/REV/APP`.
+pub const LAUNCH_DIR: &str = "var/lib/refreshd/launch";
+/// Host-absolute directory (root-owned) where each daemon not running on `/` registers its
+/// runctl directory for the release agent: `AGENT_REGISTRY/ID -> ROOT/run/refreshd/runctl`.
+pub const AGENT_REGISTRY: &str = "/run/refreshd/agent";
+/// The runctl directory of the daemon whose root is `/`.
+pub const DEFAULT_RUNCTL: &str = "/run/refreshd/runctl";
+/// Name of the cgroup parent of the daemon whose root is `/`; others use `refreshd.ID`.
+pub const CGROUP_PARENT: &str = "refreshd";
+/// In runctl: which backend the daemon tracks with (`v1`, `v1-poll`, `v2`, `none`), one line.
+pub const TRACKING_FILE: &str = "tracking";
+
+pub const MAX_SNAP_NAME: usize = 40;
+pub const MAX_INSTANCE_KEY: usize = 10;
+/// An instance name: snap name, `_`, key.
+pub const MAX_INSTANCE_NAME: usize = MAX_SNAP_NAME + 1 + MAX_INSTANCE_KEY;
+/// Length of an instance id: 16 lowercase hex digits.
+pub const ID_LEN: usize = 16;
+
+/// snapd's snap name rule: lowercase letters, digits and single hyphens, no hyphen at either
+/// end, at least one letter, 2 to 40 characters.
+pub fn valid_snap_name(b: &[u8]) -> bool {
+    if b.len() < 2 || b.len() > MAX_SNAP_NAME {
+        return false;
+    }
+    if b[0] == b'-' || b[b.len() - 1] == b'-' {
+        return false;
+    }
+    let mut letter = false;
+    let mut prev_hyphen = false;
+    for &c in b {
+        match c {
+            b'a'..=b'z' => letter = true,
+            b'0'..=b'9' => {}
+            b'-' if !prev_hyphen => {}
+            _ => return false,
+        }
+        prev_hyphen = c == b'-';
+    }
+    letter
+}
+
+/// snapd's instance key rule: 1 to 10 lowercase letters and digits.
+pub fn valid_instance_key(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.len() <= MAX_INSTANCE_KEY
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+/// `NAME` or `NAME_KEY`.
+pub fn valid_instance_name(b: &[u8]) -> bool {
+    match b.iter().position(|&c| c == b'_') {
+        None => valid_snap_name(b),
+        Some(i) => valid_snap_name(&b[..i]) && valid_instance_key(&b[i + 1..]),
+    }
+}
+
+/// snapd's app name rule: `^[A-Za-z0-9](?:-?[A-Za-z0-9])*$`, at most 128 characters.
+pub fn valid_app_name(b: &[u8]) -> bool {
+    if b.is_empty() || b.len() > 128 || b[0] == b'-' || b[b.len() - 1] == b'-' {
+        return false;
+    }
+    let mut prev_hyphen = false;
+    for &c in b {
+        match c {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => {}
+            b'-' if !prev_hyphen => {}
+            _ => return false,
+        }
+        prev_hyphen = c == b'-';
+    }
+    true
+}
+
+/// The id of a daemon's root: FNV-1a 64 of the root path, as 16 lowercase hex digits. The
+/// root `/` has no id: its cgroups live under `refreshd` and its runctl dir is
+/// [`DEFAULT_RUNCTL`].
+pub fn instance_id(root: &[u8]) -> Option<[u8; ID_LEN]> {
+    if root == b"/" {
+        return None;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &c in root {
+        h ^= u64::from(c);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut out = [0u8; ID_LEN];
+    for (i, o) in out.iter_mut().enumerate() {
+        let nibble = ((h >> (60 - 4 * i)) & 0xf) as u8;
+        *o = if nibble < 10 {
+            b'0' + nibble
+        } else {
+            b'a' + nibble - 10
+        };
+    }
+    Some(out)
+}
+
+/// Writes the cgroup parent's name for `root` (`refreshd` or `refreshd.ID`) into `buf` and
+/// returns it.
+pub fn cgroup_parent<'a>(root: &[u8], buf: &'a mut [u8; 9 + 1 + ID_LEN]) -> &'a [u8] {
+    let p = CGROUP_PARENT.as_bytes();
+    buf[..p.len()].copy_from_slice(p);
+    match instance_id(root) {
+        None => &buf[..p.len()],
+        Some(id) => {
+            buf[p.len()] = b'.';
+            buf[p.len() + 1..p.len() + 1 + ID_LEN].copy_from_slice(&id);
+            &buf[..p.len() + 1 + ID_LEN]
+        }
+    }
+}
+
+/// A marker or lock file in runctl for an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// `snap.NAME.running`: processes of NAME may exist (created by confine-hook; removed by
+    /// the release agent, or by refreshd once `cgroup.procs` is empty).
+    Running,
+    /// `snap.NAME.inhibited`: refreshd is in (or, with `refresh-pending-behavior: block`,
+    /// approaching) the critical section; launches wait.
+    Inhibited,
+    /// `snap.NAME.lock`: serializes the launcher's join with refreshd's emptiness check.
+    Lock,
+}
+
+impl Marker {
+    fn suffix(self) -> &'static [u8] {
+        match self {
+            Marker::Running => b".running",
+            Marker::Inhibited => b".inhibited",
+            Marker::Lock => b".lock",
+        }
+    }
+}
+
+/// Longest marker file name.
+pub const MAX_MARKER: usize = 5 + MAX_INSTANCE_NAME + 10;
+
+/// Writes `snap.NAME.SUFFIX` into `buf`; None when `name` is not a valid instance name.
+pub fn marker_name<'a>(name: &[u8], m: Marker, buf: &'a mut [u8; MAX_MARKER]) -> Option<&'a [u8]> {
+    if !valid_instance_name(name) {
+        return None;
+    }
+    let parts: [&[u8]; 3] = [b"snap.", name, m.suffix()];
+    let mut n = 0;
+    for p in parts {
+        buf[n..n + p.len()].copy_from_slice(p);
+        n += p.len();
+    }
+    Some(&buf[..n])
+}
+
+/// What a release-agent argument names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released<'a> {
+    /// The instance id of the daemon's root, or None for the root `/`.
+    pub id: Option<&'a [u8]>,
+    /// The snap instance whose cgroup emptied.
+    pub name: &'a [u8],
+}
+
+/// Parses the release agent's argument — the emptied cgroup's path relative to the hierarchy
+/// mount — accepting exactly `/refreshd/snap.NAME` and `/refreshd.ID/snap.NAME` with a valid
+/// NAME and ID. Anything else (other cgroups, traversal, stray bytes) is None: touch nothing.
+pub fn parse_release_path(arg: &[u8]) -> Option<Released<'_>> {
+    let rest = arg.strip_prefix(b"/")?;
+    let slash = rest.iter().position(|&c| c == b'/')?;
+    let (parent, leaf) = (&rest[..slash], &rest[slash + 1..]);
+    let id = if parent == CGROUP_PARENT.as_bytes() {
+        None
+    } else {
+        let id = parent.strip_prefix(b"refreshd.")?;
+        if id.len() != ID_LEN
+            || !id
+                .iter()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+        {
+            return None;
+        }
+        Some(id)
+    };
+    let name = leaf.strip_prefix(b"snap.")?;
+    valid_instance_name(name).then_some(Released { id, name })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["ab", "hello", "a-b", "x1", "a1-2b", &"a".repeat(40)[..]] {
+            assert!(valid_snap_name(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "a",
+            "A",
+            "Hello",
+            "-ab",
+            "ab-",
+            "a--b",
+            "123",
+            "a_b",
+            "a.b",
+            "..",
+            "a/b",
+            &"a".repeat(41)[..],
+            "é1",
+        ] {
+            assert!(!valid_snap_name(bad.as_bytes()), "{bad}");
+        }
+        assert!(valid_instance_name(b"hello_work1"));
+        for bad in [
+            "hello_",
+            "_work",
+            "hello_Work",
+            "hello_a_b",
+            "hello_abcdefghijk",
+        ] {
+            assert!(!valid_instance_name(bad.as_bytes()), "{bad}");
+        }
+        assert!(valid_app_name(b"Hello-2"));
+        assert!(!valid_app_name(b"a..b") && !valid_app_name(b"a/b") && !valid_app_name(b""));
+    }
+
+    #[test]
+    fn ids_and_parents() {
+        assert_eq!(instance_id(b"/"), None);
+        let a = instance_id(b"/tmp/a").unwrap();
+        assert_ne!(Some(a), instance_id(b"/tmp/b"));
+        assert!(a
+            .iter()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        let mut buf = [0u8; 26];
+        assert_eq!(cgroup_parent(b"/", &mut buf), b"refreshd");
+        let p = cgroup_parent(b"/tmp/a", &mut buf).to_vec();
+        assert_eq!(&p[..9], b"refreshd.");
+        assert_eq!(&p[9..], &a);
+    }
+
+    #[test]
+    fn markers() {
+        let mut buf = [0u8; MAX_MARKER];
+        assert_eq!(
+            marker_name(b"hello", Marker::Running, &mut buf),
+            Some(&b"snap.hello.running"[..])
+        );
+        let long = [b'a'; 40];
+        let mut name = [0u8; 51];
+        name[..40].copy_from_slice(&long);
+        name[40] = b'_';
+        name[41..].copy_from_slice(b"0123456789");
+        assert!(marker_name(&name, Marker::Inhibited, &mut buf).is_some());
+        assert_eq!(marker_name(b"../x", Marker::Lock, &mut buf), None);
+    }
+
+    #[test]
+    fn release_paths() {
+        let id = instance_id(b"/tmp/r").unwrap();
+        let mut arg = [0u8; 64];
+        let s = b"/refreshd.";
+        arg[..s.len()].copy_from_slice(s);
+        arg[s.len()..s.len() + 16].copy_from_slice(&id);
+        arg[s.len() + 16..s.len() + 27].copy_from_slice(b"/snap.hello");
+        let arg = &arg[..s.len() + 27];
+        assert_eq!(
+            parse_release_path(arg),
+            Some(Released {
+                id: Some(&id[..]),
+                name: b"hello"
+            })
+        );
+        assert_eq!(
+            parse_release_path(b"/refreshd/snap.hello_k1"),
+            Some(Released {
+                id: None,
+                name: b"hello_k1"
+            })
+        );
+        let long = [b'x'; 5000];
+        let hostile: [&[u8]; 16] = [
+            b"",
+            b"/",
+            b"../x",
+            b"/refreshd/snap.",
+            b"/refreshd/snap.x/../../etc",
+            b"/refreshd/../snap.hello",
+            b"/refreshd/snap.Hello",
+            b"/refreshd/x/snap.hello",
+            b"refreshd/snap.hello",
+            b"/refreshd.zz/snap.hello",
+            b"/refreshd.0123456789abcdeF/snap.hello",
+            b"/refreshd/snap.hello/",
+            b"/refreshd/snap.hel\xfflo",
+            b"/other/snap.hello",
+            b"/refreshd/snap.hello\n",
+            &long,
+        ];
+        for h in hostile {
+            assert_eq!(parse_release_path(h), None, "{:?}", core::str::from_utf8(h));
+        }
+    }
+}
+
+/// The launch description refreshd writes at `LAUNCH_DIR/INSTANCE/REV/APP` for confine-hook:
+/// UTF-8 text, one field per line, no field holding a newline (snap.yaml validation rules them
+/// out). The first line is the format's version; unknown keys are ignored.
+///
+/// ```text
+/// refreshd-launch 1
+/// snap-name hello
+/// version 1.0
+/// revision x1
+/// command bin/hello          program, relative to the revision's directory
+/// arg --greeting             zero or more
+/// env GREETING=hi $HOME      zero or more: top-level environment, then the app's, in order
+/// ```
+pub const LAUNCH_MAGIC: &str = "refreshd-launch 1";
