@@ -25,6 +25,12 @@ pub struct SystemInfo {
     pub snaps: u64,
     pub changes_in_progress: u64,
     pub mount_mode: MountMode,
+    /// How app processes are tracked: `v1`, `v1-poll`, `v2` or `none`.
+    #[serde(default)]
+    pub tracking: String,
+    /// Why that backend (or why none is usable).
+    #[serde(default)]
+    pub tracking_reason: String,
 }
 
 /// How snap payloads are made available.
@@ -422,10 +428,13 @@ mod tests {
               "started": "2026-11-21T20:15:03.120Z",
               "snaps": 3,
               "changes-in-progress": 1,
-              "mount-mode": "loop"
+              "mount-mode": "loop",
+              "tracking": "v1",
+              "tracking-reason": "cgroup v1 freezer with the release agent"
             }"#,
         );
         assert_eq!(info.mount_mode, MountMode::Loop);
+        assert_eq!(info.tracking, "v1");
         assert_eq!(info.changes_in_progress, 1);
         assert_eq!(
             info.started,

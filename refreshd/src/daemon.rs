@@ -24,6 +24,7 @@ use crate::engine::Engine;
 use crate::fsutil;
 use crate::layout::Layout;
 use crate::tasks::{self, install, Ctx, MountMode, SnapSetup};
+use crate::tracking::{self, Tracking};
 
 /// How long a shutdown waits for running task handlers to reach their end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -53,6 +54,17 @@ pub struct Args {
     /// Unpack payloads instead of loop-mounting them, even where loop devices work.
     #[arg(long)]
     pub extract: bool,
+    /// How to know when a snap's processes are gone (auto: the v1 freezer with the release
+    /// agent, else polling it, else cgroup v2).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tracking: tracking::Choice,
+    /// The release agent binary registered on the v1 freezer hierarchy (default: next to
+    /// refreshd).
+    #[arg(long, value_name = "PATH")]
+    pub release_agent: Option<PathBuf>,
+    /// Interval of the polling fallback, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub poll_interval_ms: u64,
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -162,11 +174,32 @@ impl Daemon {
             }
         );
 
+        let agent = match &args.release_agent {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .context("cannot find refreshd's own path")?
+                .with_file_name("refresh-release-agent"),
+        };
+        let tracking = Arc::new(Tracking::setup(
+            &layout,
+            &tracking::Options {
+                choice: args.tracking,
+                release_agent: agent,
+                poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),
+            },
+        )?);
+        if !layout.hook().exists() {
+            warn!(
+                "confine-hook is not installed at {}: launchers will not work until it is",
+                layout.hook().display()
+            );
+        }
         let mut state = State::open(&layout.state_db())
             .with_context(|| format!("cannot open {}", layout.state_db().display()))?;
         let ctx = Arc::new(Ctx {
             layout: layout.clone(),
             mount_mode,
+            tracking,
         });
         recover(&ctx, &mut state)?;
 
@@ -208,6 +241,12 @@ impl Daemon {
     pub async fn run(self, listener: UnixListener) -> anyhow::Result<()> {
         let shutdown = self.api.shutdown.clone();
         let engine = self.engine.clone();
+        tracking::spawn_watcher(
+            self.api.ctx.tracking.clone(),
+            engine.clone(),
+            shutdown.clone(),
+        )
+        .context("cannot watch for apps exiting")?;
         let engine_task = tokio::spawn({
             let shutdown = shutdown.clone();
             async move { engine.run(shutdown, SHUTDOWN_GRACE).await }
@@ -288,6 +327,24 @@ fn recover(ctx: &Ctx, state: &mut State) -> anyhow::Result<()> {
     if swept > 0 {
         info!("removed {swept} leftovers of an interrupted run");
     }
+    // Inhibitions whose change is over (or gone) would block launches forever.
+    let unfinished: Vec<u64> = state
+        .changes(Select::InProgress, None)?
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    let tr = &ctx.tracking;
+    for name in tr.marked(refreshd_runctl::Marker::Inhibited) {
+        if !tr
+            .inhibition_owner(&name)
+            .is_some_and(|c| unfinished.contains(&c))
+        {
+            info!(snap = %name, "lifting an inhibition no unfinished change owns");
+            tr.lift(&name)?;
+        }
+    }
+    // The picture of running apps comes from the kernel, not from before the restart.
+    tr.rescan();
     for snap in state.snaps()? {
         for rev in state.revisions(&snap.name)? {
             let dir = l.rev_dir(&snap.name, &rev.revision);

@@ -87,6 +87,18 @@ impl Layout {
             .filter(|p| p.symlink_metadata().is_ok())
             .collect()
     }
+    /// Markers and locks shared with confine-hook and the release agent.
+    pub fn runctl_dir(&self) -> PathBuf {
+        self.at(refreshd_runctl::RUNCTL_DIR)
+    }
+    /// Launch descriptions for confine-hook: `launch/INSTANCE/REV/APP`.
+    pub fn launch_dir(&self, name: &str) -> PathBuf {
+        self.at(refreshd_runctl::LAUNCH_DIR).join(name)
+    }
+    /// Where confine-hook is installed; launchers are symlinks to it.
+    pub fn hook(&self) -> PathBuf {
+        self.at(refreshd_runctl::HOOK_PATH)
+    }
     pub fn runtime_dir(&self) -> PathBuf {
         self.at("run/refreshd")
     }
@@ -113,6 +125,7 @@ impl Layout {
             (self.bin_dir(), 0o755),
             (self.at("var/snap"), 0o755),
             (self.runtime_dir(), 0o755),
+            (self.at(refreshd_runctl::LAUNCH_DIR), 0o755),
         ] {
             std::fs::DirBuilder::new()
                 .recursive(true)

@@ -11,3 +11,4 @@ pub mod engine;
 pub mod fsutil;
 pub mod layout;
 pub mod tasks;
+pub mod tracking;

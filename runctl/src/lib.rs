@@ -199,6 +199,21 @@ pub fn parse_release_path(arg: &[u8]) -> Option<Released<'_>> {
     valid_instance_name(name).then_some(Released { id, name })
 }
 
+/// The launch description refreshd writes at `LAUNCH_DIR/INSTANCE/REV/APP` for confine-hook:
+/// UTF-8 text, one field per line, no field holding a newline (snap.yaml validation rules them
+/// out). The first line is the format's version; unknown keys are ignored.
+///
+/// ```text
+/// refreshd-launch 1
+/// snap-name hello
+/// version 1.0
+/// revision x1
+/// command bin/hello          program, relative to the revision's directory
+/// arg --greeting             zero or more
+/// env GREETING=hi $HOME      zero or more: top-level environment, then the app's, in order
+/// ```
+pub const LAUNCH_MAGIC: &str = "refreshd-launch 1";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,18 +333,3 @@ mod tests {
         }
     }
 }
-
-/// The launch description refreshd writes at `LAUNCH_DIR/INSTANCE/REV/APP` for confine-hook:
-/// UTF-8 text, one field per line, no field holding a newline (snap.yaml validation rules them
-/// out). The first line is the format's version; unknown keys are ignored.
-///
-/// ```text
-/// refreshd-launch 1
-/// snap-name hello
-/// version 1.0
-/// revision x1
-/// command bin/hello          program, relative to the revision's directory
-/// arg --greeting             zero or more
-/// env GREETING=hi $HOME      zero or more: top-level environment, then the app's, in order
-/// ```
-pub const LAUNCH_MAGIC: &str = "refreshd-launch 1";

@@ -91,11 +91,104 @@ impl Root {
 
 impl Drop for Root {
     fn drop(&mut self) {
+        remove_cgroups(&self.root);
         unmount_all_under(self.path());
         if let Some(d) = self.dir.take() {
             let _ = d.close();
         }
     }
+}
+
+/// The cgroup hierarchies' mount points: (v1 freezer, cgroup2).
+pub fn cgroup_mounts() -> (Option<PathBuf>, Option<PathBuf>) {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let (mut v1, mut v2) = (None, None);
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let point = left.split(' ').nth(4).map(PathBuf::from);
+        let mut r = right.split(' ');
+        let (fstype, opts) = (r.next().unwrap_or(""), r.nth(1).unwrap_or(""));
+        if fstype == "cgroup" && opts.split(',').any(|o| o == "freezer") && v1.is_none() {
+            v1 = point;
+        } else if fstype == "cgroup2" && v2.is_none() {
+            v2 = point;
+        }
+    }
+    (v1, v2)
+}
+
+/// This root's cgroup parent directories (`refreshd.ID`) in each hierarchy.
+pub fn cgroup_parents(root: &Path) -> Vec<PathBuf> {
+    let mut buf = [0u8; 26];
+    let parent = String::from_utf8_lossy(refreshd_runctl::cgroup_parent(
+        root.as_os_str().as_encoded_bytes(),
+        &mut buf,
+    ))
+    .into_owned();
+    let (v1, v2) = cgroup_mounts();
+    [v1, v2]
+        .into_iter()
+        .flatten()
+        .map(|m| m.join(&parent))
+        .collect()
+}
+
+/// Removes what a test root left in the cgroup hierarchies and the release agent's registry.
+/// Processes still in its groups were started by the test (they run the test's snaps): they
+/// are killed first.
+fn remove_cgroups(root: &Path) {
+    for parent in cgroup_parents(root) {
+        let Ok(rd) = fs::read_dir(&parent) else {
+            continue;
+        };
+        for e in rd.flatten().filter(|e| e.path().is_dir()) {
+            let group = e.path();
+            for _ in 0..200 {
+                let procs = fs::read_to_string(group.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                if fs::remove_dir(&group).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = fs::remove_dir(&parent);
+    }
+    if let Some(id) = refreshd_runctl::instance_id(root.as_os_str().as_encoded_bytes()) {
+        let _ = fs::remove_file(
+            Path::new(refreshd_runctl::AGENT_REGISTRY).join(String::from_utf8_lossy(&id).as_ref()),
+        );
+    }
+}
+
+/// Installs confine-hook into the root the way a package would: setuid root at
+/// `usr/lib/refreshd/confine-hook`. Also makes root's home, which apps run by root use.
+pub fn install_hook(root: &Path) {
+    let dst = root.join(refreshd_runctl::HOOK_PATH);
+    if dst.exists() {
+        return;
+    }
+    fs::create_dir_all(dst.parent().unwrap()).unwrap();
+    for d in ["usr", "usr/lib", "usr/lib/refreshd"] {
+        fs::set_permissions(root.join(d), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let tmp = dst.with_extension("tmp");
+    fs::copy(bin("confine-hook"), &tmp).unwrap();
+    if is_root() {
+        std::os::unix::fs::chown(&tmp, Some(0), Some(0)).unwrap();
+    }
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::rename(&tmp, &dst).unwrap();
+    let home = root.join("root");
+    fs::create_dir_all(&home).unwrap();
+    fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
 }
 
 /// Unmounts every mount below `dir`, deepest first.
@@ -127,6 +220,7 @@ impl Daemon {
 
     /// Starts refreshd and returns once it listens (it says so on stderr: no polling).
     pub fn start_with(root: &Path, opts: DaemonOpts<'_>) -> Daemon {
+        install_hook(root);
         let log = root.parent().unwrap().join("refreshd.log");
         let mut cmd = Command::new(bin("refreshd"));
         cmd.arg("--root").arg(root).args(&opts.extra_args);
@@ -494,4 +588,179 @@ pub fn watch_until_ready(root: &Path, id: u64) -> Value {
         "watch ended before the change was ready: {v}"
     );
     v
+}
+
+/// A snap for the tracking tests: `hold` runs until told to exit on its stdin and reports its
+/// start and exit times (unix ns); `hello` says hello.
+pub fn tracking_snap(out: &Path, name: &str, version: &str, block: bool) {
+    let behaviour = if block {
+        "refresh-pending-behavior: block\n"
+    } else {
+        ""
+    };
+    SnapSrc::new(&format!(
+        "name: {name}\nversion: '{version}'\nsummary: Tracking test\n{behaviour}apps:\n  {name}:\n    command: bin/hello\n  hold:\n    command: bin/hold\n"
+    ))
+    .file("bin/hello", "#!/bin/sh\necho \"hello from $SNAP_NAME $SNAP_REVISION\"\n", 0o755)
+    .file(
+        "bin/hold",
+        "#!/bin/sh\necho \"started $$ $(date +%s%N) $SNAP_REVISION\"\nread line\necho \"exit $(date +%s%N)\"\n",
+        0o755,
+    )
+    .build(out);
+}
+
+/// An app started through its launcher, talking over pipes.
+pub struct App {
+    child: Option<Child>,
+    out: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    pub pid: i32,
+    pub started_ns: u128,
+    pub revision: String,
+}
+
+impl App {
+    /// Launches `snap/bin/LAUNCHER` and waits (reading its first line) until it runs.
+    pub fn launch(root: &Path, launcher: &str) -> App {
+        Self::launch_as(root, launcher, None)
+    }
+
+    pub fn launch_as(root: &Path, launcher: &str, user: Option<(u32, u32)>) -> App {
+        let path = root.join("snap/bin").join(launcher);
+        let mut cmd = match user {
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .arg("--clear-groups")
+                    .arg(&path);
+                c
+            }
+            None => Command::new(&path),
+        };
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot launch {}: {e}", path.display()));
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = out
+            .next()
+            .unwrap_or_else(|| panic!("{launcher} printed nothing"))
+            .unwrap();
+        let mut w = first.split_whitespace();
+        assert_eq!(w.next(), Some("started"), "{launcher}: {first}");
+        let pid = w.next().unwrap().parse().unwrap();
+        let started_ns = w.next().unwrap().parse().unwrap();
+        let revision = w.next().unwrap_or_default().to_owned();
+        App {
+            child: Some(child),
+            out,
+            pid,
+            started_ns,
+            revision,
+        }
+    }
+
+    /// Tells the app to exit; returns the time (unix ns) it reported just before exiting.
+    pub fn release(mut self) -> u128 {
+        let mut child = self.child.take().unwrap();
+        {
+            let mut stdin = child.stdin.take().unwrap();
+            let _ = writeln!(stdin, "go");
+        }
+        let line = self.out.next().expect("exit line").unwrap();
+        let ns = line
+            .strip_prefix("exit ")
+            .expect("exit line")
+            .trim()
+            .parse()
+            .unwrap();
+        let st = child.wait().unwrap();
+        assert!(st.success(), "app exited {st:?}");
+        ns
+    }
+
+    /// The cgroups the app's process is in (/proc/PID/cgroup).
+    pub fn cgroups(&self) -> String {
+        fs::read_to_string(format!("/proc/{}/cgroup", self.pid)).unwrap_or_default()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            drop(c.stdin.take());
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Unix time in nanoseconds.
+pub fn unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// The `at=NS` value in a task's log line containing `needle`.
+pub fn logged_at(change: &Value, kind: &str, needle: &str) -> Option<u128> {
+    change["tasks"]
+        .as_array()?
+        .iter()
+        .filter(|t| t["kind"] == kind)
+        .flat_map(|t| t["log"].as_array().cloned().unwrap_or_default())
+        .filter_map(|l| l.as_str().map(str::to_owned))
+        .filter(|l| l.contains(needle))
+        .find_map(|l| {
+            l.split("at=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
+/// Follows `refreshctl watch ID --json` until `pred` holds for a change snapshot (or the change
+/// is ready); returns that snapshot. Event-driven: the daemon pushes every state change.
+pub fn watch_until(root: &Path, id: u64, pred: impl Fn(&Value) -> bool) -> Value {
+    let mut child = Command::new(bin("refreshctl"))
+        .arg("--root")
+        .arg(root)
+        .args(["watch", &id.to_string(), "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut last = Value::Null;
+    for l in lines {
+        let v: Value = serde_json::from_str(&l.unwrap()).unwrap();
+        if pred(&v) || v["ready"] == true {
+            last = v;
+            break;
+        }
+        last = v;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    last
+}
+
+/// The task of `kind` in a change snapshot.
+pub fn task<'a>(change: &'a Value, kind: &str) -> &'a Value {
+    change["tasks"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["kind"] == kind))
+        .unwrap_or_else(|| panic!("no {kind} task in {change}"))
+}
+
+/// The id of the newest change.
+pub fn newest_change(root: &Path) -> u64 {
+    ctl_json(root, &["changes", "--all", "--json"])[0]["id"]
+        .as_u64()
+        .unwrap()
 }

@@ -79,6 +79,10 @@ pub fn system_info(info: &SystemInfo, clock: &Clock) -> String {
         ("snaps", info.snaps.to_string()),
         ("changes in progress", info.changes_in_progress.to_string()),
         ("mount mode", info.mount_mode.to_string()),
+        (
+            "tracking",
+            format!("{} ({})", info.tracking, info.tracking_reason),
+        ),
     ];
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     rows.iter()
@@ -264,6 +268,8 @@ mod tests {
             snaps: 3,
             changes_in_progress: 1,
             mount_mode: MountMode::Loop,
+            tracking: "v1".into(),
+            tracking_reason: "freezer".into(),
         };
         assert_eq!(
             system_info(&info, &clock()),
@@ -275,6 +281,7 @@ started:             today at 20:15 UTC
 snaps:               3
 changes in progress: 1
 mount mode:          loop
+tracking:            v1 (freezer)
 "
         );
     }

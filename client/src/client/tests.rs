@@ -53,6 +53,8 @@ fn info() -> SystemInfo {
         snaps: 3,
         changes_in_progress: 1,
         mount_mode: MountMode::Loop,
+        tracking: "v1".into(),
+        tracking_reason: "test".into(),
     }
 }
 

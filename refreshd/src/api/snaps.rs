@@ -45,6 +45,8 @@ pub async fn system_info(State(st): St) -> Result<Json<SystemInfo>, ApiError> {
         snaps: snaps as u64,
         changes_in_progress: changes as u64,
         mount_mode: st.mount_mode(),
+        tracking: st.ctx.tracking.kind.as_str().to_owned(),
+        tracking_reason: st.ctx.tracking.reason.clone(),
     }))
 }
 
@@ -299,6 +301,8 @@ pub async fn install(
                 manifest,
                 version: yaml.version.clone(),
                 summary: yaml.summary.clone(),
+                block_launches: yaml.pending_behavior()
+                    == refreshd_snap::RefreshPendingBehavior::Block,
             };
             let new = crate::tasks::install_change(&ss);
             let key = key.as_deref().map(|k| IdempotencyKey {

@@ -157,6 +157,10 @@ struct Inner {
     changed: broadcast::Sender<ChangeId>,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Event generations: a counter bumped by every notify, and the value at each event's
+    /// last firing. A handler that parks on an event which fired while it ran (after it looked,
+    /// before its Wait was committed) is woken at once: no lost wake-ups.
+    events: Mutex<(u64, HashMap<String, u64>)>,
 }
 
 #[derive(Clone)]
@@ -187,6 +191,7 @@ impl Engine {
                 changed,
                 cancel: CancellationToken::new(),
                 tracker: TaskTracker::new(),
+                events: Mutex::new((0, HashMap::new())),
             }),
         }
     }
@@ -208,6 +213,12 @@ impl Engine {
     /// Wakes every task parked in Wait on `event`. Events are hints: the woken handler
     /// re-checks its condition, so a spurious or repeated event is harmless.
     pub async fn notify_event(&self, event: &str) -> refreshd_state::Result<usize> {
+        {
+            let mut g = self.inner.events.lock().unwrap();
+            g.0 += 1;
+            let now = g.0;
+            g.1.insert(event.to_owned(), now);
+        }
         let ev = event.to_owned();
         let woken = self
             .inner
@@ -377,6 +388,7 @@ impl Engine {
         };
         let id = task.id;
         self.inner.running.lock().unwrap().insert(id);
+        let started_gen = self.inner.events.lock().unwrap().0;
         let engine = self.clone();
         let ctx = TaskCtx {
             task,
@@ -406,8 +418,27 @@ impl Engine {
             })
             .await
             .unwrap_or_else(|e| Outcome::Failed(format!("task handler panicked: {e}")));
+            let outcome = engine.fired_since(outcome, started_gen);
             engine.complete(id, phase, outcome).await;
         });
+    }
+
+    /// A Wait on an event that fired while the handler ran becomes an immediate retry.
+    fn fired_since(&self, outcome: Outcome, started_gen: u64) -> Outcome {
+        if let Outcome::Wait {
+            event: Some(ev), ..
+        } = &outcome
+        {
+            let g = self.inner.events.lock().unwrap();
+            if g.1.get(ev).is_some_and(|&at| at > started_gen) {
+                debug!(event = %ev, "event fired while the task checked; running it again");
+                return Outcome::Retry {
+                    reason: format!("{ev} happened while checking"),
+                    after: Some(Duration::ZERO),
+                };
+            }
+        }
+        outcome
     }
 
     /// Commits a handler's outcome.

@@ -91,6 +91,7 @@ pub fn mount(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
             if !dir.join("meta/snap.yaml").is_file() {
                 bail!("{} has no meta/snap.yaml after mounting", dir.display());
             }
+            super::launchers::write_descriptions(c, &ss.instance, &ss.revision, &ss.manifest)?;
             t.log(format!(
                 "{} {} at {}",
                 verb(c.mount_mode),
@@ -99,6 +100,7 @@ pub fn mount(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
             ));
         }
         Phase::Undo => {
+            super::launchers::remove_descriptions(c, &ss.instance, Some(&ss.revision))?;
             unmount_revision(c, &dir)?;
             fsutil::remove_dir_if_empty(&c.layout.snap_dir(&ss.instance))?;
         }

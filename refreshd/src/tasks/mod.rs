@@ -3,6 +3,7 @@
 //! Every handler is idempotent (it may be interrupted anywhere and run again) and checks the
 //! world rather than trusting that an earlier run did or did not get somewhere.
 
+pub mod apps;
 pub mod install;
 pub mod launchers;
 pub mod remove;
@@ -40,6 +41,7 @@ impl MountMode {
 pub struct Ctx {
     pub layout: Layout,
     pub mount_mode: MountMode,
+    pub tracking: Arc<crate::tracking::Tracking>,
 }
 
 /// The data an install change carries (the change's `data`), shared by its tasks.
@@ -61,6 +63,9 @@ pub struct SnapSetup {
     pub manifest: String,
     pub version: String,
     pub summary: Option<String>,
+    /// `refresh-pending-behavior: block`: inhibit launches as soon as the refresh is pending.
+    #[serde(default)]
+    pub block_launches: bool,
 }
 
 /// The data a remove change carries.
@@ -89,7 +94,9 @@ impl Handler for FnHandler {
 
 /// Every task kind this daemon knows, with its handler.
 pub fn handlers(ctx: Arc<Ctx>) -> HashMap<String, Arc<dyn Handler>> {
-    let table: [(&str, HandlerFn); 8] = [
+    let table: [(&str, HandlerFn); 10] = [
+        ("wait-for-apps", apps::wait_for_apps),
+        ("lift-inhibition", apps::lift_inhibition),
         ("prepare", install::prepare),
         ("mount", install::mount),
         ("setup-data", install::setup_data),
@@ -117,21 +124,39 @@ pub fn setup<T: serde::de::DeserializeOwned>(t: &TaskCtx) -> anyhow::Result<T> {
         .map_err(|e| anyhow::anyhow!("change {} has malformed data: {e}", t.change.id))
 }
 
-/// The change that installs `ss`: prepare → mount → setup-data → link → launchers.
+/// The change that installs `ss`: prepare → mount → setup-data → link → launchers. When a
+/// revision is current already (a refresh from a file), the data copy and the switch form a
+/// critical section: wait-for-apps before, lift-inhibition after.
 pub fn install_change(ss: &SnapSetup) -> NewChange {
     let (n, r) = (&ss.instance, &ss.revision);
+    let mut steps = vec![
+        ("prepare", format!("Prepare snap {n:?} ({r})")),
+        ("mount", format!("Mount snap {n:?} ({r})")),
+    ];
+    let refresh = ss.previous.is_some();
+    if refresh {
+        steps.push((
+            "wait-for-apps",
+            format!("Wait for the apps of snap {n:?} to exit"),
+        ));
+    }
+    steps.extend([
+        ("setup-data", format!("Set up data of snap {n:?} ({r})")),
+        ("link", format!("Make snap {n:?} ({r}) available")),
+        ("launchers", format!("Write launchers of snap {n:?} ({r})")),
+    ]);
+    if refresh {
+        steps.push((
+            "lift-inhibition",
+            format!("Let the apps of snap {n:?} start again"),
+        ));
+    }
     chain(
         "install",
         format!("Install {n:?} ({r}) from a file"),
         n,
         serde_json::to_value(ss).expect("serializable"),
-        [
-            ("prepare", format!("Prepare snap {n:?} ({r})")),
-            ("mount", format!("Mount snap {n:?} ({r})")),
-            ("setup-data", format!("Set up data of snap {n:?} ({r})")),
-            ("link", format!("Make snap {n:?} ({r}) available")),
-            ("launchers", format!("Write launchers of snap {n:?} ({r})")),
-        ],
+        steps,
     )
 }
 
@@ -143,7 +168,7 @@ pub fn remove_change(rs: &RemoveSetup) -> NewChange {
         format!("Remove {n:?}"),
         n,
         serde_json::to_value(rs).expect("serializable"),
-        [
+        vec![
             ("unlink", format!("Make snap {n:?} unavailable")),
             ("unmount", format!("Unmount snap {n:?}")),
             ("discard", format!("Remove data and files of snap {n:?}")),
@@ -152,12 +177,12 @@ pub fn remove_change(rs: &RemoveSetup) -> NewChange {
 }
 
 /// A change whose tasks run one after the other.
-fn chain<const N: usize>(
+fn chain(
     kind: &str,
     summary: String,
     snap: &str,
     data: serde_json::Value,
-    steps: [(&str, String); N],
+    steps: Vec<(&str, String)>,
 ) -> NewChange {
     NewChange {
         kind: kind.to_owned(),

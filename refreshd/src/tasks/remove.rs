@@ -24,7 +24,7 @@ pub fn unlink(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
                     .db_with(|s| s.revision(&rs.instance, rev))?
                     .with_context(|| format!("revision {rev} of {} is not recorded", rs.instance))?
                     .manifest;
-                launchers::write(c, &rs.instance, rev, &manifest)?;
+                launchers::write(c, &rs.instance, &manifest)?;
             }
         }
     }
@@ -76,6 +76,8 @@ fn discard_all(c: &Ctx, rs: &RemoveSetup) -> anyhow::Result<()> {
         fsutil::remove_file_if_exists(&l.blob(&rs.instance, rev))?;
     }
     fsutil::remove_tree_if_exists(&l.snap_dir(&rs.instance))?;
+    launchers::remove_descriptions(c, &rs.instance, None)?;
+    c.tracking.forget(&rs.instance);
     fsutil::remove_tree_if_exists(&l.data_dir(&rs.instance))?;
     for d in l.user_data_dirs(&rs.instance) {
         fsutil::remove_tree_if_exists(&d)?;

@@ -1,0 +1,214 @@
+//! Joining the snap's tracking cgroups: `MOUNT/PARENT/snap.NAME` in the cgroup v1 freezer
+//! hierarchy and in the cgroup v2 hierarchy, whichever are mounted (found in
+//! `/proc/self/mountinfo`, never assumed). PARENT is `refreshd` or `refreshd.ID`
+//! (`refreshd_runctl::cgroup_parent`).
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::AsFd;
+
+use refreshd_runctl::{cgroup_parent, ID_LEN};
+
+use crate::error::{fail, show, Result};
+use crate::root::join;
+use crate::sys;
+
+/// Where the hierarchies the launcher cares about are mounted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Mounts {
+    /// A cgroup v1 hierarchy with the freezer controller.
+    pub freezer: Option<Vec<u8>>,
+    /// The cgroup v2 hierarchy.
+    pub unified: Option<Vec<u8>>,
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
+            if let Ok(v) = u8::try_from(v) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Finds the first freezer (v1) and the first cgroup2 mount in mountinfo text.
+///
+/// A line: `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS`.
+pub fn parse_mountinfo(text: &[u8]) -> Mounts {
+    let mut m = Mounts::default();
+    for line in text.split(|&c| c == b'\n') {
+        let fields: Vec<&[u8]> = line.split(|&c| c == b' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == b"-") else {
+            continue;
+        };
+        if sep < 6 || fields.len() < sep + 4 {
+            continue;
+        }
+        let mountpoint = fields[4];
+        let (fstype, superopts) = (fields[sep + 1], fields[sep + 3]);
+        if fstype == b"cgroup"
+            && m.freezer.is_none()
+            && superopts.split(|&c| c == b',').any(|o| o == b"freezer")
+        {
+            m.freezer = Some(unescape(mountpoint));
+        } else if fstype == b"cgroup2" && m.unified.is_none() {
+            m.unified = Some(unescape(mountpoint));
+        }
+    }
+    m
+}
+
+/// Which hierarchies the launch joined.
+#[derive(Debug, Default)]
+pub struct Joined {
+    pub v1: bool,
+    pub v2: bool,
+}
+
+/// Joins this process to `PARENT/snap.NAME` in every available hierarchy. A hierarchy that
+/// exists but cannot be joined is an error: an untracked process could be cut off by a refresh.
+pub fn join_all(root: &[u8], name: &[u8]) -> Result<Joined> {
+    let text = std::fs::read("/proc/self/mountinfo")
+        .map_err(|e| fail!("cannot read /proc/self/mountinfo to find the cgroups: {e}"))?;
+    let mounts = parse_mountinfo(&text);
+    let mut pbuf = [0u8; 9 + 1 + ID_LEN];
+    let parent = cgroup_parent(root, &mut pbuf);
+    let leaf = [b"snap.", name].concat();
+    let pid = std::process::id().to_string();
+    let mut joined = Joined::default();
+    if let Some(mnt) = &mounts.freezer {
+        join_one(mnt, parent, &leaf, true, pid.as_bytes())?;
+        joined.v1 = true;
+    }
+    if let Some(mnt) = &mounts.unified {
+        join_one(mnt, parent, &leaf, false, pid.as_bytes())?;
+        joined.v2 = true;
+    }
+    Ok(joined)
+}
+
+fn join_one(mnt: &[u8], parent: &[u8], leaf: &[u8], v1: bool, pid: &[u8]) -> Result<()> {
+    let path = join(&join(mnt, parent), leaf);
+    let kind = if v1 { "cgroup v1 freezer" } else { "cgroup v2" };
+    let err = |what: &str, e: std::io::Error| {
+        fail!(
+            "cannot join the {kind} group {} ({what}: {e}); the app was not started because \
+             refreshd could not track it: check that {} is writable by root",
+            show(&path),
+            show(mnt)
+        )
+    };
+    let c = |b: &[u8]| CString::new(b).map_err(|_| fail!("NUL in cgroup path {}", show(b)));
+    let dirflags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    let m = sys::openat(None, &c(mnt)?, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        .map_err(|e| err("open the mount", e))?;
+    mkdir_exists_ok(m.as_fd(), &c(parent)?).map_err(|e| err("create the parent", e))?;
+    let p = sys::openat(Some(m.as_fd()), &c(parent)?, dirflags, 0)
+        .map_err(|e| err("open the parent", e))?;
+    if v1 {
+        // Before the child exists: children inherit notify_on_release at creation.
+        write_at(p.as_fd(), c"notify_on_release", b"1")
+            .map_err(|e| err("set notify_on_release on the parent", e))?;
+    }
+    mkdir_exists_ok(p.as_fd(), &c(leaf)?).map_err(|e| err("create the group", e))?;
+    let g = sys::openat(Some(p.as_fd()), &c(leaf)?, dirflags, 0)
+        .map_err(|e| err("open the group", e))?;
+    if v1 {
+        write_at(g.as_fd(), c"notify_on_release", b"1")
+            .map_err(|e| err("set notify_on_release", e))?;
+    }
+    write_at(g.as_fd(), c"cgroup.procs", pid).map_err(|e| err("write cgroup.procs", e))
+}
+
+fn mkdir_exists_ok(dir: std::os::fd::BorrowedFd<'_>, name: &std::ffi::CStr) -> std::io::Result<()> {
+    match sys::mkdirat(dir, name, 0o755) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        r => r,
+    }
+}
+
+fn write_at(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let fd = sys::openat(Some(dir), name, libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
+    std::fs::File::from(fd).write_all(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THIS_MACHINE: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn mountinfo() {
+        let table: &[(&str, Option<&str>, Option<&str>)] = &[
+            (
+                THIS_MACHINE,
+                Some("/sys/fs/cgroup/freezer"),
+                Some("/sys/fs/cgroup/unified"),
+            ),
+            // Pure v2 (systemd's unified layout), with optional fields before the separator.
+            (
+                "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n",
+                None,
+                Some("/sys/fs/cgroup"),
+            ),
+            // Co-mounted controllers; escaped spaces; a freezer named only in mount options.
+            (
+                "1 2 0:1 / /c\\040g rw shared:1 master:2 - cgroup cgroup rw,cpu,freezer\n\
+                 3 2 0:2 / /fake rw,freezer - tmpfs tmpfs rw\n",
+                Some("/c g"),
+                None,
+            ),
+            // First match wins.
+            (
+                "1 2 0:1 / /a rw - cgroup2 cgroup2 rw\n3 2 0:2 / /b rw - cgroup2 cgroup2 rw\n",
+                None,
+                Some("/a"),
+            ),
+            // Named hierarchies are not the freezer; garbage and truncated lines are skipped.
+            (
+                "1 2 0:1 / /s rw - cgroup cgroup rw,name=freezer\ngarbage\n- cgroup2\n1 2 - x\n",
+                None,
+                None,
+            ),
+            ("", None, None),
+        ];
+        for (text, freezer, unified) in table {
+            let m = parse_mountinfo(text.as_bytes());
+            assert_eq!(m.freezer.as_deref(), freezer.map(str::as_bytes), "{text}");
+            assert_eq!(m.unified.as_deref(), unified.map(str::as_bytes), "{text}");
+        }
+    }
+
+    #[test]
+    fn escapes() {
+        assert_eq!(unescape(b"/a\\040b\\011c"), b"/a b\tc");
+        assert_eq!(unescape(b"/a\\0"), b"/a\\0");
+        assert_eq!(unescape(b"\\999"), b"\\999");
+    }
+}

@@ -1,0 +1,237 @@
+//! confine-hook: the setuid-root shim that starts every app of a snap.
+//!
+//! One launch, in order (each step in the module that owns it):
+//! 1. `privs`: the caller's real uid, gid and groups, captured before anything else;
+//!    `args`: which app, from `argv[0]`'s basename or `confine-hook NAME.APP -- ARGS`.
+//! 2. `root`: the root, from `/proc/self/exe` minus `usr/lib/refreshd/confine-hook`; every
+//!    directory used is reached with `O_NOFOLLOW` from its parent's fd and must be root's.
+//! 3. `runctl`: take `snap.NAME.lock`; while `snap.NAME.inhibited` exists, release it and
+//!    block on inotify until the marker is gone.
+//! 4. `cgroup`: join `PARENT/snap.NAME` in the v1 freezer and v2 hierarchies.
+//! 5. `runctl`: create `snap.NAME.running`, release the lock.
+//! 6. `snap/NAME/current` → REV, then `launch`: read the launch description.
+//! 7. `privs`: drop privileges; `env`: build the environment; create the user's snap
+//!    directories; execve.
+//!
+//! `sys` is the only module allowed `unsafe`. Nothing here talks to the daemon: launches keep
+//! working while refreshd is stopped.
+
+#![deny(unsafe_code)]
+
+mod args;
+mod cgroup;
+mod env;
+mod error;
+mod launch;
+mod privs;
+mod root;
+mod runctl;
+mod sys;
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use crate::error::{fail, show, Error, Result, EXIT_NOT_FOUND};
+use crate::root::{valid_revision, Root};
+
+/// Runs the launcher; returns the exit status when it could not start the app.
+pub fn hook_main() -> i32 {
+    match launch_app() {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("confine-hook: {e}");
+            e.code()
+        }
+    }
+}
+
+fn launch_app() -> Result<Infallible> {
+    // Before anything can change them.
+    let caller = privs::Caller::capture()?;
+    // Markers and directories get exactly the modes we ask for; the app gets the caller's.
+    let caller_umask = sys::umask(0o022);
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let target = args::parse(&argv)?;
+    let name = show(&target.instance);
+    if sys::geteuid() != sys::Uid::ROOT {
+        return Err(fail!(
+            "not running as root: confine-hook must be installed setuid-root at \
+             ROOT/{} (chown root, chmod 4755) and started through the launchers in \
+             ROOT/snap/bin",
+            refreshd_runctl::HOOK_PATH
+        ));
+    }
+    let root = Root::discover()?;
+
+    // Refuse an unknown snap before creating any marker or cgroup for it.
+    let not_installed = || {
+        fail!(
+            "snap {name} is not installed (there is no {})",
+            show(&root.join(&[b"snap/", target.instance.as_slice()].concat()))
+        )
+    };
+    let snap_dir = root.dir.try_open(b"snap")?.ok_or_else(not_installed)?;
+    let instance_dir = snap_dir
+        .try_open(&target.instance)?
+        .ok_or_else(not_installed)?;
+
+    let runctl = runctl::open_dir(&root)?;
+    // Kept open until execve closes it (see runctl::Waiter).
+    let mut waiter = None;
+    let lock = runctl::lock_when_not_inhibited(&runctl, &target.instance, caller.uid, &mut waiter)?;
+    cgroup::join_all(&root.path, &target.instance)?;
+    runctl::mark_running(&runctl, &target.instance)?;
+    drop(lock);
+
+    let rev = current_revision(&instance_dir, &name)?;
+    let launch = launch::read(&root, &target.instance, &rev, &target.app)?;
+    if launch
+        .snap_name
+        .as_deref()
+        .is_some_and(|n| n.as_bytes() != target.snap_name())
+        || launch
+            .revision
+            .as_deref()
+            .is_some_and(|r| r.as_bytes() != rev)
+    {
+        return Err(fail!(
+            "refusing the launch description of {name} revision {}: it describes snap {:?} \
+             revision {:?}; restart refreshd so it rewrites it",
+            show(&rev),
+            launch.snap_name.as_deref().unwrap_or("?"),
+            launch.revision.as_deref().unwrap_or("?")
+        ));
+    }
+
+    caller.drop_privileges()?;
+
+    // As the user from here on.
+    let pw = sys::getpwuid(caller.uid)
+        .map_err(|e| fail!("cannot look up uid {}: {e}", caller.uid))?
+        .ok_or_else(|| {
+            fail!(
+                "uid {} has no passwd entry, so it has no home for the snap's data; add a user \
+                 for it",
+                caller.uid
+            )
+        })?;
+    let home = env::reroot_home(&root.path, &pw.home);
+    let vars = env::SnapVars {
+        root: &root.path,
+        instance: &target.instance,
+        snap_name: target.snap_name(),
+        instance_key: target.instance_key(),
+        revision: &rev,
+        version: launch.version.as_deref().unwrap_or_default().as_bytes(),
+        user: &pw.name,
+        home: &home,
+    };
+    let caller_env =
+        env::Env::from_caller(std::env::vars_os().map(|(k, v)| (k.into_vec(), v.into_vec())));
+    let envp = env::build(caller_env, &vars, &launch.env).to_cstrings();
+    create_user_dirs(&home, &pw.name, &[vars.user_data(), vars.user_common()])?;
+
+    let rel = [
+        b"snap/",
+        target.instance.as_slice(),
+        b"/",
+        &rev,
+        b"/",
+        launch.command.as_bytes(),
+    ]
+    .concat();
+    let program = root.join(&rel);
+    let cprogram = CString::new(program.clone()).map_err(|_| fail!("NUL in the program path"))?;
+    let mut argvp = vec![cprogram.clone()];
+    for a in &launch.args {
+        argvp.push(CString::new(a.as_bytes()).map_err(|_| fail!("NUL in a launch argument"))?);
+    }
+    for a in &target.args {
+        // Arguments from the kernel's argv never hold NUL.
+        argvp.push(CString::new(a.as_bytes()).map_err(|_| fail!("NUL in an argument"))?);
+    }
+    sys::umask(caller_umask);
+    sys::default_sigpipe().map_err(|e| fail!("cannot reset SIGPIPE: {e}"))?;
+    let e = sys::execve(&cprogram, &argvp, &envp);
+    drop(waiter);
+    let err = fail!(
+        "cannot run {} ({} of snap {name} revision {}): {e}{}",
+        show(&program),
+        show(&target.app),
+        show(&rev),
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            "; the revision may not be mounted: restart refreshd, or reinstall the snap"
+        } else {
+            ""
+        }
+    );
+    Err(if e.raw_os_error() == Some(libc::ENOENT) {
+        err.with_code(EXIT_NOT_FOUND)
+    } else {
+        err
+    })
+}
+
+/// Reads and validates `snap/INSTANCE/current`.
+fn current_revision(instance_dir: &root::Dir, name: &str) -> Result<Vec<u8>> {
+    let link = instance_dir.child_path(b"current");
+    let rev = instance_dir
+        .readlink(b"current", 64)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => fail!(
+                "snap {name} has no current revision ({} is missing)",
+                show(&link)
+            ),
+            Some(libc::EINVAL) => fail!("refusing {}: it is not a symbolic link", show(&link)),
+            _ => fail!("cannot read {}: {e}", show(&link)),
+        })?;
+    if !valid_revision(&rev) {
+        return Err(fail!(
+            "refusing {}: it points to {:?}, which is not a revision (like 12 or x3)",
+            show(&link),
+            show(&rev[..rev.len().min(64)])
+        ));
+    }
+    Ok(rev)
+}
+
+/// Creates `SNAP_USER_DATA` and `SNAP_USER_COMMON` (as the user, after the drop). The home
+/// itself must exist: creating it is the administrator's job.
+fn create_user_dirs(home: &[u8], user: &[u8], dirs: &[Vec<u8>]) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let home_path = std::ffi::OsStr::from_bytes(home);
+    match std::fs::metadata(home_path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(fail!(
+                "the home of {} ({}) is not a directory",
+                show(user),
+                show(home)
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(fail!(
+                "the home directory of {} ({}) does not exist; create it, owned by {0}, and \
+                 start the app again",
+                show(user),
+                show(home)
+            ))
+        }
+        Err(e) => {
+            return Err(fail!(
+                "cannot use the home of {} ({}): {e}",
+                show(user),
+                show(home)
+            ))
+        }
+    }
+    for d in dirs {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(std::ffi::OsStr::from_bytes(d))
+            .map_err(|e| Error::new(format!("cannot create {}: {e}", show(d))))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! The crate's only `unsafe` code: thin wrappers over the libc calls std does not offer
+//! (`*at` file operations, credentials, `flock`, inotify, `getpwuid_r`, syslog, `execve`).
+//!
+//! Every wrapper returns `io::Result` (via [`cerr`]) and takes borrowed fds, so callers own and
+//! close their descriptors through `OwnedFd`. Every fd this module opens is `O_CLOEXEC`, so
+//! nothing of the privileged part leaks into the app.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// A user id. Kept distinct from [`Gid`] so the two can never be swapped in a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uid(pub libc::uid_t);
+
+/// A group id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Gid(pub libc::gid_t);
+
+impl Uid {
+    pub const ROOT: Uid = Uid(0);
+}
+
+impl fmt::Display for Uid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for Gid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The C convention "-1 means failure, errno says why" turned into a `Result`.
+pub trait CReturn: Copy + PartialEq {
+    const FAILED: Self;
+}
+impl CReturn for libc::c_int {
+    const FAILED: Self = -1;
+}
+impl CReturn for libc::ssize_t {
+    const FAILED: Self = -1;
+}
+
+/// Turns a C `-1` return into the errno.
+pub fn cerr<T: CReturn>(ret: T) -> io::Result<T> {
+    if ret == T::FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credentials
+
+pub fn getuid() -> Uid {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    Uid(unsafe { libc::getuid() })
+}
+
+pub fn getgid() -> Gid {
+    // SAFETY: getgid has no preconditions and cannot fail.
+    Gid(unsafe { libc::getgid() })
+}
+
+pub fn geteuid() -> Uid {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    Uid(unsafe { libc::geteuid() })
+}
+
+/// The supplementary groups of the calling process.
+pub fn getgroups() -> io::Result<Vec<Gid>> {
+    // SAFETY: with size 0 the list pointer is not accessed; returns the group count.
+    let n = cerr(unsafe { libc::getgroups(0, std::ptr::null_mut()) })?;
+    let mut groups: Vec<libc::gid_t> = vec![0; n as usize];
+    // SAFETY: `groups` has room for exactly `n` entries and we pass that size; the kernel
+    // writes at most that many (EINVAL if the set grew meanwhile, which we report).
+    let m = cerr(unsafe { libc::getgroups(n, groups.as_mut_ptr()) })?;
+    groups.truncate(m as usize);
+    Ok(groups.into_iter().map(Gid).collect())
+}
+
+pub fn setgroups(groups: &[Gid]) -> io::Result<()> {
+    let raw: Vec<libc::gid_t> = groups.iter().map(|g| g.0).collect();
+    // SAFETY: `raw` holds `raw.len()` valid gids and outlives the call.
+    cerr(unsafe { libc::setgroups(raw.len(), raw.as_ptr()) })?;
+    Ok(())
+}
+
+/// Sets real, effective and saved gid to `gid`.
+pub fn setresgid(gid: Gid) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    cerr(unsafe { libc::setresgid(gid.0, gid.0, gid.0) })?;
+    Ok(())
+}
+
+/// Sets real, effective and saved uid to `uid`.
+pub fn setresuid(uid: Uid) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    cerr(unsafe { libc::setresuid(uid.0, uid.0, uid.0) })?;
+    Ok(())
+}
+
+/// `setuid(2)`: used only to prove that regaining root fails after the drop.
+pub fn setuid(uid: Uid) -> io::Result<()> {
+    // SAFETY: plain integer argument.
+    cerr(unsafe { libc::setuid(uid.0) })?;
+    Ok(())
+}
+
+pub fn getresuid() -> io::Result<[Uid; 3]> {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: the three pointers point to live, writable locals.
+    cerr(unsafe { libc::getresuid(&mut r, &mut e, &mut s) })?;
+    Ok([Uid(r), Uid(e), Uid(s)])
+}
+
+pub fn getresgid() -> io::Result<[Gid; 3]> {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: the three pointers point to live, writable locals.
+    cerr(unsafe { libc::getresgid(&mut r, &mut e, &mut s) })?;
+    Ok([Gid(r), Gid(e), Gid(s)])
+}
+
+/// Sets the file mode creation mask and returns the previous one.
+pub fn umask(mask: libc::mode_t) -> libc::mode_t {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask) }
+}
+
+/// The passwd fields the launcher needs.
+pub struct Passwd {
+    pub name: Vec<u8>,
+    pub home: Vec<u8>,
+}
+
+/// `getpwuid_r`; `Ok(None)` when there is no entry for `uid`.
+pub fn getpwuid(uid: Uid) -> io::Result<Option<Passwd>> {
+    let mut size = 1024usize;
+    loop {
+        let mut buf = vec![0u8; size];
+        // SAFETY: an all-zero `struct passwd` is a valid value (null pointers, zero ids); it
+        // is only read after getpwuid_r filled it in.
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: `pw`, `buf` (of `size` bytes) and `result` are live and writable for the
+        // call; the strings in `pw` point into `buf`, which we keep until we copied them.
+        let rc =
+            unsafe { libc::getpwuid_r(uid.0, &mut pw, buf.as_mut_ptr().cast(), size, &mut result) };
+        if rc == libc::ERANGE && size < 1 << 20 {
+            size *= 4;
+            continue;
+        }
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        if result.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: on success pw_name and pw_dir are NUL-terminated strings inside `buf`,
+        // which is still alive here.
+        let (name, home) = unsafe {
+            (
+                CStr::from_ptr(pw.pw_name).to_bytes().to_vec(),
+                CStr::from_ptr(pw.pw_dir).to_bytes().to_vec(),
+            )
+        };
+        return Ok(Some(Passwd { name, home }));
+    }
+}
+
+/// Whether process `pid` exists (`kill(pid, 0)`; EPERM still means it exists).
+pub fn process_exists(pid: libc::pid_t) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 performs only the existence and permission checks.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+/// `openat(2)` (`dir` None means AT_FDCWD); `O_CLOEXEC` is always added.
+pub fn openat(
+    dir: Option<BorrowedFd<'_>>,
+    path: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<OwnedFd> {
+    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: `path` is NUL-terminated and outlives the call; `dirfd` is a live descriptor
+    // (borrowed) or AT_FDCWD.
+    let fd = cerr(unsafe {
+        libc::openat(
+            dirfd,
+            path.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            libc::c_uint::from(mode),
+        )
+    })?;
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated; `dir` is a live descriptor.
+    cerr(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) })?;
+    Ok(())
+}
+
+/// The fields of `struct stat` the launcher checks.
+#[derive(Debug, Clone, Copy)]
+pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub uid: Uid,
+    pub size: i64,
+}
+
+impl Stat {
+    fn from_raw(st: &libc::stat) -> Stat {
+        Stat {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mode: st.st_mode,
+            uid: Uid(st.st_uid),
+            size: st.st_size,
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    pub fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+}
+
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+    // SAFETY: an all-zero `struct stat` is a valid value; fstat overwrites it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is live and writable; `fd` is a live descriptor.
+    cerr(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(Stat::from_raw(&st))
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+pub fn lstatat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Stat> {
+    // SAFETY: an all-zero `struct stat` is a valid value; fstatat overwrites it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated, `st` writable, `dir` a live descriptor.
+    cerr(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(Stat::from_raw(&st))
+}
+
+/// `stat(2)` (follows symlinks): used on `/proc/self/exe`.
+pub fn stat(path: &CStr) -> io::Result<Stat> {
+    // SAFETY: an all-zero `struct stat` is a valid value; stat overwrites it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` writable.
+    cerr(unsafe { libc::stat(path.as_ptr(), &mut st) })?;
+    Ok(Stat::from_raw(&st))
+}
+
+/// `readlinkat(2)` of at most `max` bytes; a longer target is ENAMETOOLONG.
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &CStr, max: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; max + 1];
+    // SAFETY: `buf` has `buf.len()` writable bytes; `name` is NUL-terminated.
+    let n = cerr(unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })? as usize;
+    if n > max {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// `flock(fd, LOCK_EX)`, retried on EINTR.
+pub fn flock_exclusive(fd: BorrowedFd<'_>) -> io::Result<()> {
+    loop {
+        // SAFETY: `fd` is a live descriptor.
+        match cerr(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.map(drop),
+        }
+    }
+}
+
+/// A new inotify instance (`IN_CLOEXEC`, blocking reads).
+pub fn inotify_init() -> io::Result<OwnedFd> {
+    // SAFETY: plain flag argument.
+    let fd = cerr(unsafe { libc::inotify_init1(libc::IN_CLOEXEC) })?;
+    // SAFETY: inotify_init1 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds a watch; returns its descriptor.
+pub fn inotify_add_watch(ino: BorrowedFd<'_>, path: &CStr, mask: u32) -> io::Result<libc::c_int> {
+    // SAFETY: `path` is NUL-terminated; `ino` is a live inotify descriptor.
+    cerr(unsafe { libc::inotify_add_watch(ino.as_raw_fd(), path.as_ptr(), mask) })
+}
+
+pub fn inotify_rm_watch(ino: BorrowedFd<'_>, wd: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain integer arguments; `ino` is a live inotify descriptor.
+    cerr(unsafe { libc::inotify_rm_watch(ino.as_raw_fd(), wd) })?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signals, syslog, exec
+
+/// Restores the default SIGPIPE action. Rust's runtime ignores SIGPIPE at start-up, and an
+/// ignored disposition survives `execve`; `std::process::Command` undoes it for its children,
+/// and so must we before our own `execve`.
+pub fn default_sigpipe() -> io::Result<()> {
+    // SAFETY: SIG_DFL is a valid disposition for SIGPIPE; no handler code is installed.
+    if unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Writes one line to syslog (facility user, ident `confine-hook`, with the pid). Silently
+/// does nothing when no syslog daemon listens, as syslog(3) does.
+pub fn syslog_notice(msg: &str) {
+    let Ok(msg) = CString::new(msg) else { return };
+    // SAFETY: the ident is a static NUL-terminated string (openlog keeps the pointer); the
+    // format is a static "%s" and `msg` is NUL-terminated and alive for the call.
+    unsafe {
+        libc::openlog(c"confine-hook".as_ptr(), libc::LOG_PID, libc::LOG_USER);
+        libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), msg.as_ptr());
+        libc::closelog();
+    }
+}
+
+/// `execve(2)`; returns only on failure.
+pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+    envp_p.push(std::ptr::null());
+    // SAFETY: `path` and every string are NUL-terminated and alive (borrowed from the
+    // caller); both pointer arrays are NULL-terminated and alive for the call.
+    unsafe { libc::execve(path.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
+    io::Error::last_os_error()
+}

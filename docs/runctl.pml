@@ -1,0 +1,390 @@
+/*
+ * The runctl protocol (docs/runctl-protocol.md), as a Promela model for spin.
+ *
+ * Processes: NL launchers (confine-hook), the daemon (refreshd's wait-for-apps and the
+ * critical section it guards, ROUNDS times), the kernel's release agent (cgroup v1), and
+ * the environment: a daemon crash or a reboot, and a user's abort. App processes exit at
+ * any point (interleaving). Run it with scripts/model-check.sh.
+ *
+ * Backend, chosen with -D at `spin -a` time:
+ *   (default)   v1: freezer cgroup, release agent unlinks snap.NAME.running, inotify on runctl
+ *   TRACK_V2    v2: inotify on cgroup.events, `populated 0`
+ *   TRACK_POLL  v1-poll: the daemon re-reads cgroup.procs on a timer
+ * BLOCK         refresh-pending-behavior: block (marker written before apps have drained)
+ *
+ * Mutations (each must make the check fail; scripts/model-check.sh proves it does):
+ *   BUGGY_NO_LOCK            launcher checks the marker and joins without the lock
+ *   BUGGY_JOIN_AFTER_UNLOCK  launcher unlocks before it joins the cgroup
+ *   BUGGY_EARLY_REV          launcher reads `current` before it has joined
+ *   BUGGY_NO_RECHECK         launcher waits for the marker's removal without re-checking
+ *                            after arming its inotify watch (lost wake-up)
+ *   BUGGY_NO_ARM             v1 daemon reads cgroup.procs without first creating
+ *                            snap.NAME.running (lost wake-up: the agent's unlink is the event)
+ *   BUGGY_UNLOCKED_CHECK     daemon reads cgroup.procs before it takes the lock
+ *
+ * Properties:
+ *   ltl safe  -- no app process is in the cgroup while the daemon is in the critical section
+ *   ltl live  -- the daemon finishes all its rounds (under weak fairness)
+ *   monitor   -- the same invariant as `safe`, as a process, for runs without a claim
+ *   asserts   -- an app never outlives the revision it was started from; the daemon enters
+ *                the critical section only with an empty cgroup
+ *   end states-- no process is stuck (launchers waiting on a marker nobody will remove, the
+ *                daemon waiting for an event that will never come)
+ */
+
+#ifndef NL
+#define NL 3            /* launchers */
+#endif
+#ifndef ROUNDS
+#define ROUNDS 2        /* refreshes (changes) the daemon makes */
+#endif
+#ifndef LAUNCHES
+#define LAUNCHES 1      /* apps each launcher starts, one after the other */
+#endif
+
+#ifdef BLOCK
+#define BLOCKING 1
+#else
+#define BLOCKING 0
+#endif
+
+#define FREE   255      /* lock owner: nobody */
+#define DAEMON NL       /* lock owner: the daemon; launchers are 0..NL-1 */
+
+/* the daemon's persistent progress (the task statuses in the database) */
+#define P_WAIT 0        /* wait-for-apps not done */
+#define P_CS   1        /* the critical tasks: copy data, link (current := new revision) */
+#define P_LIFT 2        /* allow-launches: unlink the marker */
+
+/* --- shared state: the files and the kernel --- */
+byte lock = FREE;       /* flock on snap.NAME.lock: owner */
+bool inhibited;         /* snap.NAME.inhibited exists */
+bool running;           /* snap.NAME.running exists */
+byte cg;                /* cgroup membership: bit i = launcher i's app process */
+bool release_queued;    /* v1: the kernel has queued a call of the release agent */
+byte cur;               /* ROOT/snap/NAME/current: revision number */
+
+/* --- inotify --- */
+bool dev;               /* the daemon's event for NAME fired since its handler started */
+bool larmed[NL];        /* launcher i has an inotify watch on runctl */
+bool lev[NL];           /* ... and it saw snap.NAME.inhibited go */
+
+/* --- the daemon --- */
+bool in_cs;             /* in the critical section (volatile: lost on a crash) */
+byte phase = P_WAIT;    /* persistent */
+byte round;             /* persistent: changes finished */
+byte launched;          /* launchers that have finished all their launches */
+bool started;           /* the daemon has started before (so this is a restart) */
+
+/* --- the environment --- */
+byte crash_req;         /* 1: the daemon crashes; 2: the machine reboots */
+bool abort_req;         /* a user asks to abort the change */
+
+/* In-line checks; CLAIM_ONLY leaves only the LTL claims (to show they catch bugs alone). */
+#ifdef CLAIM_ONLY
+#define CHECK(x) skip
+#else
+#define CHECK(x) assert(x)
+#endif
+
+/* the protocol's safety invariant */
+#define SAFE (!(in_cs && cg != 0))
+
+ltl safe { [] SAFE }
+ltl live { <> (round == ROUNDS && launched == NL) }
+
+inline acquire(who) { atomic { lock == FREE -> lock = who } }
+inline release()    { lock = FREE }
+
+/* Unlink snap.NAME.inhibited: every launcher whose watch is armed sees IN_DELETE. */
+inline unlink_inhibited() {
+  atomic {
+    inhibited = false;
+    for (j : 0 .. NL - 1) {
+      if
+      :: larmed[j] -> lev[j] = true
+      :: else
+      fi
+    }
+  }
+}
+
+/* The cgroup just became empty: what the kernel does about it. */
+inline cgroup_emptied() {
+#if defined(TRACK_V2)
+  dev = true                    /* cgroup.events: populated 0 (IN_MODIFY) */
+#elif defined(TRACK_POLL)
+  skip                          /* nobody is told */
+#else
+  release_queued = true         /* call the release agent, some time later */
+#endif
+}
+
+/* A launch is over: launch again, or be done. */
+inline finish(i) {
+  n++;
+  if
+  :: n < LAUNCHES -> goto again
+  :: else -> launched++; goto done
+  fi
+}
+
+/* A launcher joins the cgroup (writes its pid to cgroup.procs). */
+inline join(i) {
+  CHECK(!in_cs);
+#ifdef TRACK_V2
+  if
+  :: cg == 0 -> dev = true          /* populated 1: IN_MODIFY too */
+  :: else
+  fi;
+#endif
+  cg = cg | (1 << i)
+}
+
+/* A process leaves the cgroup (exit, or death of the launcher). */
+inline leave(i) {
+  cg = cg & ~(1 << i);
+  if
+  :: cg == 0 -> cgroup_emptied()
+  :: else
+  fi
+}
+
+/*
+ * The daemon enters the critical section (task wait-for-apps; with blk, the block behaviour,
+ * also the re-check every critical task makes after a restart). Sets ok when entered, leaves
+ * it false when the change was aborted while waiting.
+ */
+#ifdef BUGGY_UNLOCKED_CHECK
+#define VACANT vacant
+#else
+#define VACANT (cg == 0)
+#endif
+
+inline enter_cs(blk, may_abort, ok) {
+  ok = false;
+  do
+  :: /* the handler (re)starts: events from now on count (the engine's generation check) */
+#ifdef BUGGY_UNLOCKED_CHECK
+     vacant = (cg == 0);
+#endif
+     atomic {
+       lock == FREE -> lock = DAEMON; dev = false;
+       if
+       :: blk -> inhibited = true   /* block: the marker goes in while apps still drain */
+       :: else
+       fi
+     };
+#if !defined(TRACK_V2) && !defined(TRACK_POLL) && !defined(BUGGY_NO_ARM)
+     running = true;                /* v1: create snap.NAME.running, then read cgroup.procs */
+#endif
+     if
+     :: VACANT ->                   /* read cgroup.procs (under the lock): empty */
+        atomic {
+          inhibited = true;         /* write the marker (temp + rename) */
+          running = false;          /* stale: the cgroup is empty */
+          in_cs = true;
+          CHECK(cg == 0);
+          release();
+          ok = true;
+          vacant = false
+        };
+        break
+     :: else ->
+        atomic { release(); vacant = false };
+        if
+#ifdef TRACK_POLL
+        :: true -> skip             /* the poll timer fires */
+#else
+        :: dev -> skip              /* woken by the event */
+#endif
+        :: may_abort && abort_req ->
+           unlink_inhibited();      /* undo of wait-for-apps */
+           break
+        fi
+     fi
+  od
+}
+
+active proctype daemon() {
+  byte j;
+  bool ok, vacant;
+restart:
+  {
+    if
+    :: started ->
+       /* start-up: rebuild the picture from the kernel, then resume the change */
+       acquire(DAEMON);
+       running = (cg != 0);
+       if
+       :: round == ROUNDS || (phase == P_WAIT && !BLOCKING) -> unlink_inhibited()
+       :: else
+       fi;
+       release()
+    :: else
+    fi;
+    started = true;
+    do
+    :: round == ROUNDS -> break
+    :: round < ROUNDS && phase == P_WAIT ->
+       enter_cs(BLOCKING, true, ok);
+       if
+       :: ok -> phase = P_CS                               /* commit: Done */
+       :: else -> atomic { abort_req = false; round++ }      /* commit: Undone */
+       fi
+    :: phase == P_CS ->
+       if
+       :: !in_cs -> enter_cs(true, false, ok)                /* after a restart */
+       :: else
+       fi;
+       CHECK(cg == 0);
+       cur = round + 1;                                      /* copy data, link */
+       phase = P_LIFT
+    :: phase == P_LIFT ->
+       in_cs = false;
+       unlink_inhibited();                                   /* allow-launches */
+       atomic { round++; phase = P_WAIT }
+    od;
+    goto finished
+  } unless {
+    atomic {
+      (crash_req == 1 || (crash_req == 2 && (lock == FREE || lock == DAEMON))) ->
+      if
+      :: lock == DAEMON -> lock = FREE   /* the kernel drops the dead holder's flock */
+      :: else
+      fi;
+      in_cs = false;
+      if
+      :: crash_req == 2 ->               /* reboot: /run is empty again; the kernel forgets */
+         running = false;
+         release_queued = false;
+         unlink_inhibited()
+      :: else
+      fi;
+      crash_req = 0
+    }
+  };
+  goto restart;
+finished:
+  skip
+}
+
+/*
+ * A launch of an app: confine-hook's steps 2-7, then the app, which exits.
+ * Apps that exist across a reboot in this model stand for apps started again after the boot,
+ * before the daemon was back.
+ */
+proctype launcher(byte i) {
+  byte n, myrev;
+again:
+#ifdef BUGGY_EARLY_REV
+  myrev = cur;
+#endif
+#if defined(BUGGY_NO_LOCK)
+  if                                                /* 3, without 2 */
+  :: inhibited ->
+#else
+  acquire(i);                                       /* 2 */
+  if
+  :: atomic { inhibited -> release() } ->           /* 3 */
+#endif
+     atomic { larmed[i] = true; lev[i] = false };   /* arm the watch on runctl */
+#ifndef BUGGY_NO_RECHECK
+     if
+     :: !inhibited                                  /* re-check after arming: gone */
+     :: else -> lev[i]                              /* wait for its IN_DELETE */
+     fi;
+#else
+     lev[i];
+#endif
+     atomic { larmed[i] = false; lev[i] = false };
+     goto again
+  :: else
+  fi;
+#if defined(BUGGY_NO_LOCK) || defined(BUGGY_JOIN_AFTER_UNLOCK)
+#ifdef BUGGY_JOIN_AFTER_UNLOCK
+  release();                                        /* 6, too early */
+#endif
+  join(i);                                          /* 4 */
+  running = true;                                   /* 5 */
+#else
+  /*
+   * Steps 4-6 are one step here: while the launcher holds the lock nobody else can act on
+   * what they change, except the agent and app exits, which may still come before or after.
+   */
+  atomic {
+    join(i);                                        /* 4 */
+    if
+    :: running = true; release()                    /* 5, 6 */
+#ifndef NO_DIE
+    :: leave(i); release(); finish(i)               /* dies: exit; the kernel drops the flock */
+#endif
+    fi
+  };
+#endif
+#ifndef BUGGY_EARLY_REV
+  myrev = cur;                                      /* 7: read current after the join, exec */
+#endif
+  /* the app runs; then it exits */
+  atomic {
+    CHECK(myrev == cur);                            /* never refreshed under it */
+    leave(i);
+    myrev = 0;
+    finish(i)
+  };
+done:
+  skip
+}
+
+/* cgroup v1: the kernel runs refresh-release-agent for an emptied cgroup. */
+#if !defined(TRACK_V2) && !defined(TRACK_POLL)
+active proctype agent() {
+end:
+  do
+  :: atomic {
+       release_queued -> release_queued = false;
+       if
+       :: running -> running = false; dev = true   /* unlink: the daemon's IN_DELETE */
+       :: else                                      /* ENOENT: no event */
+       fi
+     }
+  od
+}
+#endif
+
+/* The environment: at most one daemon crash or reboot, at most one abort. */
+#ifndef NO_CRASH
+active proctype crasher() {
+  if
+  :: crash_req = 1
+  :: crash_req = 2
+  :: skip
+  fi
+}
+#endif
+
+#ifndef NO_ABORT
+active proctype aborter() {
+  if
+  :: abort_req = true
+  :: skip
+  fi
+}
+#endif
+
+/* The invariant, for runs compiled without the claims (-DNOCLAIM). */
+#ifndef CLAIM_ONLY
+active proctype monitor() {
+end:
+  atomic { !SAFE -> assert(false) }
+}
+#endif
+
+init {
+  byte k;
+  atomic {
+    for (k : 0 .. NL - 1) {
+      run launcher(k)
+    }
+  }
+}

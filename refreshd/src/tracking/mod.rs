@@ -1,0 +1,385 @@
+//! Knowing when a snap's processes are gone, and keeping new ones out (docs/runctl-protocol.md).
+//!
+//! confine-hook puts every app process in `PARENT/snap.NAME` of each cgroup hierarchy present
+//! (v1 freezer, v2) and creates `runctl/snap.NAME.running`. `cgroup.procs` is the truth; the
+//! events are only the fast signal that it may have changed:
+//! - `v1`: the freezer's release agent unlinks the running marker when the group empties, and
+//!   inotify on runctl sees the unlink;
+//! - `v1-poll`: the freezer without our agent (another one owns the hierarchy): `cgroup.procs`
+//!   is re-read every poll interval;
+//! - `v2`: inotify on `cgroup.events` says `populated 0`;
+//! - `none`: no cgroup hierarchy usable: snaps are untrackable, and status says so.
+
+pub mod cgroups;
+mod watch;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use nix::fcntl::{Flock, FlockArg};
+use refreshd_runctl::Marker;
+use tracing::{info, warn};
+
+use crate::fsutil;
+use crate::layout::Layout;
+pub use watch::spawn_watcher;
+
+/// Which backend to use (`refreshd --tracking`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Choice {
+    Auto,
+    V1,
+    #[value(name = "v1-poll")]
+    V1Poll,
+    V2,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    V1,
+    V1Poll,
+    V2,
+    None,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::V1 => "v1",
+            Kind::V1Poll => "v1-poll",
+            Kind::V2 => "v2",
+            Kind::None => "none",
+        }
+    }
+}
+
+/// The event a parked wait-for-apps task waits on.
+pub fn idle_event(name: &str) -> String {
+    format!("snap-idle:{name}")
+}
+
+pub struct Tracking {
+    pub kind: Kind,
+    /// Why this backend: shown by `refreshctl status`.
+    pub reason: String,
+    /// `FREEZER/PARENT`, when the v1 freezer hierarchy is mounted.
+    pub v1: Option<PathBuf>,
+    /// `UNIFIED/PARENT`, when a cgroup2 hierarchy is mounted.
+    pub v2: Option<PathBuf>,
+    pub runctl: PathBuf,
+    pub poll_interval: Duration,
+}
+
+pub struct Options {
+    pub choice: Choice,
+    pub release_agent: PathBuf,
+    pub poll_interval: Duration,
+}
+
+impl Tracking {
+    /// Detects the hierarchies, picks the backend, and sets up what it needs (parents, the
+    /// release agent, the agent registry, the runctl directory).
+    pub fn setup(layout: &Layout, opts: &Options) -> anyhow::Result<Tracking> {
+        let runctl = layout.runctl_dir();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&runctl)
+            .with_context(|| format!("cannot create {}", runctl.display()))?;
+        let mounts = cgroups::Mounts::read().unwrap_or_default();
+        let root = layout.root().as_os_str().as_encoded_bytes();
+        let mut buf = [0u8; 26];
+        let parent =
+            String::from_utf8_lossy(refreshd_runctl::cgroup_parent(root, &mut buf)).into_owned();
+        let v1 = mounts.freezer.as_ref().map(|m| m.join(&parent));
+        let v2 = mounts.unified.as_ref().map(|m| m.join(&parent));
+        let mut t = Tracking {
+            kind: Kind::None,
+            reason: String::new(),
+            v1: None,
+            v2: None,
+            runctl,
+            poll_interval: opts.poll_interval,
+        };
+        // Parents are made now, so launchers only ever create leaves.
+        if let Some(p) = &v1 {
+            match cgroups::make_v1_parent(p) {
+                Ok(()) => t.v1 = Some(p.clone()),
+                Err(e) => warn!("cannot use the freezer hierarchy at {}: {e}", p.display()),
+            }
+        }
+        if let Some(p) = &v2 {
+            match fs::DirBuilder::new().recursive(true).create(p) {
+                Ok(()) => t.v2 = Some(p.clone()),
+                Err(e) => warn!("cannot use the cgroup2 hierarchy at {}: {e}", p.display()),
+            }
+        }
+        let v2_or_none = |t: &Tracking| match &t.v2 {
+            Some(p) => (
+                Kind::V2,
+                format!("cgroup v2: cgroup.events under {}", p.display()),
+            ),
+            None => (Kind::None, "no usable cgroup2 hierarchy".to_owned()),
+        };
+        let v1_agent = |t: &Tracking| {
+            match (&t.v1, &mounts.freezer) {
+            (Some(p), Some(mount)) => match register_agent(mount, &opts.release_agent) {
+                Ok(()) => (
+                    Kind::V1,
+                    format!("cgroup v1 freezer at {} with the release agent {}", p.display(), opts.release_agent.display()),
+                ),
+                Err(why) => (
+                    Kind::V1Poll,
+                    format!("cgroup v1 freezer at {}, polled every {:?}: release agent unavailable: {why}", p.display(), opts.poll_interval),
+                ),
+            },
+            _ => (Kind::None, "the cgroup v1 freezer hierarchy is not available".to_owned()),
+        }
+        };
+        let (kind, reason) = match opts.choice {
+            Choice::None => (Kind::None, "tracking disabled (--tracking none)".to_owned()),
+            Choice::V2 => v2_or_none(&t),
+            Choice::V1 => v1_agent(&t),
+            Choice::V1Poll => match &t.v1 {
+                Some(p) => (
+                    Kind::V1Poll,
+                    format!(
+                        "cgroup v1 freezer at {}, polled every {:?} (--tracking v1-poll)",
+                        p.display(),
+                        opts.poll_interval
+                    ),
+                ),
+                None => (
+                    Kind::None,
+                    "the cgroup v1 freezer hierarchy is not available".to_owned(),
+                ),
+            },
+            // The design's primary: the freezer with its release agent; cgroup2 without it.
+            Choice::Auto if t.v1.is_some() => v1_agent(&t),
+            Choice::Auto => v2_or_none(&t),
+        };
+        t.kind = kind;
+        t.reason = reason;
+        if t.kind == Kind::V1 {
+            // Stays registered while the daemon is stopped: the agent keeps the markers true.
+            register_runctl(layout, &t.runctl)?;
+        }
+        fsutil::write_atomic(
+            &t.runctl.join(refreshd_runctl::TRACKING_FILE),
+            format!("{}\n", t.kind.as_str()).as_bytes(),
+            0o644,
+        )?;
+        info!(backend = t.kind.as_str(), "tracking apps: {}", t.reason);
+        Ok(t)
+    }
+
+    fn marker(&self, name: &str, m: Marker) -> PathBuf {
+        let mut buf = [0u8; refreshd_runctl::MAX_MARKER];
+        let n = refreshd_runctl::marker_name(name.as_bytes(), m, &mut buf)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_else(|| format!("snap.{name}.invalid"));
+        self.runctl.join(n)
+    }
+
+    /// The snap's cgroups in every hierarchy present.
+    fn groups(&self, name: &str) -> Vec<PathBuf> {
+        [&self.v1, &self.v2]
+            .into_iter()
+            .flatten()
+            .map(|p| p.join(format!("snap.{name}")))
+            .collect()
+    }
+
+    /// The per-snap lock launchers take around their join (blocking; they hold it briefly).
+    pub fn lock(&self, name: &str) -> io::Result<Flock<File>> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(self.marker(name, Marker::Lock))?;
+        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))
+    }
+
+    /// Every process of the snap, from the kernel (union over the hierarchies).
+    pub fn procs(&self, name: &str) -> io::Result<Vec<u32>> {
+        let mut all = vec![];
+        for g in self.groups(name) {
+            match fs::read_to_string(g.join("cgroup.procs")) {
+                Ok(s) => all.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        all.sort_unstable();
+        all.dedup();
+        Ok(all)
+    }
+
+    pub fn is_inhibited(&self, name: &str) -> bool {
+        self.marker(name, Marker::Inhibited).exists()
+    }
+
+    /// Writes the inhibition marker (atomically): launches of NAME wait from now on.
+    pub fn inhibit(&self, name: &str, change: u64) -> io::Result<()> {
+        let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let body = format!(
+            "reason=refresh\nchange={change}\npid={}\nboot-id={}\n",
+            std::process::id(),
+            boot.trim()
+        );
+        fsutil::write_atomic(
+            &self.marker(name, Marker::Inhibited),
+            body.as_bytes(),
+            0o644,
+        )
+    }
+
+    /// Removes the inhibition marker: waiting launches go on.
+    pub fn lift(&self, name: &str) -> io::Result<()> {
+        fsutil::remove_file_if_exists(&self.marker(name, Marker::Inhibited))
+    }
+
+    /// The change that owns NAME's inhibition marker, if there is one.
+    pub fn inhibition_owner(&self, name: &str) -> Option<u64> {
+        let s = fs::read_to_string(self.marker(name, Marker::Inhibited)).ok()?;
+        s.lines()
+            .find_map(|l| l.strip_prefix("change="))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Makes the running marker agree with the kernel: present while processes exist (so the
+    /// release agent has something to remove and we an event to see), absent otherwise.
+    pub fn sync_running_marker(&self, name: &str, procs: &[u32]) -> io::Result<()> {
+        let m = self.marker(name, Marker::Running);
+        if procs.is_empty() {
+            fsutil::remove_file_if_exists(&m)
+        } else if !m.exists() {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&m)
+                .map(drop)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Instance names that have a cgroup in some hierarchy.
+    pub fn tracked_names(&self) -> Vec<String> {
+        let mut names = vec![];
+        for p in [&self.v1, &self.v2].into_iter().flatten() {
+            for e in fs::read_dir(p).into_iter().flatten().flatten() {
+                if let Some(n) = e.file_name().to_str().and_then(|n| n.strip_prefix("snap.")) {
+                    if refreshd_runctl::valid_instance_name(n.as_bytes()) {
+                        names.push(n.to_owned());
+                    }
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Names with a marker of kind `m` in runctl.
+    pub fn marked(&self, m: Marker) -> Vec<String> {
+        let suffix = match m {
+            Marker::Running => ".running",
+            Marker::Inhibited => ".inhibited",
+            Marker::Lock => ".lock",
+        };
+        fs::read_dir(&self.runctl)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().into_string().ok()?;
+                let name = n.strip_prefix("snap.")?.strip_suffix(suffix)?.to_owned();
+                refreshd_runctl::valid_instance_name(name.as_bytes()).then_some(name)
+            })
+            .collect()
+    }
+
+    /// After a start or an inotify overflow: the picture comes from the kernel, not memory.
+    pub fn rescan(&self) {
+        let mut names = self.tracked_names();
+        names.extend(self.marked(Marker::Running));
+        names.sort();
+        names.dedup();
+        for n in names {
+            match self.procs(&n) {
+                Ok(p) => {
+                    if let Err(e) = self.sync_running_marker(&n, &p) {
+                        warn!(snap = %n, "cannot update the running marker: {e}");
+                    }
+                }
+                Err(e) => warn!(snap = %n, "cannot read cgroup.procs: {e}"),
+            }
+        }
+    }
+
+    /// Removes the snap's cgroups (they must be empty) and markers, on remove.
+    pub fn forget(&self, name: &str) {
+        for g in self.groups(name) {
+            let _ = fs::remove_dir(g);
+        }
+        for m in [Marker::Running, Marker::Lock] {
+            let _ = fs::remove_file(self.marker(name, m));
+        }
+    }
+}
+
+/// Sets the freezer hierarchy's release agent to ours, unless another one owns it.
+fn register_agent(freezer_mount: &Path, agent: &Path) -> Result<(), String> {
+    if !agent.is_file() {
+        return Err(format!("{} does not exist", agent.display()));
+    }
+    let file = freezer_mount.join("release_agent");
+    let current =
+        fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let current = current.trim();
+    let ours = agent.to_string_lossy();
+    if current == ours {
+        return Ok(());
+    }
+    if !current.is_empty() {
+        return Err(format!(
+            "the hierarchy's release_agent is already {current} (not ours; left alone)"
+        ));
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+    f.write_all(ours.as_bytes())
+        .map_err(|e| format!("cannot set {}: {e}", file.display()))
+}
+
+/// For a root other than `/`: `AGENT_REGISTRY/ID -> ROOT/run/refreshd/runctl`, so the agent
+/// finds this daemon's markers.
+fn register_runctl(layout: &Layout, runctl: &Path) -> anyhow::Result<()> {
+    let root = layout.root().as_os_str().as_encoded_bytes();
+    let Some(id) = refreshd_runctl::instance_id(root) else {
+        return Ok(());
+    };
+    let reg = Path::new(refreshd_runctl::AGENT_REGISTRY);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(reg)
+        .with_context(|| format!("cannot create {}", reg.display()))?;
+    let entry = reg.join(String::from_utf8_lossy(&id).as_ref());
+    fsutil::symlink_atomic(runctl, &entry)
+        .with_context(|| format!("cannot register {}", entry.display()))
+}

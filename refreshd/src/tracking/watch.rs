@@ -1,0 +1,174 @@
+//! The event side of tracking: inotify, turned into engine events (`snap-idle:NAME`).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{idle_event, Kind, Tracking};
+use crate::engine::Engine;
+
+/// Starts the watcher of the chosen backend (nothing for `v1-poll` and `none`).
+pub fn spawn_watcher(
+    t: Arc<Tracking>,
+    engine: Engine,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    match t.kind {
+        Kind::V1 => {
+            let ino = Inotify::init()?;
+            ino.watches()
+                .add(&t.runctl, WatchMask::DELETE | WatchMask::MOVED_FROM)?;
+            tokio::spawn(watch_v1(t, ino, engine, shutdown));
+        }
+        Kind::V2 => {
+            let ino = Inotify::init()?;
+            tokio::spawn(watch_v2(t, ino, engine, shutdown));
+        }
+        Kind::V1Poll | Kind::None => {}
+    }
+    Ok(())
+}
+
+async fn notify(engine: &Engine, name: &str) {
+    if let Err(e) = engine.notify_event(&idle_event(name)).await {
+        warn!(
+            snap = name,
+            "cannot wake tasks waiting for the snap's apps: {e}"
+        );
+    }
+}
+
+/// After an overflow nothing can be trusted but the kernel: resync and wake every waiter.
+async fn overflow(t: &Tracking, engine: &Engine) {
+    warn!("inotify queue overflowed; rescanning the cgroups");
+    t.rescan();
+    for n in t.tracked_names() {
+        notify(engine, &n).await;
+    }
+}
+
+/// v1: the release agent unlinks `snap.NAME.running`; we see the unlink.
+async fn watch_v1(t: Arc<Tracking>, ino: Inotify, engine: Engine, shutdown: CancellationToken) {
+    let Ok(mut events) = ino.into_event_stream(vec![0u8; 4096]) else {
+        warn!("cannot read inotify events; waiting tasks fall back to their timers");
+        return;
+    };
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = events.next() => ev,
+        };
+        let Some(Ok(ev)) = ev else { return };
+        if ev.mask.contains(EventMask::Q_OVERFLOW) {
+            overflow(&t, &engine).await;
+            continue;
+        }
+        if let Some(name) = ev.name.as_deref().and_then(running_marker_name) {
+            debug!(snap = name, "running marker removed");
+            notify(&engine, name).await;
+        }
+    }
+}
+
+fn running_marker_name(file: &OsStr) -> Option<&str> {
+    let n = file
+        .to_str()?
+        .strip_prefix("snap.")?
+        .strip_suffix(".running")?;
+    refreshd_runctl::valid_instance_name(n.as_bytes()).then_some(n)
+}
+
+/// v2: `cgroup.events` of each `snap.NAME` group changes to `populated 0` when it empties.
+async fn watch_v2(t: Arc<Tracking>, ino: Inotify, engine: Engine, shutdown: CancellationToken) {
+    let Some(parent) = t.v2.clone() else { return };
+    let mut watches = ino.watches();
+    let mut by_wd: HashMap<WatchDescriptor, String> = HashMap::new();
+    let parent_wd = match watches.add(&parent, WatchMask::CREATE) {
+        Ok(wd) => wd,
+        Err(e) => {
+            warn!("cannot watch {}: {e}", parent.display());
+            return;
+        }
+    };
+    let Ok(mut events) = ino.into_event_stream(vec![0u8; 4096]) else {
+        return;
+    };
+    // Groups that exist already (and any made between the scan and the watch: CREATE above
+    // was armed first).
+    for name in t.tracked_names() {
+        add_group(&t, &mut watches, &mut by_wd, &name, &engine).await;
+    }
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = events.next() => ev,
+        };
+        let Some(Ok(ev)) = ev else { return };
+        if ev.mask.contains(EventMask::Q_OVERFLOW) {
+            for name in t.tracked_names() {
+                add_group(&t, &mut watches, &mut by_wd, &name, &engine).await;
+            }
+            overflow(&t, &engine).await;
+            continue;
+        }
+        if ev.wd == parent_wd {
+            let name = ev
+                .name
+                .as_deref()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("snap."))
+                .filter(|n| refreshd_runctl::valid_instance_name(n.as_bytes()))
+                .map(str::to_owned);
+            if let Some(name) = name {
+                add_group(&t, &mut watches, &mut by_wd, &name, &engine).await;
+            }
+            continue;
+        }
+        if ev.mask.contains(EventMask::IGNORED) {
+            by_wd.remove(&ev.wd);
+            continue;
+        }
+        if let Some(name) = by_wd.get(&ev.wd).cloned() {
+            check_group(&t, &name, &engine).await;
+        }
+    }
+}
+
+async fn add_group(
+    t: &Tracking,
+    watches: &mut inotify::Watches,
+    by_wd: &mut HashMap<WatchDescriptor, String>,
+    name: &str,
+    engine: &Engine,
+) {
+    let Some(parent) = &t.v2 else { return };
+    let events = parent.join(format!("snap.{name}")).join("cgroup.events");
+    match watches.add(&events, WatchMask::MODIFY) {
+        Ok(wd) => {
+            by_wd.insert(wd, name.to_owned());
+            // It may have emptied before the watch was armed.
+            check_group(t, name, engine).await;
+        }
+        Err(e) => warn!(snap = name, "cannot watch {}: {e}", events.display()),
+    }
+}
+
+/// Reads `cgroup.events`; when the group is empty, the running marker goes and waiters wake.
+async fn check_group(t: &Tracking, name: &str, engine: &Engine) {
+    let Some(parent) = &t.v2 else { return };
+    let events = parent.join(format!("snap.{name}")).join("cgroup.events");
+    let populated = std::fs::read_to_string(&events)
+        .map(|s| s.lines().any(|l| l.trim() == "populated 1"))
+        .unwrap_or(false);
+    if !populated {
+        if let Err(e) = t.sync_running_marker(name, &[]) {
+            warn!(snap = name, "cannot remove the running marker: {e}");
+        }
+        notify(engine, name).await;
+    }
+}

@@ -1,0 +1,39 @@
+//! `refresh-release-agent ARG`: the binary the kernel execs for every emptied cgroup of the
+//! freezer hierarchy (see the library's documentation for what it does with ARG).
+//!
+//! Built with `panic = "abort"` (`cargo build --profile agent`), it is `no_std` + `no_main`: the
+//! C runtime calls `main` below and nothing but libc is linked. With `panic = "unwind"` (dev,
+//! test and release builds) rustc refuses a `no_std` binary ("unwinding panics are not
+//! supported without std": the `eh_personality` lang item is unstable), so those builds link
+//! std — only for its panic runtime; std's own `main` stays out (`no_main`) and the code that
+//! runs is the same C `main`, argv parsed by hand.
+
+#![cfg_attr(panic = "abort", no_std)]
+#![no_main]
+#![deny(unsafe_code)]
+
+use core::ffi::{c_char, c_int};
+
+use refresh_release_agent::{release, sys, Outcome, Paths};
+
+#[allow(unsafe_code)]
+// `no_mangle`: this is the process's C `main`.
+// SAFETY: `no_main` leaves `main` undefined, so this is the only definition of the symbol; its
+// signature is the C `int main(int, char **)` the C runtime calls.
+#[unsafe(no_mangle)]
+extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
+    #[allow(unsafe_code)]
+    // SAFETY: `argc` and `argv` come straight from the C runtime, unmodified.
+    let arg = unsafe { sys::single_arg(argc, argv) };
+    match arg {
+        Some(arg) => release(&Paths::HOST, arg),
+        None => Outcome::Ignored,
+    }
+    .exit_code()
+}
+
+#[cfg(panic = "abort")]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    sys::abort()
+}

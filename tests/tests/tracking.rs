@@ -1,0 +1,373 @@
+//! Knowing exactly when an app's processes are gone, on the real kernel: an app launched
+//! through confine-hook is in its snap's cgroups; a refresh of it waits; the exit is noticed
+//! through the release agent (v1), cgroup.events (v2) or polling; and launches wait out the
+//! critical section.
+
+use std::fs;
+use std::path::Path;
+
+use refreshd_tests::*;
+
+fn prerequisites() -> bool {
+    if !mksquashfs_available() {
+        skip("mksquashfs not installed (squashfs-tools)");
+        return false;
+    }
+    if !is_root() {
+        skip("needs root: cgroups and a setuid launcher");
+        return false;
+    }
+    true
+}
+
+/// Installs x1 of `name`, starts `hold`, asks for x2 and checks the refresh waits for the app,
+/// then lets the app exit and returns (backend, latency from exit to the critical section).
+fn refresh_waits_for_the_app(tag: &str, args: &[&str]) -> Option<(String, u128)> {
+    let root = Root::new(tag);
+    let r = root.path();
+    let (b1, b2) = (root.aux("t1.snap"), root.aux("t2.snap"));
+    tracking_snap(&b1, "tracked", "1.0", false);
+    tracking_snap(&b2, "tracked", "2.0", false);
+    let _d = Daemon::start_with(
+        r,
+        DaemonOpts {
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        },
+    );
+    let status = ctl_json(r, &["status", "--json"]);
+    let backend = status["tracking"].as_str().unwrap().to_owned();
+    println!("{tag}: tracking {backend}: {}", status["tracking-reason"]);
+    let out = ctl(r, &["install", b1.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let app = App::launch(r, "tracked.hold");
+    assert_eq!(app.revision, "x1");
+    // The app is in the snap's group of every hierarchy present.
+    let groups = app.cgroups();
+    let mut buf = [0u8; 26];
+    let parent = String::from_utf8_lossy(refreshd_runctl::cgroup_parent(
+        r.as_os_str().as_encoded_bytes(),
+        &mut buf,
+    ))
+    .into_owned();
+    let want = format!("/{parent}/snap.tracked");
+    let (v1, v2) = cgroup_mounts();
+    if v1.is_some() {
+        assert!(
+            groups
+                .lines()
+                .any(|l| l.contains(":freezer:") && l.ends_with(&want)),
+            "{groups}"
+        );
+    }
+    if v2.is_some() {
+        assert!(
+            groups
+                .lines()
+                .any(|l| l.starts_with("0::") && l.ends_with(&want)),
+            "{groups}"
+        );
+    }
+    assert!(r.join("run/refreshd/runctl/snap.tracked.running").exists());
+
+    let out = ctl(r, &["install", b2.to_str().unwrap(), "--no-wait"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = newest_change(r);
+    let waiting = watch_until(r, id, |c| task(c, "wait-for-apps")["status"] == "Wait");
+    let reason = task(&waiting, "wait-for-apps")["wait"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains(&format!("pid {}", app.pid)),
+        "the blocking pid is shown: {reason}"
+    );
+    assert!(reason.contains("user root"), "{reason}");
+    // Never forced: the app keeps running, and the old revision stays current.
+    assert_eq!(
+        fs::read_link(r.join("snap/tracked/current")).unwrap(),
+        Path::new("x1")
+    );
+    let status = ctl_json(r, &["changes", "--json"]);
+    assert_eq!(status[0]["status"], "Wait", "{status}");
+
+    let exited = app.release();
+    let done = watch_until_ready(r, id);
+    assert_eq!(done["status"], "Done", "{done}");
+    let entered = logged_at(&done, "wait-for-apps", "critical section entered")
+        .expect("wait-for-apps logs when it entered the critical section");
+    let left = logged_at(&done, "lift-inhibition", "critical section left").unwrap();
+    assert!(
+        entered >= exited,
+        "entered {entered} before the app exited {exited}"
+    );
+    assert!(left >= entered);
+    assert_eq!(
+        fs::read_link(r.join("snap/tracked/current")).unwrap(),
+        Path::new("x2")
+    );
+    assert!(
+        !r.join("run/refreshd/runctl/snap.tracked.inhibited")
+            .exists(),
+        "inhibition lifted"
+    );
+    assert!(
+        !r.join("run/refreshd/runctl/snap.tracked.running").exists(),
+        "no process left"
+    );
+    let latency = entered - exited;
+    println!(
+        "{tag}: app exit -> critical section: {:.3} ms; critical section: {:.3} ms",
+        latency as f64 / 1e6,
+        (left - entered) as f64 / 1e6
+    );
+    Some((backend, latency))
+}
+
+#[test]
+fn v1_exit_is_noticed_through_the_release_agent() {
+    if !prerequisites() {
+        return;
+    }
+    if cgroup_mounts().0.is_none() {
+        skip("no cgroup v1 freezer hierarchy");
+        return;
+    }
+    let freezer = cgroup_mounts().0.unwrap();
+    let agent = fs::read_to_string(freezer.join("release_agent")).unwrap_or_default();
+    let ours = bin("refresh-release-agent");
+    if !agent.trim().is_empty() && Path::new(agent.trim()) != ours {
+        skip("the freezer hierarchy has a foreign release agent");
+        return;
+    }
+    let (backend, _) = refresh_waits_for_the_app("v1", &["--tracking", "v1"]).unwrap();
+    assert_eq!(backend, "v1");
+}
+
+#[test]
+fn v2_exit_is_noticed_through_cgroup_events() {
+    if !prerequisites() {
+        return;
+    }
+    if cgroup_mounts().1.is_none() {
+        skip("no cgroup2 hierarchy");
+        return;
+    }
+    let (backend, _) = refresh_waits_for_the_app("v2", &["--tracking", "v2"]).unwrap();
+    assert_eq!(backend, "v2");
+}
+
+#[test]
+fn v1_poll_fallback_notices_the_exit() {
+    if !prerequisites() {
+        return;
+    }
+    if cgroup_mounts().0.is_none() {
+        skip("no cgroup v1 freezer hierarchy");
+        return;
+    }
+    let (backend, latency) = refresh_waits_for_the_app(
+        "poll",
+        &["--tracking", "v1-poll", "--poll-interval-ms", "200"],
+    )
+    .unwrap();
+    assert_eq!(backend, "v1-poll");
+    assert!(
+        latency < 5_000_000_000,
+        "polling every 200 ms noticed after {latency} ns"
+    );
+}
+
+/// A launch during the critical section blocks, and starts as soon as the inhibition is lifted.
+#[test]
+fn launch_during_inhibition_waits_for_the_lift() {
+    if !prerequisites() {
+        return;
+    }
+    let root = Root::new("inhibit");
+    let r = root.path();
+    let (b1, b2) = (root.aux("t1.snap"), root.aux("t2.snap"));
+    tracking_snap(&b1, "tracked", "1.0", false);
+    tracking_snap(&b2, "tracked", "2.0", false);
+    {
+        let _d = Daemon::start(r);
+        assert!(ctl(r, &["install", b1.to_str().unwrap()]).status.success());
+    }
+    // Hold the critical section open: the refresh parks just before lifting the inhibition.
+    let d = Daemon::start_with(
+        r,
+        DaemonOpts {
+            failpoints: Some("park-do:lift-inhibition"),
+            ..Default::default()
+        },
+    );
+    assert!(ctl(r, &["install", b2.to_str().unwrap(), "--no-wait"])
+        .status
+        .success());
+    let id = newest_change(r);
+    watch_until(r, id, |c| task(c, "lift-inhibition")["status"] == "Wait");
+    assert!(r
+        .join("run/refreshd/runctl/snap.tracked.inhibited")
+        .exists());
+
+    // The launcher tells a terminal it waits: give it one, and read that line — the event
+    // that it is blocked.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let launched = std::thread::spawn({
+        let r = r.to_owned();
+        let slave = pty.slave;
+        move || {
+            let mut child = std::process::Command::new(r.join("snap/bin/tracked.hold"))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::from(slave))
+                .spawn()
+                .unwrap();
+            let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+            drop(child.stdin.take());
+            let _ = child.wait();
+            line
+        }
+    });
+    let mut master = fs::File::from(pty.master);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !String::from_utf8_lossy(&seen).contains("is being refreshed") {
+        let n = std::io::Read::read(&mut master, &mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the launcher closed its terminal without saying it waits"
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    println!("launcher said: {}", String::from_utf8_lossy(&seen).trim());
+    assert!(
+        !launched.is_finished(),
+        "the app must not start during the critical section"
+    );
+
+    // A restart without the failpoint finishes the refresh and lifts the inhibition.
+    assert!(d.stop().success());
+    let _d = Daemon::start(r);
+    let done = watch_until_ready(r, id);
+    assert_eq!(done["status"], "Done", "{done}");
+    let left = logged_at(&done, "lift-inhibition", "critical section left").unwrap();
+    let line = launched.join().unwrap();
+    let mut w = line.split_whitespace();
+    assert_eq!(w.next(), Some("started"), "{line}");
+    let started: u128 = w.nth(1).unwrap().parse().unwrap();
+    assert_eq!(w.next(), Some("x2"), "the launch runs the new revision");
+    assert!(started >= left);
+    println!(
+        "inhibition lifted -> blocked app running: {:.3} ms",
+        (started - left) as f64 / 1e6
+    );
+}
+
+/// With refreshd stopped, launches proceed and are tracked; the daemon picks them up.
+#[test]
+fn launches_without_the_daemon_are_tracked() {
+    if !prerequisites() {
+        return;
+    }
+    let root = Root::new("nodaemon");
+    let r = root.path();
+    let (b1, b2) = (root.aux("t1.snap"), root.aux("t2.snap"));
+    tracking_snap(&b1, "tracked", "1.0", false);
+    tracking_snap(&b2, "tracked", "2.0", false);
+    {
+        let _d = Daemon::start(r);
+        assert!(ctl(r, &["install", b1.to_str().unwrap()]).status.success());
+    }
+    let app = App::launch(r, "tracked.hold");
+    assert!(app.cgroups().contains("snap.tracked"), "{}", app.cgroups());
+    assert!(r.join("run/refreshd/runctl/snap.tracked.running").exists());
+    let hello = std::process::Command::new(r.join("snap/bin/tracked"))
+        .output()
+        .unwrap();
+    assert_eq!(text(&hello.stdout).trim(), "hello from tracked x1");
+
+    let _d = Daemon::start(r);
+    assert!(ctl(r, &["install", b2.to_str().unwrap(), "--no-wait"])
+        .status
+        .success());
+    let id = newest_change(r);
+    let waiting = watch_until(r, id, |c| task(c, "wait-for-apps")["status"] == "Wait");
+    let reason = task(&waiting, "wait-for-apps")["wait"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains(&format!("pid {}", app.pid)), "{reason}");
+    app.release();
+    assert_eq!(watch_until_ready(r, id)["status"], "Done");
+}
+
+/// A real unprivileged user launches apps, runs as itself, and cannot touch the markers.
+#[test]
+fn unprivileged_user_launches_but_cannot_touch_markers() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(user) = TestUser::create("app") else {
+        skip("useradd failed");
+        return;
+    };
+    let root = Root::new("userapp");
+    let r = root.path();
+    let b1 = root.aux("t1.snap");
+    tracking_snap(&b1, "tracked", "1.0", false);
+    let _d = Daemon::start(r);
+    assert!(ctl(r, &["install", b1.to_str().unwrap()]).status.success());
+    // The user's home, re-rooted.
+    let home = nix::unistd::User::from_name(&user.name)
+        .unwrap()
+        .unwrap()
+        .dir;
+    let home = r.join(home.strip_prefix("/").unwrap());
+    fs::create_dir_all(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(user.uid), Some(user.gid)).unwrap();
+
+    let app = App::launch_as(r, "tracked.hold", Some((user.uid, user.gid)));
+    let status = fs::read_to_string(format!("/proc/{}/status", app.pid)).unwrap();
+    let uid_line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|u| u == user.uid.to_string()),
+        "{uid_line}"
+    );
+    assert!(app.cgroups().contains("snap.tracked"));
+    let data = home.join("snap/tracked/x1");
+    assert!(data.is_dir(), "the user's data dir was made");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(&data).unwrap().uid(), user.uid);
+
+    // The markers are root's: the user can neither remove nor write them.
+    let runctl = r.join("run/refreshd/runctl");
+    for (what, args) in [
+        ("remove", vec!["rm", "-f", "snap.tracked.running"]),
+        ("create", vec!["touch", "snap.tracked.inhibited"]),
+        ("write", vec!["sh", "-c", "echo x > snap.tracked.lock"]),
+    ] {
+        let out = std::process::Command::new("setpriv")
+            .arg(format!("--reuid={}", user.uid))
+            .arg(format!("--regid={}", user.gid))
+            .arg("--clear-groups")
+            .args(&args)
+            .current_dir(&runctl)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the user could {what} a marker");
+    }
+    assert!(runctl.join("snap.tracked.running").exists());
+    assert!(!runctl.join("snap.tracked.inhibited").exists());
+    app.release();
+}
