@@ -20,16 +20,24 @@
  *                            after arming its inotify watch (lost wake-up)
  *   BUGGY_NO_ARM             v1 daemon reads cgroup.procs without first creating
  *                            snap.NAME.running (lost wake-up: the agent's unlink is the event)
+ *   BUGGY_ARM_AFTER_READ     v1 daemon creates snap.NAME.running only after reading
+ *                            cgroup.procs (lost wake-up when the last app exits in between)
  *   BUGGY_UNLOCKED_CHECK     daemon reads cgroup.procs before it takes the lock
+ *   BUGGY_NO_REENTER         after a restart, the critical tasks go on without re-entering
+ *                            the critical section (a reboot emptied /run: apps started)
  *
  * Properties:
  *   ltl safe  -- no app process is in the cgroup while the daemon is in the critical section
- *   ltl live  -- the daemon finishes all its rounds (under weak fairness)
+ *   ltl live  -- the daemon finishes all its rounds and every launch ends; holds without
+ *                fairness for v1 and v2, needs weak fairness (-f) for v1-poll
  *   monitor   -- the same invariant as `safe`, as a process, for runs without a claim
- *   asserts   -- an app never outlives the revision it was started from; the daemon enters
- *                the critical section only with an empty cgroup
+ *   asserts   -- `current` never changes under a running app; the daemon enters the critical
+ *                section only with an empty cgroup; a launcher never joins inside it
  *   end states-- no process is stuck (launchers waiting on a marker nobody will remove, the
  *                daemon waiting for an event that will never come)
+ *
+ * CLAIM_ONLY turns the in-line assertions and the monitor off, to show a claim catching a
+ * bug by itself. NO_CRASH, NO_ABORT, NO_DIE switch parts of the environment off (smaller runs).
  */
 
 #ifndef NL
@@ -175,7 +183,7 @@ inline enter_cs(blk, may_abort, ok) {
        :: else
        fi
      };
-#if !defined(TRACK_V2) && !defined(TRACK_POLL) && !defined(BUGGY_NO_ARM)
+#if !defined(TRACK_V2) && !defined(TRACK_POLL) && !defined(BUGGY_NO_ARM) && !defined(BUGGY_ARM_AFTER_READ)
      running = true;                /* v1: create snap.NAME.running, then read cgroup.procs */
 #endif
      if
@@ -191,6 +199,9 @@ inline enter_cs(blk, may_abort, ok) {
         };
         break
      :: else ->
+#ifdef BUGGY_ARM_AFTER_READ
+        running = true;
+#endif
         atomic { release(); vacant = false };
         if
 #ifdef TRACK_POLL
@@ -233,10 +244,14 @@ restart:
        :: else -> atomic { abort_req = false; round++ }      /* commit: Undone */
        fi
     :: phase == P_CS ->
+#ifndef BUGGY_NO_REENTER
        if
        :: !in_cs -> enter_cs(true, false, ok)                /* after a restart */
        :: else
        fi;
+#else
+       in_cs = true;
+#endif
        CHECK(cg == 0);
        cur = round + 1;                                      /* copy data, link */
        phase = P_LIFT
@@ -376,7 +391,7 @@ active proctype aborter() {
 #ifndef CLAIM_ONLY
 active proctype monitor() {
 end:
-  atomic { !SAFE -> assert(false) }
+  atomic { !SAFE -> assert(SAFE) }
 }
 #endif
 

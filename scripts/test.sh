@@ -26,6 +26,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== build"
 cargo build --workspace --bins --quiet
+echo "== model check of the runctl protocol (spin)"
+bash scripts/model-check.sh
 
 skips=$(mktemp)
 trap 'rm -f "$skips"' EXIT

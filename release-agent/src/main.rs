@@ -16,9 +16,9 @@ use core::ffi::{c_char, c_int};
 
 use refresh_release_agent::{release, sys, Outcome, Paths};
 
+/// The process's C `main`.
 #[allow(unsafe_code)]
-// `no_mangle`: this is the process's C `main`.
-// SAFETY: `no_main` leaves `main` undefined, so this is the only definition of the symbol; its
+// SAFETY (`no_mangle`): `no_main` leaves `main` undefined, so this is the only definition of the symbol; its
 // signature is the C `int main(int, char **)` the C runtime calls.
 #[unsafe(no_mangle)]
 extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
@@ -37,3 +37,11 @@ extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
     sys::abort()
 }
+
+/// Never called: nothing unwinds with `panic = "abort"`. The precompiled `core` still refers to
+/// the personality routine, and without LTO to drop those references the link would fail.
+#[cfg(panic = "abort")]
+#[allow(unsafe_code)]
+// SAFETY (`no_mangle`): no other definition exists in a no_std binary (std, which has one, is not linked).
+#[unsafe(no_mangle)]
+extern "C" fn rust_eh_personality() {}

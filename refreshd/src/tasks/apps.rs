@@ -39,7 +39,12 @@ pub fn wait_for_apps(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outco
         ));
         return Ok(Outcome::Done);
     }
-    let lock = tr.lock(name).context("cannot take the snap's lock")?;
+    let Some(lock) = tr.try_lock(name).context("cannot take the snap's lock")? else {
+        return Ok(Outcome::Retry {
+            reason: format!("a launch of {name} holds the snap's lock"),
+            after: Some(std::time::Duration::from_millis(20)),
+        });
+    };
     let procs = tr.procs(name).context("cannot read the snap's cgroups")?;
     // The marker follows the kernel (without the release agent, nobody else removes it).
     tr.sync_running_marker(name, &procs)?;

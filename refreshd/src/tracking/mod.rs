@@ -195,8 +195,10 @@ impl Tracking {
             .collect()
     }
 
-    /// The per-snap lock launchers take around their join (blocking; they hold it briefly).
-    pub fn lock(&self, name: &str) -> io::Result<Flock<File>> {
+    /// The per-snap lock launchers take around their join. Never waits: a launcher holds it for
+    /// microseconds, unless its user stopped it (SIGSTOP); then the caller retries later rather
+    /// than hang. `Ok(None)` when it is busy.
+    pub fn try_lock(&self, name: &str) -> io::Result<Option<Flock<File>>> {
         let f = OpenOptions::new()
             .read(true)
             .write(true)
@@ -205,7 +207,11 @@ impl Tracking {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(self.marker(name, Marker::Lock))?;
-        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => Ok(Some(l)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(e.into()),
+        }
     }
 
     /// Every process of the snap, from the kernel (union over the hierarchies).
@@ -353,7 +359,13 @@ fn register_agent(freezer_mount: &Path, agent: &Path) -> Result<(), String> {
     if current == ours {
         return Ok(());
     }
-    if !current.is_empty() {
+    // Another build of our agent speaks the same protocol (the registry is fixed), so it
+    // serves us as well; a registered path that no longer exists serves no one and is replaced.
+    let existing = Path::new(current);
+    if !current.is_empty() && existing.exists() {
+        if existing.file_name() == agent.file_name() {
+            return Ok(());
+        }
         return Err(format!(
             "the hierarchy's release_agent is already {current} (not ours; left alone)"
         ));
