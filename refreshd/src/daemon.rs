@@ -335,12 +335,17 @@ fn recover(ctx: &Ctx, state: &mut State) -> anyhow::Result<()> {
         .collect();
     let tr = &ctx.tracking;
     for name in tr.marked(refreshd_runctl::Marker::Inhibited) {
-        if !tr
+        match tr
             .inhibition_owner(&name)
-            .is_some_and(|c| unfinished.contains(&c))
+            .filter(|c| unfinished.contains(c))
         {
-            info!(snap = %name, "lifting an inhibition no unfinished change owns");
-            tr.lift(&name)?;
+            // Still owned: rewritten with this daemon's pid and boot, so waiting launchers do
+            // not say refreshd is gone.
+            Some(change) => tr.inhibit(&name, change)?,
+            None => {
+                info!(snap = %name, "lifting an inhibition no unfinished change owns");
+                tr.lift(&name)?;
+            }
         }
     }
     // The picture of running apps comes from the kernel, not from before the restart.

@@ -371,3 +371,57 @@ fn unprivileged_user_launches_but_cannot_touch_markers() {
     assert!(!runctl.join("snap.tracked.inhibited").exists());
     app.release();
 }
+
+/// A reboot inside the critical section empties /run: apps may start before refreshd is back.
+/// The next critical task re-enters the section: it restores the inhibition and waits for them.
+#[test]
+fn critical_section_is_reentered_after_a_reboot() {
+    if !prerequisites() {
+        return;
+    }
+    let root = Root::new("reenter");
+    let r = root.path();
+    let (b1, b2) = (root.aux("t1.snap"), root.aux("t2.snap"));
+    tracking_snap(&b1, "tracked", "1.0", false);
+    tracking_snap(&b2, "tracked", "2.0", false);
+    {
+        let _d = Daemon::start(r);
+        assert!(ctl(r, &["install", b1.to_str().unwrap()]).status.success());
+    }
+    // Die inside the critical section, just before the switch.
+    let d = Daemon::start_with(
+        r,
+        DaemonOpts {
+            failpoints: Some("before-do:link"),
+            ..Default::default()
+        },
+    );
+    let _ = ctl(r, &["install", b2.to_str().unwrap(), "--no-wait"]);
+    assert!(killed_by_sigkill(d.wait()));
+    let marker = r.join("run/refreshd/runctl/snap.tracked.inhibited");
+    assert!(marker.exists(), "died inside the critical section");
+    // The "reboot": the runtime dir's markers are gone, and an app starts before refreshd.
+    fs::remove_file(&marker).unwrap();
+    let app = App::launch(r, "tracked.hold");
+    assert_eq!(app.revision, "x1");
+
+    let _d = Daemon::start(r);
+    let id = newest_change(r);
+    let waiting = watch_until(r, id, |c| task(c, "link")["status"] == "Wait");
+    assert_eq!(task(&waiting, "link")["status"], "Wait", "{waiting}");
+    assert!(marker.exists(), "the inhibition is restored at once");
+    assert_eq!(
+        fs::read_link(r.join("snap/tracked/current")).unwrap(),
+        Path::new("x1")
+    );
+    let exited = app.release();
+    let done = watch_until_ready(r, id);
+    assert_eq!(done["status"], "Done", "{done}");
+    let left = logged_at(&done, "lift-inhibition", "critical section left").unwrap();
+    assert!(left > exited);
+    assert_eq!(
+        fs::read_link(r.join("snap/tracked/current")).unwrap(),
+        Path::new("x2")
+    );
+    assert!(!marker.exists());
+}

@@ -40,39 +40,134 @@ pub fn wait_for_apps(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outco
         return Ok(Outcome::Done);
     }
     let Some(lock) = tr.try_lock(name).context("cannot take the snap's lock")? else {
-        return Ok(Outcome::Retry {
-            reason: format!("a launch of {name} holds the snap's lock"),
-            after: Some(std::time::Duration::from_millis(20)),
-        });
+        return Ok(lock_busy(name));
     };
+    match check_empty(c, t, name)? {
+        Empty::Yes(at) => {
+            drop(lock);
+            t.log(format!(
+                "no process of {name} is left; critical section entered at={at}"
+            ));
+            Ok(Outcome::Done)
+        }
+        Empty::No(procs) => {
+            if ss.block_launches && !tr.is_inhibited(name) {
+                tr.inhibit(name, t.change.id)?;
+                t.log(
+                    "refresh-pending-behavior is block: new launches wait while running apps drain",
+                );
+            }
+            drop(lock);
+            Ok(wait_for(c, name, &procs))
+        }
+    }
+}
+
+/// Under the snap's lock: arms the running marker (so the release agent has something to
+/// remove if the last process exits from now on), then reads the kernel's truth. When no
+/// process is left, the marker goes, the inhibition is written, and the critical section is
+/// entered.
+fn check_empty(c: &Ctx, t: &TaskCtx, name: &str) -> anyhow::Result<Empty> {
+    let tr = &c.tracking;
+    tr.arm(name)?;
     let procs = tr.procs(name).context("cannot read the snap's cgroups")?;
-    // The marker follows the kernel (without the release agent, nobody else removes it).
-    tr.sync_running_marker(name, &procs)?;
-    if procs.is_empty() {
-        let at = unix_ns();
-        tr.inhibit(name, t.change.id)?;
-        drop(lock);
-        t.log(format!(
-            "no process of {name} is left; critical section entered at={at}"
-        ));
-        return Ok(Outcome::Done);
+    if !procs.is_empty() {
+        return Ok(Empty::No(procs));
     }
-    if ss.block_launches && !tr.is_inhibited(name) {
+    let at = unix_ns();
+    tr.disarm(name)?;
+    if tr.inhibition_owner(name) != Some(t.change.id) {
         tr.inhibit(name, t.change.id)?;
-        t.log("refresh-pending-behavior is block: new launches wait while running apps drain");
     }
-    drop(lock);
-    let until = (tr.kind == Kind::V1Poll)
-        .then(|| refreshd_state::now_ms() + tr.poll_interval.as_millis() as i64);
-    Ok(Outcome::Wait {
+    Ok(Empty::Yes(at))
+}
+
+enum Empty {
+    /// Empty at this time (unix ns): the critical section is entered.
+    Yes(u128),
+    No(Vec<u32>),
+}
+
+fn lock_busy(name: &str) -> Outcome {
+    Outcome::Retry {
+        reason: format!("a launch of {name} holds the snap's lock"),
+        after: Some(std::time::Duration::from_millis(20)),
+    }
+}
+
+/// Parks until the snap goes idle. The deadline is a backstop only (the poll interval for
+/// `v1-poll`); events do the work.
+fn wait_for(c: &Ctx, name: &str, procs: &[u32]) -> Outcome {
+    let tr = &c.tracking;
+    let after = match tr.kind {
+        Kind::V1Poll => tr.poll_interval,
+        _ => BACKSTOP,
+    };
+    Outcome::Wait {
         event: Some(idle_event(name)),
-        until,
+        until: Some(refreshd_state::now_ms() + after.as_millis() as i64),
         reason: format!(
             "waiting for {} to exit: {}",
             plural(procs.len()),
-            describe(&procs)
+            describe(procs)
         ),
-    })
+    }
+}
+
+/// How long an event-driven wait sleeps at most: against events lost outside the protocol.
+const BACKSTOP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Every task inside a refresh's critical section starts by re-entering it (rule R7 of
+/// docs/runctl-protocol.md): under the lock, the inhibition marker is there and the snap is
+/// empty. After a reboot (an empty /run) or a marker removed by hand, apps may have started;
+/// the marker is restored at once and the task waits for them. `None`: go on.
+pub fn reenter(
+    c: &Ctx,
+    t: &TaskCtx,
+    ss: &SnapSetup,
+    phase: Phase,
+) -> anyhow::Result<Option<Outcome>> {
+    if ss.previous.is_none() {
+        // A first install: nothing of the snap can run, there is no critical section.
+        return Ok(None);
+    }
+    let (tr, name) = (&c.tracking, &ss.instance);
+    if tr.kind == Kind::None {
+        if !tr.is_inhibited(name) {
+            tr.inhibit(name, t.change.id)?;
+        }
+        return Ok(None);
+    }
+    let Some(lock) = tr.try_lock(name).context("cannot take the snap's lock")? else {
+        return Ok(Some(lock_busy(name)));
+    };
+    if tr.is_inhibited(name) && tr.procs(name)?.is_empty() {
+        return Ok(None);
+    }
+    match check_empty(c, t, name)? {
+        Empty::Yes(_) => {
+            t.log(format!(
+                "re-entered the critical section of {name} (its marker was gone)"
+            ));
+            Ok(None)
+        }
+        Empty::No(procs) => {
+            tr.inhibit(name, t.change.id)?;
+            drop(lock);
+            t.log(format!(
+                "{} of {name} started inside the critical section (after a reboot, or a marker removed by hand): waiting for them",
+                plural(procs.len())
+            ));
+            Ok(Some(match phase {
+                Phase::Do => wait_for(c, name, &procs),
+                // An undo cannot park: try again shortly.
+                Phase::Undo => Outcome::Retry {
+                    reason: format!("waiting for {} of {name} to exit", plural(procs.len())),
+                    after: Some(std::time::Duration::from_secs(1)),
+                },
+            }))
+        }
+    }
 }
 
 /// Leaves the critical section: the new revision is linked, launches may go on.

@@ -159,6 +159,9 @@ pub fn unmount_revision(c: &Ctx, dir: &Path) -> anyhow::Result<()> {
 /// Creates the revision's system data directory: a copy of the previous revision's, or empty.
 pub fn setup_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     let ss: SnapSetup = setup(t)?;
+    if let Some(out) = super::apps::reenter(c, t, &ss, phase)? {
+        return Ok(out);
+    }
     let l = &c.layout;
     let dst = l.data_rev(&ss.instance, &ss.revision);
     match phase {
@@ -217,6 +220,9 @@ pub fn setup_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome>
 /// Switches `current` (payload and data) to the new revision, atomically each.
 pub fn link(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     let ss: SnapSetup = setup(t)?;
+    if let Some(out) = super::apps::reenter(c, t, &ss, phase)? {
+        return Ok(out);
+    }
     let target = match phase {
         Phase::Do => Some(ss.revision.clone()),
         Phase::Undo => ss.previous.clone(),

@@ -18,6 +18,9 @@ use crate::fsutil;
 
 pub fn launchers(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     let ss: SnapSetup = setup(t)?;
+    if let Some(out) = super::apps::reenter(c, t, &ss, phase)? {
+        return Ok(out);
+    }
     let rev = match phase {
         Phase::Do => Some(ss.revision.clone()),
         Phase::Undo => ss.previous.clone(),

@@ -264,21 +264,32 @@ impl Tracking {
     /// Makes the running marker agree with the kernel: present while processes exist (so the
     /// release agent has something to remove and we an event to see), absent otherwise.
     pub fn sync_running_marker(&self, name: &str, procs: &[u32]) -> io::Result<()> {
-        let m = self.marker(name, Marker::Running);
         if procs.is_empty() {
-            fsutil::remove_file_if_exists(&m)
-        } else if !m.exists() {
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o644)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&m)
-                .map(drop)
+            self.disarm(name)
         } else {
-            Ok(())
+            self.arm(name)
         }
+    }
+
+    /// Creates the running marker if it is missing. Done before every emptiness check (rule R6):
+    /// if the last process exits after the check, the agent's unlink is the event we wait for.
+    pub fn arm(&self, name: &str) -> io::Result<()> {
+        let m = self.marker(name, Marker::Running);
+        if m.exists() {
+            return Ok(());
+        }
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&m)
+            .map(drop)
+    }
+
+    pub fn disarm(&self, name: &str) -> io::Result<()> {
+        fsutil::remove_file_if_exists(&self.marker(name, Marker::Running))
     }
 
     /// Instance names that have a cgroup in some hierarchy.
@@ -335,14 +346,13 @@ impl Tracking {
         }
     }
 
-    /// Removes the snap's cgroups (they must be empty) and markers, on remove.
+    /// Removes the snap's cgroups (only empty ones go) and its running marker, on remove. The
+    /// lock file stays (rule R8): unlinking it could leave two holders on two inodes.
     pub fn forget(&self, name: &str) {
         for g in self.groups(name) {
             let _ = fs::remove_dir(g);
         }
-        for m in [Marker::Running, Marker::Lock] {
-            let _ = fs::remove_file(self.marker(name, m));
-        }
+        let _ = self.disarm(name);
     }
 }
 
