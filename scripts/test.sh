@@ -9,6 +9,8 @@ command -v mksquashfs >/dev/null || need_pkgs+=(squashfs-tools)
 command -v curl >/dev/null || need_pkgs+=(curl)
 command -v setpriv >/dev/null || need_pkgs+=(util-linux)
 command -v useradd >/dev/null || need_pkgs+=(passwd)
+command -v spin >/dev/null || need_pkgs+=(spin)
+command -v gcc >/dev/null || need_pkgs+=(gcc)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing ${need_pkgs[*]}"
