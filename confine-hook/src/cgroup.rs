@@ -22,55 +22,19 @@ pub struct Mounts {
     pub unified: Option<Vec<u8>>,
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') as u32 * 64
-                + (b[i + 2] - b'0') as u32 * 8
-                + (b[i + 3] - b'0') as u32;
-            if let Ok(v) = u8::try_from(v) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
-}
-
-/// Finds the first freezer (v1) and the first cgroup2 mount in mountinfo text.
-///
-/// A line: `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS`.
+/// Finds the first freezer (v1) and the first cgroup2 mount in mountinfo text, with the parser
+/// refreshd uses too (`refreshd_runctl::cgroup_mounts`): both must see the same hierarchies.
 pub fn parse_mountinfo(text: &[u8]) -> Mounts {
-    let mut m = Mounts::default();
-    for line in text.split(|&c| c == b'\n') {
-        let fields: Vec<&[u8]> = line.split(|&c| c == b' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == b"-") else {
-            continue;
-        };
-        if sep < 6 || fields.len() < sep + 4 {
-            continue;
-        }
-        let mountpoint = fields[4];
-        let (fstype, superopts) = (fields[sep + 1], fields[sep + 3]);
-        if fstype == b"cgroup"
-            && m.freezer.is_none()
-            && superopts.split(|&c| c == b',').any(|o| o == b"freezer")
-        {
-            m.freezer = Some(unescape(mountpoint));
-        } else if fstype == b"cgroup2" && m.unified.is_none() {
-            m.unified = Some(unescape(mountpoint));
-        }
+    let m = refreshd_runctl::cgroup_mounts(text);
+    let owned = |raw: &[u8]| {
+        let mut v = Vec::with_capacity(raw.len());
+        refreshd_runctl::unescape(raw, |b| v.push(b));
+        v
+    };
+    Mounts {
+        freezer: m.freezer.map(owned),
+        unified: m.unified.map(owned),
     }
-    m
 }
 
 /// Which hierarchies the launch joined.
@@ -207,6 +171,11 @@ mod tests {
 
     #[test]
     fn escapes() {
+        let unescape = |raw: &[u8]| {
+            let mut v = vec![];
+            refreshd_runctl::unescape(raw, |b| v.push(b));
+            v
+        };
         assert_eq!(unescape(b"/a\\040b\\011c"), b"/a b\tc");
         assert_eq!(unescape(b"/a\\0"), b"/a\\0");
         assert_eq!(unescape(b"\\999"), b"\\999");

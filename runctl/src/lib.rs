@@ -214,6 +214,64 @@ pub fn parse_release_path(arg: &[u8]) -> Option<Released<'_>> {
 /// ```
 pub const LAUNCH_MAGIC: &str = "refreshd-launch 1";
 
+/// The cgroup hierarchies of a mount table, as found in `/proc/self/mountinfo` — never an
+/// assumed layout. Launcher and daemon must agree on them, so both use this one parser.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupMounts<'a> {
+    /// Mount point (still escaped: see [`unescape`]) of the first cgroup v1 hierarchy with the
+    /// freezer controller.
+    pub freezer: Option<&'a [u8]>,
+    /// Mount point (escaped) of the first cgroup2 hierarchy.
+    pub unified: Option<&'a [u8]>,
+}
+
+/// Finds the hierarchies in mountinfo text. A line reads
+/// `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS`.
+pub fn cgroup_mounts(text: &[u8]) -> CgroupMounts<'_> {
+    let mut m = CgroupMounts::default();
+    for line in text.split(|&c| c == b'\n') {
+        let mut fields = line.split(|&c| c == b' ');
+        let Some(point) = fields.nth(4) else { continue };
+        // Optional fields end at a lone "-".
+        let mut rest = fields.skip_while(|f| *f != b"-").skip(1);
+        let (Some(fstype), Some(_source), Some(opts)) = (rest.next(), rest.next(), rest.next())
+        else {
+            continue;
+        };
+        if fstype == b"cgroup"
+            && m.freezer.is_none()
+            && opts.split(|&c| c == b',').any(|o| o == b"freezer")
+        {
+            m.freezer = Some(point);
+        } else if fstype == b"cgroup2" && m.unified.is_none() {
+            m.unified = Some(point);
+        }
+    }
+    m
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...), byte by byte into `out`.
+pub fn unescape(raw: &[u8], mut out: impl FnMut(u8)) {
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'\\' {
+            let d = &raw[i + 1..(i + 4).min(raw.len())];
+            if d.len() == 3 && d.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                let v = u32::from(d[0] - b'0') * 64
+                    + u32::from(d[1] - b'0') * 8
+                    + u32::from(d[2] - b'0');
+                if let Ok(b) = u8::try_from(v) {
+                    out(b);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out(raw[i]);
+        i += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +342,31 @@ mod tests {
         name[41..].copy_from_slice(b"0123456789");
         assert!(marker_name(&name, Marker::Inhibited, &mut buf).is_some());
         assert_eq!(marker_name(b"../x", Marker::Lock, &mut buf), None);
+    }
+
+    #[test]
+    fn mountinfo() {
+        let text = b"31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime shared:5 - cgroup cgroup rw,freezer
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+50 1 0:40 / /mnt/with\\040space rw - cgroup2 cgroup2 rw
+garbage line";
+        let m = cgroup_mounts(text);
+        assert_eq!(m.freezer, Some(&b"/sys/fs/cgroup/freezer"[..]));
+        assert_eq!(m.unified, Some(&b"/sys/fs/cgroup/unified"[..]));
+        let pure = cgroup_mounts(b"30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate");
+        assert_eq!(
+            (pure.freezer, pure.unified),
+            (None, Some(&b"/sys/fs/cgroup"[..]))
+        );
+        let mut buf = [0u8; 32];
+        let mut n = 0;
+        unescape(b"/mnt/with\\040space\\", |b| {
+            buf[n] = b;
+            n += 1;
+        });
+        assert_eq!(&buf[..n], b"/mnt/with space\\");
     }
 
     #[test]

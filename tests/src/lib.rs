@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
@@ -101,22 +102,14 @@ impl Drop for Root {
 
 /// The cgroup hierarchies' mount points: (v1 freezer, cgroup2).
 pub fn cgroup_mounts() -> (Option<PathBuf>, Option<PathBuf>) {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let (mut v1, mut v2) = (None, None);
-    for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let point = left.split(' ').nth(4).map(PathBuf::from);
-        let mut r = right.split(' ');
-        let (fstype, opts) = (r.next().unwrap_or(""), r.nth(1).unwrap_or(""));
-        if fstype == "cgroup" && opts.split(',').any(|o| o == "freezer") && v1.is_none() {
-            v1 = point;
-        } else if fstype == "cgroup2" && v2.is_none() {
-            v2 = point;
-        }
-    }
-    (v1, v2)
+    let text = fs::read("/proc/self/mountinfo").unwrap_or_default();
+    let m = refreshd_runctl::cgroup_mounts(&text);
+    let path = |raw: &[u8]| {
+        let mut v = vec![];
+        refreshd_runctl::unescape(raw, |b| v.push(b));
+        PathBuf::from(std::ffi::OsString::from_vec(v))
+    };
+    (m.freezer.map(path), m.unified.map(path))
 }
 
 /// This root's cgroup parent directories (`refreshd.ID`) in each hierarchy.

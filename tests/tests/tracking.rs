@@ -20,6 +20,18 @@ fn prerequisites() -> bool {
     true
 }
 
+/// Installs x1 of the `tracked` snap in `root` (with a daemon that is stopped again) and returns
+/// a file of its next version.
+fn installed_with_update(root: &Root) -> std::path::PathBuf {
+    let (b1, b2) = (root.aux("t1.snap"), root.aux("t2.snap"));
+    tracking_snap(&b1, "tracked", "1.0", false);
+    tracking_snap(&b2, "tracked", "2.0", false);
+    let _d = Daemon::start(root.path());
+    let out = ctl(root.path(), &["install", b1.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    b2
+}
+
 /// Installs x1 of `name`, starts `hold`, asks for x2 and checks the refresh waits for the app,
 /// then lets the app exit and returns (backend, latency from exit to the critical section).
 fn refresh_waits_for_the_app(tag: &str, args: &[&str]) -> Option<(String, u128)> {
@@ -187,13 +199,7 @@ fn launch_during_inhibition_waits_for_the_lift() {
     }
     let root = Root::new("inhibit");
     let r = root.path();
-    let (b1, b2) = (root.aux("t1.snap"), root.aux("t2.snap"));
-    tracking_snap(&b1, "tracked", "1.0", false);
-    tracking_snap(&b2, "tracked", "2.0", false);
-    {
-        let _d = Daemon::start(r);
-        assert!(ctl(r, &["install", b1.to_str().unwrap()]).status.success());
-    }
+    let b2 = installed_with_update(&root);
     // Hold the critical section open: the refresh parks just before lifting the inhibition.
     let d = Daemon::start_with(
         r,
@@ -275,13 +281,7 @@ fn launches_without_the_daemon_are_tracked() {
     }
     let root = Root::new("nodaemon");
     let r = root.path();
-    let (b1, b2) = (root.aux("t1.snap"), root.aux("t2.snap"));
-    tracking_snap(&b1, "tracked", "1.0", false);
-    tracking_snap(&b2, "tracked", "2.0", false);
-    {
-        let _d = Daemon::start(r);
-        assert!(ctl(r, &["install", b1.to_str().unwrap()]).status.success());
-    }
+    let b2 = installed_with_update(&root);
     let app = App::launch(r, "tracked.hold");
     assert!(app.cgroups().contains("snap.tracked"), "{}", app.cgroups());
     assert!(r.join("run/refreshd/runctl/snap.tracked.running").exists());
@@ -381,13 +381,7 @@ fn critical_section_is_reentered_after_a_reboot() {
     }
     let root = Root::new("reenter");
     let r = root.path();
-    let (b1, b2) = (root.aux("t1.snap"), root.aux("t2.snap"));
-    tracking_snap(&b1, "tracked", "1.0", false);
-    tracking_snap(&b2, "tracked", "2.0", false);
-    {
-        let _d = Daemon::start(r);
-        assert!(ctl(r, &["install", b1.to_str().unwrap()]).status.success());
-    }
+    let b2 = installed_with_update(&root);
     // Die inside the critical section, just before the switch.
     let d = Daemon::start_with(
         r,

@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Default, Clone)]
@@ -17,50 +18,19 @@ impl Mounts {
         Ok(Self::parse(&fs::read_to_string("/proc/self/mountinfo")?))
     }
 
-    /// mountinfo lines: `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPER`.
+    /// With the parser confine-hook uses too: both must see the same hierarchies.
     pub fn parse(text: &str) -> Mounts {
-        let mut m = Mounts::default();
-        for line in text.lines() {
-            let Some((left, right)) = line.split_once(" - ") else {
-                continue;
-            };
-            let Some(point) = left.split(' ').nth(4) else {
-                continue;
-            };
-            let mut r = right.split(' ');
-            let (fstype, _source, opts) =
-                (r.next().unwrap_or(""), r.next(), r.next().unwrap_or(""));
-            let point = PathBuf::from(unescape(point));
-            match fstype {
-                "cgroup" if opts.split(',').any(|o| o == "freezer") && m.freezer.is_none() => {
-                    m.freezer = Some(point)
-                }
-                "cgroup2" if m.unified.is_none() => m.unified = Some(point),
-                _ => {}
-            }
-        }
-        m
-    }
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
+        let m = refreshd_runctl::cgroup_mounts(text.as_bytes());
+        let path = |raw: &[u8]| {
+            let mut v = Vec::with_capacity(raw.len());
+            refreshd_runctl::unescape(raw, |b| v.push(b));
+            PathBuf::from(std::ffi::OsString::from_vec(v))
+        };
+        Mounts {
+            freezer: m.freezer.map(path),
+            unified: m.unified.map(path),
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The v1 parent: created with `notify_on_release` set, which its children inherit.
@@ -93,7 +63,6 @@ mod tests {
             m.unified.as_deref(),
             Some(Path::new("/sys/fs/cgroup/unified"))
         );
-        assert_eq!(unescape("/mnt/with\\040space"), "/mnt/with space");
         let pure_v2 =
             Mounts::parse("30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate");
         assert!(pure_v2.freezer.is_none());
