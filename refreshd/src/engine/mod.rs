@@ -302,11 +302,13 @@ impl Engine {
     }
 
     /// At start-up: tasks parked in Wait re-check their condition, because events may have
-    /// passed while the daemon was down.
+    /// passed while the daemon was down; and history that aged while it was down is pruned.
     async fn resume(&self) -> refreshd_state::Result<()> {
+        let policy = self.inner.prune;
         self.inner
             .db
-            .call(|s| {
+            .call(move |s| {
+                s.prune(policy, now_ms())?;
                 let mut woken = vec![];
                 for c in s.changes(Select::InProgress, None)? {
                     for mut t in s.tasks(c.id)? {
