@@ -52,10 +52,22 @@ impl AgentSetting {
         let before = before.trim_end_matches('\n');
         let ours = agent.to_str().expect("agent path is UTF-8");
         if !before.is_empty() && before != ours {
-            return Err(format!(
-                "{} is set to a foreign agent ({before}); not overwriting it",
-                file.display()
-            ));
+            let existing = Path::new(before);
+            // Another build of this agent (another checkout) speaks the same protocol: use it,
+            // as refreshd does. A path that no longer exists serves no one: replace it.
+            if existing.exists() {
+                if existing.file_name() == agent.file_name() {
+                    return Ok(AgentSetting {
+                        file,
+                        ours: before.to_owned(),
+                        clear: false,
+                    });
+                }
+                return Err(format!(
+                    "{} is set to a foreign agent ({before}); not overwriting it",
+                    file.display()
+                ));
+            }
         }
         fs::write(&file, ours).map_err(|e| format!("writing {}: {e}", file.display()))?;
         Ok(AgentSetting {
