@@ -6,7 +6,7 @@
 use std::fs::{self, File};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -362,9 +362,4 @@ fn recover(ctx: &Ctx, state: &mut State) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Used by tests and tools that need the path without a daemon.
-pub fn socket_path(root: &Path) -> PathBuf {
-    Layout::new(root).socket()
 }
