@@ -11,6 +11,8 @@ command -v setpriv >/dev/null || need_pkgs+=(util-linux)
 command -v useradd >/dev/null || need_pkgs+=(passwd)
 command -v spin >/dev/null || need_pkgs+=(spin)
 command -v gcc >/dev/null || need_pkgs+=(gcc)
+command -v nginx >/dev/null || need_pkgs+=(nginx)
+command -v openssl >/dev/null || need_pkgs+=(openssl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing ${need_pkgs[*]}"

@@ -1,0 +1,242 @@
+//! Everything that can go wrong with a store, as one enum.
+//!
+//! Each message is one line that says what is wrong and what to do about it. Text that comes
+//! from the store (index fields, server messages) is quoted with [`quote`] or flattened with
+//! [`one_line`], so a hostile store cannot rewrite a terminal or flood a log.
+
+use std::io;
+use std::path::PathBuf;
+
+use refreshd_snap::{ImageError, NameError};
+
+/// A result of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a store could not be opened, read, downloaded from or published to.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid store address {}: {reason}", quote(.url))]
+    BadUrl { url: String, reason: String },
+
+    #[error("cannot use the store directory {}: {source}; check the store address", .path.display())]
+    StoreDir { path: PathBuf, source: io::Error },
+
+    #[error(
+        "cannot use the CA file {}: {detail}; give a PEM file of certificates",
+        .path.display()
+    )]
+    CaFile { path: PathBuf, detail: String },
+
+    #[error(transparent)]
+    Name(#[from] NameError),
+
+    #[error(
+        "invalid channel {}: a channel is 1 to 3 parts separated by \"/\", each of letters, digits, \".\", \"_\" and \"-\" (\"stable\", \"latest/beta\")",
+        quote(.channel)
+    )]
+    BadChannel { channel: String },
+
+    /// The index breaks a rule; `field` names where (`revisions.3.path`).
+    #[error(
+        "invalid store index for {name}: {field}: {reason}; the store's operator must fix v1/snaps/{name}.json"
+    )]
+    Index {
+        name: String,
+        field: String,
+        reason: String,
+    },
+
+    #[error(
+        "store index for {name} is not valid JSON: {detail}; the store's operator must fix v1/snaps/{name}.json"
+    )]
+    IndexJson { name: String, detail: String },
+
+    #[error(
+        "store index for {name} has format {found} but this refreshd reads format {}: upgrade refreshd",
+        crate::index::FORMAT
+    )]
+    IndexFormat { name: String, found: u64 },
+
+    #[error(
+        "store index for {name} is larger than {limit} bytes; the store's operator must fix v1/snaps/{name}.json"
+    )]
+    IndexTooLarge { name: String, limit: u64 },
+
+    /// Transient failures (connection refused or reset, timeouts, 5xx) that outlasted the
+    /// retries.
+    #[error(
+        "cannot reach the store at {url} after {attempts} attempts: {detail}; check the network and the store address, then try again (a download resumes where it stopped)"
+    )]
+    Unreachable {
+        url: String,
+        attempts: u32,
+        detail: String,
+    },
+
+    /// An answer that retrying will not change (403, a TLS failure, too many redirects).
+    #[error("cannot download {url}: {detail}; check the store address")]
+    Transfer { url: String, detail: String },
+
+    #[error(
+        "the blob of {name} revision {revision} ({location}) is missing from the store: the store's operator must republish it"
+    )]
+    BlobMissing {
+        name: String,
+        revision: u32,
+        location: String,
+    },
+
+    #[error(
+        "the blob of {name} revision {revision} ({location}) is larger than the {size} bytes its index says{}: refused as corrupt or tampered with; the store's operator must republish it",
+        actual_suffix(*.actual)
+    )]
+    BlobTooLarge {
+        name: String,
+        revision: u32,
+        location: String,
+        size: u64,
+        actual: Option<u64>,
+    },
+
+    #[error(
+        "the blob of {name} revision {revision} ({location}) is smaller than the {size} bytes its index says (it has {actual}): refused as truncated or tampered with; the store's operator must republish it"
+    )]
+    BlobTooSmall {
+        name: String,
+        revision: u32,
+        location: String,
+        size: u64,
+        actual: u64,
+    },
+
+    #[error(
+        "the blob of {name} revision {revision} ({location}) is corrupt or was tampered with: its sha3-384 is {}... but the index says {}...; the download was deleted: try again, and tell the store's operator if it happens again",
+        &.actual[..16.min(.actual.len())],
+        &.expected[..16.min(.expected.len())]
+    )]
+    Corrupt {
+        name: String,
+        revision: u32,
+        location: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("the store sent a wrong byte range for {url}: {detail}; try again")]
+    BadRange { url: String, detail: String },
+
+    #[error(
+        "the download to {} was cancelled; the partial download is kept and the next fetch resumes it",
+        .dest.display()
+    )]
+    Cancelled { dest: PathBuf },
+
+    #[error("another download to {} is in progress: wait for it to finish", .partial.display())]
+    Busy { partial: PathBuf },
+
+    #[error("cannot publish {}: {source}", .snap.display())]
+    Publish { snap: PathBuf, source: ImageError },
+
+    #[error(
+        "cannot publish {}: it is {size} bytes, more than the store's limit of {limit}",
+        .snap.display()
+    )]
+    PublishTooLarge {
+        snap: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+
+    #[error("cannot {op} {}: {source}", .path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| Error::Io { op, path, source }
+    }
+}
+
+fn actual_suffix(actual: Option<u64>) -> String {
+    actual.map(|a| format!(" (it has {a})")).unwrap_or_default()
+}
+
+/// How many characters of untrusted text an error message shows.
+const QUOTE_MAX_CHARS: usize = 60;
+/// How long a flattened message may grow before it is cut.
+const ONE_LINE_MAX_CHARS: usize = 200;
+
+/// Quotes untrusted text: escaped with `{:?}` and cut to a short prefix.
+pub(crate) fn quote(s: &str) -> String {
+    let count = s.chars().count();
+    if count <= QUOTE_MAX_CHARS {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(QUOTE_MAX_CHARS).collect();
+        format!("{head:?}... ({count} characters)")
+    }
+}
+
+/// Flattens a message from a library or a server to one short line.
+pub(crate) fn one_line(s: &str) -> String {
+    let mut out = String::new();
+    for (i, word) in s.split_whitespace().enumerate() {
+        if out.chars().count() >= ONE_LINE_MAX_CHARS {
+            out.push_str("...");
+            break;
+        }
+        if i > 0 {
+            out.push(' ');
+        }
+        for c in word.chars() {
+            // Controls and the bidi overrides that could reorder a terminal line are escaped.
+            let hidden =
+                c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if hidden {
+                out.extend(c.escape_unicode());
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_flattens_and_escapes() {
+        assert_eq!(one_line(" a\n  b\tc "), "a b c");
+        assert_eq!(one_line("x\u{1b}[2Jy"), "x\\u{1b}[2Jy");
+        let long = "word ".repeat(200);
+        assert!(one_line(&long).ends_with("..."));
+        assert!(one_line(&long).len() < 220);
+    }
+
+    #[test]
+    fn quote_escapes_and_truncates() {
+        assert_eq!(quote("a\"b"), "\"a\\\"b\"");
+        assert!(quote(&"x".repeat(100)).ends_with("(100 characters)"));
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        let e = Error::Corrupt {
+            name: "hello".into(),
+            revision: 3,
+            location: "blobs/hello_3.snap".into(),
+            expected: "a".repeat(96),
+            actual: "b".repeat(96),
+        };
+        let msg = e.to_string();
+        assert!(!msg.contains('\n'));
+        assert!(msg.contains("corrupt or was tampered with"), "{msg}");
+    }
+}
