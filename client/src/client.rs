@@ -30,7 +30,8 @@ use tokio::time::Instant;
 use tokio_util::io::ReaderStream;
 
 use crate::types::{
-    Change, ChangeAction, ChangeRef, ErrorBody, ErrorKind, Select, Snap, SnapAction, SystemInfo,
+    Change, ChangeAction, ChangeRef, ErrorBody, ErrorKind, Select, Snap, SnapAction, StoreInstall,
+    SystemInfo,
 };
 
 /// The header that makes a `POST` safe to repeat (docs/api.md, "Idempotency").
@@ -168,6 +169,31 @@ impl Client {
             uri.push_str(&encode(name));
         }
         let req = Req::post(uri, Payload::File(path.to_path_buf()));
+        let change: ChangeRef = self.send(&req).await?;
+        Ok(change.change)
+    }
+
+    /// `POST /v1/snaps {"name": NAME}`: installs NAME from refreshd's store; returns the change.
+    pub async fn install_from_store(
+        &self,
+        name: &str,
+        channel: Option<&str>,
+    ) -> Result<u64, ClientError> {
+        let body = StoreInstall {
+            name: name.to_owned(),
+            channel: channel.map(str::to_owned),
+        };
+        let req = Req::post("/v1/snaps".to_string(), Payload::json(&body));
+        let change: ChangeRef = self.send(&req).await?;
+        Ok(change.change)
+    }
+
+    /// `POST /v1/snaps/NAME {"action": "refresh"}`: returns the id of the refresh change.
+    pub async fn refresh(&self, name: &str, channel: Option<&str>) -> Result<u64, ClientError> {
+        let req = Req::post(
+            format!("/v1/snaps/{}", encode(name)),
+            Payload::json(&SnapAction::refresh(channel)),
+        );
         let change: ChangeRef = self.send(&req).await?;
         Ok(change.change)
     }

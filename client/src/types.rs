@@ -303,26 +303,46 @@ pub struct ChangeRef {
 }
 
 /// Body of `POST /v1/snaps/NAME`.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+/// `POST /v1/snaps/NAME`: `{"action": "remove"}` or `{"action": "refresh", "channel": "beta"}`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct SnapAction {
     pub action: SnapActionKind,
+    /// For refresh: the channel to follow (default: the snap's, else `stable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum SnapActionKind {
     Remove,
+    Refresh,
 }
 
 impl SnapAction {
     pub fn remove() -> Self {
         SnapAction {
             action: SnapActionKind::Remove,
+            channel: None,
+        }
+    }
+
+    pub fn refresh(channel: Option<&str>) -> Self {
+        SnapAction {
+            action: SnapActionKind::Refresh,
+            channel: channel.map(str::to_owned),
         }
     }
 }
 
-/// Body of `POST /v1/changes/ID`.
+/// `POST /v1/snaps` with a JSON body: install NAME from the store.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StoreInstall {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChangeAction {
     pub action: ChangeActionKind,

@@ -62,6 +62,10 @@ pub struct Args {
     /// refreshd).
     #[arg(long, value_name = "PATH")]
     pub release_agent: Option<PathBuf>,
+    /// Where new revisions come from: a directory (or file:///DIR) or http(s)://HOST/BASE
+    /// serving the store layout (docs/store.md).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// Interval of the polling fallback, in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub poll_interval_ms: u64,
@@ -196,10 +200,18 @@ impl Daemon {
         }
         let mut state = State::open(&layout.state_db())
             .with_context(|| format!("cannot open {}", layout.state_db().display()))?;
+        let store = match &args.store {
+            Some(url) => Some(Arc::new(
+                refreshd_store::Store::open(url)
+                    .with_context(|| format!("cannot use the store {url}"))?,
+            )),
+            None => None,
+        };
         let ctx = Arc::new(Ctx {
             layout: layout.clone(),
             mount_mode,
             tracking,
+            store,
         });
         recover(&ctx, &mut state)?;
 

@@ -41,13 +41,26 @@ pub enum Command {
     Status(JsonFlag),
     /// List installed snaps
     List(JsonFlag),
-    /// Install a snap from a local .snap file
+    /// Install a snap from a local .snap file, or by name from refreshd's store
     Install {
-        /// The .snap file
+        /// The .snap file, or the name of a snap in the store
         file: PathBuf,
         /// Install as this parallel instance (NAME_KEY)
         #[arg(long, value_name = "INSTANCE")]
         name: Option<String>,
+        /// The store channel to install from (default: stable)
+        #[arg(long, value_name = "CHANNEL")]
+        channel: Option<String>,
+        #[command(flatten)]
+        wait: NoWait,
+    },
+    /// Refresh a snap to the newest revision of its channel in refreshd's store
+    Refresh {
+        /// The snap's instance name
+        name: String,
+        /// Follow this channel from now on
+        #[arg(long, value_name = "CHANNEL")]
+        channel: Option<String>,
         #[command(flatten)]
         wait: NoWait,
     },
@@ -147,7 +160,25 @@ mod tests {
                 Command::Install {
                     file: "hello.snap".into(),
                     name: None,
+                    channel: None,
                     wait: NoWait::default(),
+                },
+            ),
+            (
+                &["install", "hello", "--channel", "beta"],
+                Command::Install {
+                    file: "hello".into(),
+                    name: None,
+                    channel: Some("beta".into()),
+                    wait: NoWait::default(),
+                },
+            ),
+            (
+                &["refresh", "hello", "--no-wait"],
+                Command::Refresh {
+                    name: "hello".into(),
+                    channel: None,
+                    wait: NoWait { no_wait: true },
                 },
             ),
             (
@@ -155,6 +186,7 @@ mod tests {
                 Command::Install {
                     file: "hello.snap".into(),
                     name: Some("hello_work".into()),
+                    channel: None,
                     wait: NoWait { no_wait: true },
                 },
             ),

@@ -36,12 +36,23 @@ pub async fn run(command: Command, client: &Client, clock: &Clock) -> Result<()>
         Command::Install {
             file,
             name,
+            channel,
             wait: no_wait,
         } => {
-            let id = client
-                .install_file(&file, name.as_deref())
-                .await
-                .doing(&format!("install {}", file.display()))?;
+            // A path names a file; a bare word that is no file names a snap in the store.
+            let by_name = file
+                .to_str()
+                .filter(|s| !s.contains('/') && !s.ends_with(".snap") && !file.exists());
+            let id = match by_name {
+                Some(snap) => client
+                    .install_from_store(snap, channel.as_deref())
+                    .await
+                    .doing(&format!("install {snap}"))?,
+                None => client
+                    .install_file(&file, name.as_deref())
+                    .await
+                    .doing(&format!("install {}", file.display()))?,
+            };
             if no_wait.no_wait {
                 return print(&format!("{id}\n"));
             }
@@ -54,6 +65,22 @@ pub async fn run(command: Command, client: &Client, clock: &Clock) -> Result<()>
                 None => format!("Installed {} (change {id})\n", display_name(&file)),
             };
             print(&installed)
+        }
+        Command::Refresh {
+            name,
+            channel,
+            wait: no_wait,
+        } => {
+            let id = client
+                .refresh(&name, channel.as_deref())
+                .await
+                .doing(&format!("refresh {name}"))?;
+            if no_wait.no_wait {
+                return print(&format!("{id}\n"));
+            }
+            wait(client, id).await?;
+            let snap = client.snap(&name).await.doing("get the refreshed snap")?;
+            print(&format!("Refreshed {} to {}\n", snap.name, snap.revision))
         }
         Command::Remove {
             name,

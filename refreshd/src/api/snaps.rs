@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use refreshd_client::types::{
-    AppInfo, ChangeRef, ErrorKind, InstallQuery, Snap, SnapAction, SnapActionKind, SystemInfo,
+    AppInfo, ChangeRef, ErrorKind, InstallQuery, Snap, SnapAction, SnapActionKind, StoreInstall,
+    SystemInfo,
 };
 use refreshd_snap::{InstanceName, Revision};
 use refreshd_state::{Created, IdempotencyKey, Select, SnapRow};
@@ -18,7 +19,7 @@ use sha3::{Digest, Sha3_384};
 use tokio::io::AsyncWriteExt;
 
 use super::{ApiError, ApiState, Peer};
-use crate::tasks::{RemoveSetup, SnapSetup};
+use crate::tasks::{Download, RemoveSetup, SnapSetup};
 
 type St = State<Arc<ApiState>>;
 
@@ -193,6 +194,18 @@ pub async fn install(
             "refreshd is shutting down; try again when it is back",
         ));
     }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if json {
+        let bytes = axum::body::to_bytes(body, 64 * 1024)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request: {e}")))?;
+        let req: StoreInstall =
+            super::json_body(&bytes, r#"{"name": "hello", "channel": "stable"}"#)?;
+        return store_change(&st, peer.uid, key, &req.name, req.channel.as_deref(), false).await;
+    }
     if let Some(name) = &q.instance_name {
         name.parse::<InstanceName>()
             .map_err(|e| ApiError::new(ErrorKind::InvalidSnap, e.to_string()))?;
@@ -298,6 +311,8 @@ pub async fn install(
                 sha3_384,
                 size,
                 upload: Some(upload_path),
+                download: None,
+                channel: None,
                 manifest,
                 version: yaml.version.clone(),
                 summary: yaml.summary.clone(),
@@ -331,8 +346,8 @@ pub async fn action(
     peer.require_admin(&st, "removing snaps")?;
     let act: SnapAction = super::json_body(&body, r#"{"action": "remove"}"#)?;
     let key = idempotency_key(&headers)?;
-    match act.action {
-        SnapActionKind::Remove => {}
+    if act.action == SnapActionKind::Refresh {
+        return store_change(&st, peer.uid, key, &name, act.channel.as_deref(), true).await;
     }
     if st.shutdown.is_cancelled() {
         return Err(ApiError::new(
@@ -371,6 +386,131 @@ pub async fn action(
         })
         .await?;
     let created = created.ok_or_else(|| not_installed(&name))?;
+    st.engine.ensure();
+    Ok(accepted(created.id()))
+}
+
+/// Installs (`refresh` false) or refreshes NAME from the store: looks up the channel's revision
+/// and makes a change that downloads it. An older revision than the current one is never an
+/// update.
+async fn store_change(
+    st: &ApiState,
+    uid: u32,
+    key: Option<String>,
+    name: &str,
+    channel: Option<&str>,
+    refresh: bool,
+) -> Result<Response, ApiError> {
+    let request = if refresh { "refresh" } else { "install" };
+    if let Some(k) = &key {
+        let k2 = k.clone();
+        if let Some((req, id)) = st
+            .engine
+            .db()
+            .call(move |s| s.idempotency_key(uid, &k2))
+            .await?
+        {
+            if req == request {
+                return Ok(accepted(id));
+            }
+        }
+    }
+    let store = st.ctx.store.clone().ok_or_else(|| {
+        ApiError::bad_request(
+            "refreshd has no store configured; start it with --store URL (a directory or http(s)://...)",
+        )
+    })?;
+    let instance: InstanceName = name
+        .parse()
+        .map_err(|e: refreshd_snap::NameError| ApiError::bad_request(e.to_string()))?;
+    if let Some(ch) = channel {
+        refreshd_store::validate_channel(ch).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    let n = instance.as_str().to_owned();
+    let row = st.engine.db().call(move |s| s.snap(&n)).await?;
+    let installed = row.as_ref().is_some_and(|r| r.current.is_some());
+    match (refresh, installed) {
+        (false, true) => {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "snap {name} is already installed; refresh it with: refreshctl refresh {name}"
+                ),
+            ))
+        }
+        (true, false) => return Err(not_installed(name)),
+        _ => {}
+    }
+    let channel = channel
+        .map(str::to_owned)
+        .or_else(|| row.as_ref().and_then(|r| r.channel.clone()))
+        .unwrap_or_else(|| "stable".to_owned());
+    let snap_name = instance.snap_name().to_owned();
+    let (s2, sn) = (store.clone(), snap_name.clone());
+    let index = tokio::task::spawn_blocking(move || s2.snap(&sn))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::new(ErrorKind::Unavailable, e.to_string()))?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::NotFound,
+                format!("snap {snap_name} is not in the store {}", store.url()),
+            )
+        })?;
+    let entry = index.channel(&channel).cloned().ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::NotFound,
+            format!("snap {snap_name} has no revision in channel {channel} of the store"),
+        )
+    })?;
+    let previous = row.as_ref().and_then(|r| r.current.clone());
+    if let Some(Revision::Store(cur)) = previous.as_deref().and_then(|p| p.parse().ok()) {
+        if entry.revision == cur {
+            return Err(ApiError::bad_request(format!(
+                "snap {name} is up to date: revision {cur} is the newest in channel {channel}"
+            )));
+        }
+        if entry.revision < cur {
+            return Err(ApiError::bad_request(format!(
+                "the store offers revision {} of {name}, older than the installed {cur}; not an update (reverting is a separate, explicit action)",
+                entry.revision
+            )));
+        }
+    }
+    let ss = SnapSetup {
+        instance: instance.as_str().to_owned(),
+        snap_name: instance.snap_name().to_owned(),
+        instance_key: instance.instance_key().map(str::to_owned),
+        revision: entry.revision.to_string(),
+        previous,
+        sha3_384: entry.sha3_384.clone(),
+        size: entry.size,
+        upload: None,
+        download: Some(Download {
+            store: store.url().to_owned(),
+            revision: entry.revision,
+            version: entry.version.clone(),
+            path: entry.path.clone(),
+        }),
+        channel: Some(channel),
+        manifest: String::new(),
+        version: entry.version.clone(),
+        summary: None,
+        block_launches: false,
+    };
+    let created = st
+        .engine
+        .db()
+        .call(move |s| {
+            let new = crate::tasks::install_change(&ss);
+            let key = key.as_deref().map(|k| IdempotencyKey {
+                uid,
+                key: k,
+                request,
+            });
+            s.create_change(&new, key)
+        })
+        .await?;
     st.engine.ensure();
     Ok(accepted(created.id()))
 }

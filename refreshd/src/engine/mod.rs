@@ -114,6 +114,12 @@ impl TaskCtx {
         self.update(move |t| t.data = data);
     }
 
+    /// Replaces the change's data (shared by its tasks), for what later tasks must know.
+    pub fn set_change_data(&self, data: serde_json::Value) -> refreshd_state::Result<()> {
+        let id = self.change.id;
+        self.db.with(|s| s.set_change_data(id, &data))
+    }
+
     /// Runs `f` on the state store (handlers run on blocking threads, so this may block).
     pub fn db_with<T>(&self, f: impl FnOnce(&mut refreshd_state::State) -> T) -> T {
         self.db.with(f)

@@ -35,14 +35,24 @@ pub fn prepare(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
                 bail!("blob {} does not match what was uploaded (sha3-384 or size differ); install it again", blob.display());
             }
             refreshd_snap::squashfs::check_image(&blob)?;
+            let ss = if ss.manifest.is_empty() {
+                take_manifest(t, ss, &blob)?
+            } else {
+                ss
+            };
             t.db_with(|s| -> refreshd_state::Result<()> {
-                if s.snap(&ss.instance)?.is_none() {
+                if let Some(mut row) = s.snap(&ss.instance)? {
+                    if ss.channel.is_some() && row.channel != ss.channel {
+                        row.channel = ss.channel.clone();
+                        s.put_snap(&row)?;
+                    }
+                } else {
                     s.put_snap(&SnapRow {
                         name: ss.instance.clone(),
                         snap_name: ss.snap_name.clone(),
                         instance_key: ss.instance_key.clone(),
                         current: None,
-                        channel: None,
+                        channel: ss.channel.clone(),
                         hold: None,
                         settings: serde_json::json!({}),
                         installed: now_ms(),
@@ -78,6 +88,26 @@ pub fn prepare(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
         }
     }
     Ok(Outcome::Done)
+}
+
+/// A downloaded blob's snap.yaml becomes the change's manifest (what an upload had checked
+/// before the change existed), so the tasks after this one see it.
+fn take_manifest(t: &TaskCtx, mut ss: SnapSetup, blob: &Path) -> anyhow::Result<SnapSetup> {
+    let bytes = refreshd_snap::read_file(blob, "meta/snap.yaml")?;
+    let yaml = refreshd_snap::yaml::parse(&bytes)?;
+    if yaml.name != ss.snap_name {
+        bail!(
+            "the store's blob for {} holds snap {:?}; the store is inconsistent",
+            ss.snap_name,
+            yaml.name
+        );
+    }
+    ss.manifest = String::from_utf8_lossy(&bytes).into_owned();
+    ss.version = yaml.version.clone();
+    ss.summary = yaml.summary.clone();
+    ss.block_launches = yaml.pending_behavior() == refreshd_snap::RefreshPendingBehavior::Block;
+    t.set_change_data(serde_json::to_value(&ss)?)?;
+    Ok(ss)
 }
 
 /// Makes the payload available at `snap/NAME/REV`: a read-only loop mount, or an unpacked copy.

@@ -4,6 +4,7 @@
 //! world rather than trusting that an earlier run did or did not get somewhere.
 
 pub mod apps;
+pub mod download;
 pub mod install;
 pub mod launchers;
 pub mod remove;
@@ -42,6 +43,8 @@ pub struct Ctx {
     pub layout: Layout,
     pub mount_mode: MountMode,
     pub tracking: Arc<crate::tracking::Tracking>,
+    /// Where new revisions come from (`refreshd --store`), if anywhere.
+    pub store: Option<Arc<refreshd_store::Store>>,
 }
 
 /// The data an install change carries (the change's `data`), shared by its tasks.
@@ -59,13 +62,29 @@ pub struct SnapSetup {
     pub size: u64,
     /// The uploaded file waiting in uploads/ for `prepare` to take it.
     pub upload: Option<PathBuf>,
-    /// meta/snap.yaml as found in the image.
+    /// The store revision `download` fetches (instead of an upload).
+    #[serde(default)]
+    pub download: Option<Download>,
+    /// The store channel followed.
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// meta/snap.yaml as found in the image (for a download: filled in by `prepare`).
     pub manifest: String,
     pub version: String,
     pub summary: Option<String>,
     /// `refresh-pending-behavior: block`: inhibit launches as soon as the refresh is pending.
     #[serde(default)]
     pub block_launches: bool,
+}
+
+/// A revision to fetch from the store: its index entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Download {
+    pub store: String,
+    pub revision: u32,
+    pub version: String,
+    pub path: String,
 }
 
 /// The data a remove change carries.
@@ -94,7 +113,8 @@ impl Handler for FnHandler {
 
 /// Every task kind this daemon knows, with its handler.
 pub fn handlers(ctx: Arc<Ctx>) -> HashMap<String, Arc<dyn Handler>> {
-    let table: [(&str, HandlerFn); 10] = [
+    let table: [(&str, HandlerFn); 11] = [
+        ("download", download::download),
         ("wait-for-apps", apps::wait_for_apps),
         ("lift-inhibition", apps::lift_inhibition),
         ("prepare", install::prepare),
@@ -129,10 +149,17 @@ pub fn setup<T: serde::de::DeserializeOwned>(t: &TaskCtx) -> anyhow::Result<T> {
 /// critical section: wait-for-apps before, lift-inhibition after.
 pub fn install_change(ss: &SnapSetup) -> NewChange {
     let (n, r) = (&ss.instance, &ss.revision);
-    let mut steps = vec![
+    let mut steps = vec![];
+    if let Some(d) = &ss.download {
+        steps.push((
+            "download",
+            format!("Download snap {n:?} ({r}) from {}", d.store),
+        ));
+    }
+    steps.extend([
         ("prepare", format!("Prepare snap {n:?} ({r})")),
         ("mount", format!("Mount snap {n:?} ({r})")),
-    ];
+    ]);
     let refresh = ss.previous.is_some();
     if refresh {
         steps.push((
@@ -151,9 +178,14 @@ pub fn install_change(ss: &SnapSetup) -> NewChange {
             format!("Let the apps of snap {n:?} start again"),
         ));
     }
+    let (kind, summary) = match (&ss.download, refresh) {
+        (None, _) => ("install", format!("Install {n:?} ({r}) from a file")),
+        (Some(_), false) => ("install", format!("Install {n:?} ({r}) from the store")),
+        (Some(_), true) => ("refresh", format!("Refresh {n:?} to {r}")),
+    };
     chain(
-        "install",
-        format!("Install {n:?} ({r}) from a file"),
+        kind,
+        summary,
         n,
         serde_json::to_value(ss).expect("serializable"),
         steps,

@@ -1,0 +1,120 @@
+//! Refreshes from a store, end to end on the real kernel: install by name, a refresh that waits
+//! for a running app and completes the moment it exits, data carried over, an up-to-date snap
+//! left alone, and a tampered blob refused with everything as it was.
+
+use std::fs;
+use std::path::Path;
+
+use refreshd_tests::*;
+
+#[test]
+fn refresh_from_a_directory_store_waits_for_the_app() {
+    if !mksquashfs_available() || !is_root() {
+        skip("needs root and mksquashfs");
+        return;
+    }
+    let root = Root::new("store");
+    let r = root.path();
+    let store = root.aux("store");
+    fs::create_dir(&store).unwrap();
+    let publish = |version: &str| {
+        let blob = root.aux(&format!("tracked-{version}.snap"));
+        tracking_snap(&blob, "tracked", version, false);
+        refreshd_store::publish(&store, &blob, "stable").unwrap()
+    };
+    assert_eq!(publish("1.0").revision, 1);
+    let _d = Daemon::start_with(
+        r,
+        DaemonOpts {
+            extra_args: vec!["--store".into(), store.to_str().unwrap().into()],
+            ..Default::default()
+        },
+    );
+    let out = ctl(r, &["install", "tracked"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "Installed tracked 1");
+    let list = ctl_json(r, &["list", "--json"]);
+    assert_eq!(
+        (list[0]["revision"].as_str(), list[0]["channel"].as_str()),
+        (Some("1"), Some("stable"))
+    );
+    fs::write(r.join("var/snap/tracked/1/state"), "precious").unwrap();
+
+    let out = ctl(r, &["refresh", "tracked"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "nothing newer: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("up to date"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let app = App::launch(r, "tracked.hold");
+    assert_eq!(publish("2.0").revision, 2);
+    let out = ctl(r, &["refresh", "tracked", "--no-wait"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = newest_change(r);
+    let waiting = watch_until(r, id, |c| task(c, "wait-for-apps")["status"] == "Wait");
+    assert_eq!(
+        task(&waiting, "download")["status"],
+        "Done",
+        "downloaded before waiting"
+    );
+    let reason = task(&waiting, "wait-for-apps")["wait"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains(&format!("pid {}", app.pid)), "{reason}");
+    assert_eq!(
+        fs::read_link(r.join("snap/tracked/current")).unwrap(),
+        Path::new("1")
+    );
+
+    let exited = app.release();
+    let done = watch_until_ready(r, id);
+    assert_eq!(done["status"], "Done", "{done}");
+    assert_eq!(done["kind"], "refresh");
+    let entered = logged_at(&done, "wait-for-apps", "critical section entered").unwrap();
+    println!(
+        "store refresh: app exit -> critical section {:.3} ms",
+        (entered - exited) as f64 / 1e6
+    );
+    assert_eq!(
+        fs::read_link(r.join("snap/tracked/current")).unwrap(),
+        Path::new("2")
+    );
+    assert_eq!(
+        fs::read_to_string(r.join("var/snap/tracked/2/state")).unwrap(),
+        "precious"
+    );
+    let hello = std::process::Command::new(r.join("snap/bin/tracked"))
+        .output()
+        .unwrap();
+    assert_eq!(text(&hello.stdout).trim(), "hello from tracked 2");
+
+    // A tampered blob: refused at download; nothing else happened.
+    let e3 = publish("3.0");
+    let blob = store.join(&e3.path);
+    let mut bytes = fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&blob, &bytes).unwrap();
+    let out = ctl(r, &["refresh", "tracked"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let failed = ctl_json(r, &["tasks", &newest_change(r).to_string(), "--json"]);
+    assert_eq!(task(&failed, "download")["status"], "Error", "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("sha3-384"),
+        "{failed}"
+    );
+    assert_eq!(
+        fs::read_link(r.join("snap/tracked/current")).unwrap(),
+        Path::new("2")
+    );
+    assert!(!r.join("var/lib/refreshd/blobs/tracked_3.snap").exists());
+    assert!(temporaries(r).is_empty(), "{:?}", temporaries(r));
+}
