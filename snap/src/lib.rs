@@ -14,7 +14,7 @@ pub mod yaml;
 mod mountinfo;
 #[allow(unsafe_code)]
 mod sys;
-mod text;
+pub mod text;
 
 pub use mount::{
     is_mountpoint, loop_available, mount_squashfs, mounts_under, unmount, unmount_reporting,

@@ -11,7 +11,7 @@ const QUOTE_MAX_CHARS: usize = 60;
 const ONE_LINE_MAX_CHARS: usize = 300;
 
 /// Quotes untrusted input: escaped with `{:?}` and truncated to a short prefix.
-pub(crate) fn quote(s: &str) -> String {
+pub fn quote(s: &str) -> String {
     let count = s.chars().count();
     if count <= QUOTE_MAX_CHARS {
         format!("{s:?}")
@@ -23,7 +23,7 @@ pub(crate) fn quote(s: &str) -> String {
 
 /// Flattens a possibly multi-line message (from a library or a tool) to one line: whitespace
 /// runs become one space, other unprintable characters are escaped, and the result is capped.
-pub(crate) fn one_line(s: &str) -> String {
+pub fn one_line(s: &str) -> String {
     let mut out = String::with_capacity(s.len().min(ONE_LINE_MAX_CHARS + 8));
     let mut chars = 0;
     let mut pending_space = false;

@@ -166,65 +166,13 @@ fn actual_suffix(actual: Option<u64>) -> String {
     actual.map(|a| format!(" (it has {a})")).unwrap_or_default()
 }
 
-/// How many characters of untrusted text an error message shows.
-const QUOTE_MAX_CHARS: usize = 60;
-/// How long a flattened message may grow before it is cut.
-const ONE_LINE_MAX_CHARS: usize = 200;
-
-/// Quotes untrusted text: escaped with `{:?}` and cut to a short prefix.
-pub(crate) fn quote(s: &str) -> String {
-    let count = s.chars().count();
-    if count <= QUOTE_MAX_CHARS {
-        format!("{s:?}")
-    } else {
-        let head: String = s.chars().take(QUOTE_MAX_CHARS).collect();
-        format!("{head:?}... ({count} characters)")
-    }
-}
-
-/// Flattens a message from a library or a server to one short line.
-pub(crate) fn one_line(s: &str) -> String {
-    let mut out = String::new();
-    for (i, word) in s.split_whitespace().enumerate() {
-        if out.chars().count() >= ONE_LINE_MAX_CHARS {
-            out.push_str("...");
-            break;
-        }
-        if i > 0 {
-            out.push(' ');
-        }
-        for c in word.chars() {
-            // Controls and the bidi overrides that could reorder a terminal line are escaped.
-            let hidden =
-                c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-            if hidden {
-                out.extend(c.escape_unicode());
-            } else {
-                out.push(c);
-            }
-        }
-    }
-    out
-}
+// Untrusted text (names, server messages) is quoted and flattened the way the snap crate does
+// for snap files: one implementation for every message refreshd shows.
+pub(crate) use refreshd_snap::text::{one_line, quote};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn one_line_flattens_and_escapes() {
-        assert_eq!(one_line(" a\n  b\tc "), "a b c");
-        assert_eq!(one_line("x\u{1b}[2Jy"), "x\\u{1b}[2Jy");
-        let long = "word ".repeat(200);
-        assert!(one_line(&long).ends_with("..."));
-        assert!(one_line(&long).len() < 220);
-    }
-
-    #[test]
-    fn quote_escapes_and_truncates() {
-        assert_eq!(quote("a\"b"), "\"a\\\"b\"");
-        assert!(quote(&"x".repeat(100)).ends_with("(100 characters)"));
-    }
 
     #[test]
     fn messages_are_one_line() {

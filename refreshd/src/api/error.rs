@@ -65,14 +65,4 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Quotes untrusted text for a message: escaped, and cut short so it cannot flood a terminal.
-pub fn quote(s: &str) -> String {
-    const MAX: usize = 60;
-    let n = s.chars().count();
-    if n <= MAX {
-        format!("{s:?}")
-    } else {
-        let head: String = s.chars().take(MAX).collect();
-        format!("{head:?}... ({n} characters)")
-    }
-}
+pub use refreshd_snap::text::quote;
