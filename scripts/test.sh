@@ -13,6 +13,11 @@ command -v spin >/dev/null || need_pkgs+=(spin)
 command -v gcc >/dev/null || need_pkgs+=(gcc)
 command -v nginx >/dev/null || need_pkgs+=(nginx)
 command -v openssl >/dev/null || need_pkgs+=(openssl)
+command -v mkfs.xfs >/dev/null || need_pkgs+=(xfsprogs)
+command -v mkfs.btrfs >/dev/null || need_pkgs+=(btrfs-progs)
+command -v mkfs.ext4 >/dev/null || need_pkgs+=(e2fsprogs)
+command -v setfacl >/dev/null || need_pkgs+=(acl)
+command -v setfattr >/dev/null || need_pkgs+=(attr)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing ${need_pkgs[*]}"
