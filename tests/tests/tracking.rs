@@ -419,3 +419,65 @@ fn critical_section_is_reentered_after_a_reboot() {
     );
     assert!(!marker.exists());
 }
+
+/// A refresh carries every user's data to the new revision, and what a user planted there
+/// (a symlink to /etc/shadow, a fifo) is copied as what it is, never followed or opened.
+#[test]
+fn user_data_is_carried_over_safely() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(user) = TestUser::create("dat") else {
+        skip("useradd failed");
+        return;
+    };
+    let root = Root::new("userdata");
+    let r = root.path();
+    let b2 = installed_with_update(&root);
+    let home = nix::unistd::User::from_name(&user.name)
+        .unwrap()
+        .unwrap()
+        .dir;
+    let home = r.join(home.strip_prefix("/").unwrap());
+    fs::create_dir_all(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(user.uid), Some(user.gid)).unwrap();
+    let as_user = Some((user.uid, user.gid));
+    App::launch_as(r, "tracked.hold", as_user).release();
+    let data = home.join("snap/tracked/x1");
+    let plant = std::process::Command::new("setpriv")
+        .arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .arg("--clear-groups")
+        .args([
+            "sh",
+            "-c",
+            "echo mine > notes && ln -s /etc/shadow shadow && mkfifo pipe",
+        ])
+        .current_dir(&data)
+        .status()
+        .unwrap();
+    assert!(plant.success());
+
+    let _d = Daemon::start(r);
+    let out = ctl(r, &["install", b2.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let new = home.join("snap/tracked/x2");
+    assert_eq!(fs::read_to_string(new.join("notes")).unwrap(), "mine\n");
+    assert_eq!(
+        fs::read_link(new.join("shadow")).unwrap(),
+        Path::new("/etc/shadow")
+    );
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    assert!(fs::symlink_metadata(new.join("pipe"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    for f in ["notes", "shadow", "pipe"] {
+        assert_eq!(
+            fs::symlink_metadata(new.join(f)).unwrap().uid(),
+            user.uid,
+            "{f}"
+        );
+    }
+    assert_eq!(fs::metadata(&new).unwrap().uid(), user.uid);
+}

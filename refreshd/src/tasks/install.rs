@@ -3,7 +3,6 @@
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, Context as _};
 use refreshd_state::{now_ms, RevisionRow, SnapRow};
@@ -186,65 +185,117 @@ pub fn unmount_revision(c: &Ctx, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the revision's system data directory: a copy of the previous revision's, or empty.
+/// Creates the revision's data directories: the system one (`var/snap/NAME/REV`) and every
+/// user's (`~/snap/NAME/REV`) start as copies of the previous revision's, or empty. The copies
+/// preserve everything (types, modes, owners, times, hard links, xattrs and ACLs, holes), use
+/// reflinks where the filesystem can, and treat users' trees as hostile: nothing planted there
+/// makes root read or write outside them (`refreshd-copydata`). Each copy is built beside its
+/// place and renamed in, so a half-copied directory never looks complete.
 pub fn setup_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     let ss: SnapSetup = setup(t)?;
     if let Some(out) = super::apps::reenter(c, t, &ss, phase)? {
         return Ok(out);
     }
     let l = &c.layout;
-    let dst = l.data_rev(&ss.instance, &ss.revision);
+    let name = &ss.instance;
+    let system = (l.data_dir(name), None);
+    let users = l
+        .user_data_dirs(name)
+        .into_iter()
+        .filter_map(|dir| user_tree(&dir).map(|u| (dir, Some(u))));
     match phase {
         Phase::Do => {
-            for d in [l.data_dir(&ss.instance), l.data_common(&ss.instance)] {
+            for d in [l.data_dir(name), l.data_common(name)] {
                 fs::DirBuilder::new()
                     .recursive(true)
                     .mode(0o755)
                     .create(&d)?;
             }
-            if fs::symlink_metadata(&dst).is_ok() {
-                return Ok(Outcome::Done);
+            for (dir, user) in std::iter::once(system).chain(users) {
+                copy_revision(t, &dir, ss.previous.as_deref(), &ss.revision, user)?;
             }
-            // Built beside its final place and renamed in: a crash never leaves a half-copied
-            // directory under the final name.
-            let tmp = fsutil::tmp_path(&dst);
-            fsutil::remove_tree_if_exists(&tmp)?;
-            let prev = ss.previous.as_ref().map(|p| l.data_rev(&ss.instance, p));
-            match prev.filter(|p| p.is_dir()) {
-                Some(src) => {
-                    // Interim: system data is root's, so cp -a is safe here; the refresh issue
-                    // brings per-user data and pre-copy.
-                    let out = Command::new("cp")
-                        .args(["-a", "--reflink=auto", "--no-target-directory"])
-                        .arg(&src)
-                        .arg(&tmp)
-                        .output()
-                        .context("cannot run cp")?;
-                    if !out.status.success() {
-                        let _ = fsutil::remove_tree_if_exists(&tmp);
-                        bail!(
-                            "cannot copy {} to {}: {}",
-                            src.display(),
-                            dst.display(),
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        );
-                    }
-                    t.log(format!("copied {} to {}", src.display(), dst.display()));
-                }
-                None => fs::DirBuilder::new().mode(0o755).create(&tmp)?,
-            }
-            fs::rename(&tmp, &dst)?;
-            fsutil::sync_dir(&l.data_dir(&ss.instance))?;
         }
         Phase::Undo => {
-            fsutil::remove_tree_if_exists(&dst)?;
+            // Only the new revision's directories go; the previous ones were never touched.
+            for (dir, _) in std::iter::once(system).chain(users) {
+                fsutil::remove_tree_if_exists(&dir.join(&ss.revision))?;
+            }
             if ss.previous.is_none() {
-                fsutil::remove_tree_if_exists(&l.data_common(&ss.instance))?;
-                fsutil::remove_dir_if_empty(&l.data_dir(&ss.instance))?;
+                fsutil::remove_tree_if_exists(&l.data_common(name))?;
+                fsutil::remove_dir_if_empty(&l.data_dir(name))?;
             }
         }
     }
     Ok(Outcome::Done)
+}
+
+/// `DIR/NEW` as a copy of `DIR/OLD` (or empty, for the system directory of a first install).
+/// Already there (an earlier run got that far): left as it is.
+fn copy_revision(
+    t: &TaskCtx,
+    dir: &Path,
+    old: Option<&str>,
+    new: &str,
+    user: Option<refreshd_copydata::UserTree>,
+) -> anyhow::Result<()> {
+    let dst = dir.join(new);
+    if fs::symlink_metadata(&dst).is_ok() {
+        return Ok(());
+    }
+    let src = old.map(|o| dir.join(o)).filter(|s| s.is_dir());
+    let Some(src) = src else {
+        if user.is_none() {
+            let tmp = fsutil::tmp_path(&dst);
+            fsutil::remove_tree_if_exists(&tmp)?;
+            fs::DirBuilder::new().mode(0o755).create(&tmp)?;
+            fs::rename(&tmp, &dst)?;
+            fsutil::sync_dir(dir)?;
+        }
+        // A user's directory for a new revision is made by confine-hook, as that user.
+        return Ok(());
+    };
+    let opts = refreshd_copydata::Options {
+        user,
+        ..Default::default()
+    };
+    let mut last = std::time::Instant::now();
+    let stats = refreshd_copydata::copy_tree(&src, &dst, &opts, &mut |p| {
+        if last.elapsed().as_millis() >= 250 {
+            last = std::time::Instant::now();
+            t.progress("copy-data", p.bytes, 0);
+        }
+    })
+    .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
+    let mut msg = format!(
+        "copied {} to {} ({} files, {} bytes, {} reflinked)",
+        src.display(),
+        dst.display(),
+        stats.files,
+        stats.bytes,
+        stats.reflinked_files
+    );
+    if !stats.notes.is_empty() {
+        msg.push_str(&format!(
+            "; {} entries left out (see the daemon log)",
+            stats.notes.len()
+        ));
+        for n in &stats.notes {
+            tracing::warn!(snap_data = %src.display(), "left out of the copy: {n:?}");
+        }
+    }
+    t.log(msg);
+    Ok(())
+}
+
+/// The user a per-user data directory (`HOME/snap/NAME`) belongs to: the owner of HOME.
+fn user_tree(dir: &Path) -> Option<refreshd_copydata::UserTree> {
+    use std::os::unix::fs::MetadataExt;
+    let home = dir.parent()?.parent()?;
+    let md = fs::symlink_metadata(home).ok()?;
+    md.is_dir().then(|| refreshd_copydata::UserTree {
+        uid: md.uid(),
+        home: home.to_owned(),
+    })
 }
 
 /// Switches `current` (payload and data) to the new revision, atomically each.
