@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use refreshd_state::{now_ms, RevisionRow, SnapRow};
@@ -198,11 +198,6 @@ pub fn setup_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome>
     }
     let l = &c.layout;
     let name = &ss.instance;
-    let system = (l.data_dir(name), None);
-    let users = l
-        .user_data_dirs(name)
-        .into_iter()
-        .filter_map(|dir| user_tree(&dir).map(|u| (dir, Some(u))));
     match phase {
         Phase::Do => {
             for d in [l.data_dir(name), l.data_common(name)] {
@@ -211,13 +206,13 @@ pub fn setup_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome>
                     .mode(0o755)
                     .create(&d)?;
             }
-            for (dir, user) in std::iter::once(system).chain(users) {
+            for (dir, user) in data_dirs(c, name) {
                 copy_revision(t, &dir, ss.previous.as_deref(), &ss.revision, user)?;
             }
         }
         Phase::Undo => {
             // Only the new revision's directories go; the previous ones were never touched.
-            for (dir, _) in std::iter::once(system).chain(users) {
+            for (dir, _) in data_dirs(c, name) {
                 fsutil::remove_tree_if_exists(&dir.join(&ss.revision))?;
             }
             if ss.previous.is_none() {
@@ -259,7 +254,10 @@ fn copy_revision(
         ..Default::default()
     };
     let mut last = std::time::Instant::now();
-    let stats = refreshd_copydata::copy_tree(&src, &dst, &opts, &mut |p| {
+    let started = std::time::Instant::now();
+    // With a pre-copy staged, only what changed since is copied now; without, all of it.
+    let staging = staging_for(dir, new);
+    let stats = refreshd_copydata::finish(&src, &staging, &dst, &opts, &mut |p| {
         if last.elapsed().as_millis() >= 250 {
             last = std::time::Instant::now();
             t.progress("copy-data", p.bytes, 0);
@@ -267,12 +265,14 @@ fn copy_revision(
     })
     .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
     let mut msg = format!(
-        "copied {} to {} ({} files, {} bytes, {} reflinked)",
+        "copied {} to {} in {:.1} ms ({} files, {} bytes copied, {} reflinked, {} kept from the pre-copy)",
         src.display(),
         dst.display(),
+        started.elapsed().as_secs_f64() * 1e3,
         stats.files,
-        stats.bytes,
-        stats.reflinked_files
+        stats.copied_bytes,
+        stats.reflinked_files,
+        stats.unchanged
     );
     if !stats.notes.is_empty() {
         msg.push_str(&format!(
@@ -285,6 +285,66 @@ fn copy_revision(
     }
     t.log(msg);
     Ok(())
+}
+
+/// Where the pre-copy of `DIR/NEW` is staged (beside it: same filesystem, so it can be renamed).
+fn staging_for(dir: &Path, new: &str) -> PathBuf {
+    dir.join(format!(".{new}.refreshd-staging"))
+}
+
+/// The system and per-user data directories of a snap, with the user each belongs to.
+fn data_dirs(c: &Ctx, name: &str) -> Vec<(PathBuf, Option<refreshd_copydata::UserTree>)> {
+    let users = c
+        .layout
+        .user_data_dirs(name)
+        .into_iter()
+        .filter_map(|dir| user_tree(&dir).map(|u| (dir, Some(u))));
+    std::iter::once((c.layout.data_dir(name), None))
+        .chain(users)
+        .collect()
+}
+
+/// Copies the data while the apps still run, before the refresh waits for them, so the critical
+/// section only copies what changes after this. Best effort: whatever fails here is copied in
+/// full by setup-data.
+pub fn precopy_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
+    let ss: SnapSetup = setup(t)?;
+    let Some(old) = ss.previous.as_deref() else {
+        return Ok(Outcome::Done);
+    };
+    for (dir, user) in data_dirs(c, &ss.instance) {
+        let (src, staging) = (dir.join(old), staging_for(&dir, &ss.revision));
+        let opts = refreshd_copydata::Options {
+            user,
+            ..Default::default()
+        };
+        match phase {
+            Phase::Do => {
+                if !src.is_dir() || fs::symlink_metadata(dir.join(&ss.revision)).is_ok() {
+                    continue;
+                }
+                let started = std::time::Instant::now();
+                match refreshd_copydata::precopy(&src, &staging, &opts, &mut |_| {}) {
+                    Ok(st) => t.log(format!(
+                        "pre-copied {} ({} files, {} bytes) in {:.1} ms",
+                        src.display(),
+                        st.files,
+                        st.bytes,
+                        started.elapsed().as_secs_f64() * 1e3
+                    )),
+                    Err(e) => t.log(format!(
+                        "no pre-copy of {} ({e}); it will be copied in full",
+                        src.display()
+                    )),
+                }
+            }
+            Phase::Undo => {
+                refreshd_copydata::discard(&staging, &opts)
+                    .with_context(|| format!("cannot remove {}", staging.display()))?;
+            }
+        }
+    }
+    Ok(Outcome::Done)
 }
 
 /// The user a per-user data directory (`HOME/snap/NAME`) belongs to: the owner of HOME.

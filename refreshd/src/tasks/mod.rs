@@ -113,7 +113,8 @@ impl Handler for FnHandler {
 
 /// Every task kind this daemon knows, with its handler.
 pub fn handlers(ctx: Arc<Ctx>) -> HashMap<String, Arc<dyn Handler>> {
-    let table: [(&str, HandlerFn); 11] = [
+    let table: [(&str, HandlerFn); 12] = [
+        ("precopy-data", install::precopy_data),
         ("download", download::download),
         ("wait-for-apps", apps::wait_for_apps),
         ("lift-inhibition", apps::lift_inhibition),
@@ -162,6 +163,10 @@ pub fn install_change(ss: &SnapSetup) -> NewChange {
     ]);
     let refresh = ss.previous.is_some();
     if refresh {
+        steps.push((
+            "precopy-data",
+            format!("Copy the data of snap {n:?} ahead of the refresh"),
+        ));
         steps.push((
             "wait-for-apps",
             format!("Wait for the apps of snap {n:?} to exit"),
