@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job end to end on a scratch root: start refreshd, install the sample snap
-# (examples/hello), run it, refresh it while one of its apps runs (the refresh waits for the
-# app to exit, then completes at once, data carried over), and remove it.
+# The main job end to end on a scratch root: pack the sample snap (examples/hello) and publish
+# it to a local directory store, start refreshd on that store, install the snap, run it, publish
+# a new version and refresh while one of its apps runs (the refresh waits for the app to exit,
+# then completes at once, data carried over), and remove it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +29,7 @@ cleanup() {
     done
   done
   find /run/refreshd/agent -maxdepth 1 -lname "$root/*" -delete 2>/dev/null || true
-  rm -rf "$root" "$log" "$root.snap"
+  rm -rf "$root" "$log" "$root.snap" "$root.2.snap" "$root.store"
 }
 trap cleanup EXIT
 
@@ -36,30 +37,40 @@ trap cleanup EXIT
 install -D -m 4755 -o root -g root "$bin/confine-hook" "$root/usr/lib/refreshd/confine-hook"
 install -d -m 700 "$root/root"
 
-echo "== building the sample snap"
-mksquashfs examples/hello "$root.snap" -noappend -comp xz -no-progress -all-root -quiet >/dev/null
-echo "== starting refreshd --root $root (log: $log)"
-"$bin/refreshd" --root "$root" 2>"$log" &
-pid=$!
+echo "== packing the sample snap and publishing it to a local store"
+store="$root.store"
+mkdir -p "$store"
 ctl() { echo "\$ refreshctl $*"; "$bin/refreshctl" --root "$root" "$@"; echo; }
+ctl pack examples/hello -o "$root.snap"
+ctl publish --store "$store" "$root.snap"
+
+echo "== starting refreshd --root $root --store $store (log: $log)"
+"$bin/refreshd" --root "$root" --store "$store" 2>"$log" &
+pid=$!
 ctl status          # GETs retry briefly while the daemon comes up
-ctl install "$root.snap"
+ctl install hello   # from the store
 ctl list
 echo "\$ $root/snap/bin/hello"; "$root/snap/bin/hello"; "$root/snap/bin/hello"; echo
-ctl changes --all
-ctl tasks 1
 
-echo "== a refresh while the app runs: it waits for the app, never kills it"
+echo "== version 1.1 is published while the app runs: the refresh waits for the app, never kills it"
+src=$(mktemp -d)
+cp -a examples/hello/. "$src/"
+sed -i "s/^version: .*/version: '1.1'/" "$src/meta/snap.yaml"
+ctl pack "$src" -o "$root.2.snap"
+ctl publish --store "$store" "$root.2.snap"
+rm -rf "$src"
 "$root/snap/bin/hello.nap" 3 &
 nap=$!
 sleep 0.5
-echo "\$ refreshctl install $root.snap --no-wait"
-"$bin/refreshctl" --root "$root" install "$root.snap" --no-wait
+echo "\$ refreshctl refresh hello --no-wait"
+change=$("$bin/refreshctl" --root "$root" refresh hello --no-wait)
+echo "$change"
 sleep 0.5
-ctl tasks 2
-ctl watch 2
+ctl tasks "$change"
+ctl watch "$change"
 wait "$nap"
-echo "\$ $root/snap/bin/hello   # x2, with x1's data copied"; "$root/snap/bin/hello"; echo
+echo "\$ $root/snap/bin/hello   # revision 2, with revision 1's data copied"; "$root/snap/bin/hello"; echo
 ctl list
+ctl changes --all
 ctl remove hello
 ctl list

@@ -64,6 +64,25 @@ pub enum Command {
         #[command(flatten)]
         wait: NoWait,
     },
+    /// Build a .snap from a directory holding meta/snap.yaml (like `snap pack`)
+    Pack {
+        /// The snap's source directory
+        dir: PathBuf,
+        /// Where to write the .snap (default: NAME_VERSION.snap in the current directory)
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Publish a .snap into a directory store, as the next revision of its channel
+    Publish {
+        /// The store directory (docs/store.md)
+        #[arg(long, value_name = "DIR")]
+        store: PathBuf,
+        /// The .snap file
+        file: PathBuf,
+        /// The channel that gets the new revision
+        #[arg(long, default_value = "stable", value_name = "CHANNEL")]
+        channel: String,
+    },
     /// Remove a snap
     Remove {
         /// The snap's instance name

@@ -82,6 +82,35 @@ pub async fn run(command: Command, client: &Client, clock: &Clock) -> Result<()>
             let snap = client.snap(&name).await.doing("get the refreshed snap")?;
             print(&format!("Refreshed {} to {}\n", snap.name, snap.revision))
         }
+        Command::Pack { dir, output } => {
+            let out = match output {
+                Some(o) => o,
+                None => {
+                    let yaml = std::fs::read(dir.join("meta/snap.yaml"))
+                        .with_context(|| format!("cannot read {}/meta/snap.yaml", dir.display()))?;
+                    let y = refreshd_snap::yaml::parse(&yaml)?;
+                    format!("{}_{}.snap", y.name, y.version).into()
+                }
+            };
+            refreshd_snap::pack(&dir, &out)
+                .with_context(|| format!("cannot pack {}", dir.display()))?;
+            print(&format!("Built {}\n", out.display()))
+        }
+        Command::Publish {
+            store,
+            file,
+            channel,
+        } => {
+            let e = refreshd_store::publish(&store, &file, &channel)
+                .with_context(|| format!("cannot publish {}", file.display()))?;
+            print(&format!(
+                "Published {} {} as revision {} in channel {channel} of {}\n",
+                e.name,
+                e.version,
+                e.revision,
+                store.display()
+            ))
+        }
         Command::Remove {
             name,
             wait: no_wait,
