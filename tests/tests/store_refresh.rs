@@ -118,3 +118,84 @@ fn refresh_from_a_directory_store_waits_for_the_app() {
     assert!(!r.join("var/lib/refreshd/blobs/tracked_3.snap").exists());
     assert!(temporaries(r).is_empty(), "{:?}", temporaries(r));
 }
+
+/// A publisher's tools: `refreshctl pack` builds a snap from a directory, `refreshctl publish`
+/// adds it to a directory store as the next revision; bad input is refused in one line.
+#[test]
+fn pack_and_publish_from_the_command_line() {
+    if !mksquashfs_available() {
+        skip("mksquashfs not installed (squashfs-tools)");
+        return;
+    }
+    let root = Root::new("publish");
+    let store = root.aux("store");
+    fs::create_dir(&store).unwrap();
+    let src =
+        SnapSrc::new("name: packed\nversion: '2.5'\napps:\n  packed:\n    command: bin/run\n")
+            .file("bin/run", "#!/bin/sh\necho packed\n", 0o755);
+    let out_file = root.aux("packed.snap");
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin("refreshctl"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "pack",
+        src.dir.path().to_str().unwrap(),
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&[
+        "publish",
+        "--store",
+        store.to_str().unwrap(),
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("as revision 1 in channel stable"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(&[
+        "publish",
+        "--store",
+        store.to_str().unwrap(),
+        "--channel",
+        "beta",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&out.stdout).contains("as revision 2 in channel beta"),
+        "{}",
+        text(&out.stdout)
+    );
+    let index = refreshd_store::Store::open(store.to_str().unwrap())
+        .unwrap()
+        .snap("packed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(index.channel("stable").unwrap().revision, 1);
+    assert_eq!(index.channel("beta").unwrap().revision, 2);
+
+    // Not a snap: refused, the store unchanged.
+    let junk = root.aux("junk.snap");
+    fs::write(&junk, "junk").unwrap();
+    let before = snapshot(&store, &[]);
+    let out = run(&[
+        "publish",
+        "--store",
+        store.to_str().unwrap(),
+        junk.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr).trim().lines().count(),
+        1,
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(snapshot(&store, &[]), before);
+}
