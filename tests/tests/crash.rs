@@ -278,3 +278,170 @@ fn failed_reinstall_returns_to_the_previous_revision() {
     );
     check_invariants(root.path(), "again", true);
 }
+
+const REFRESH_TASKS: [&str; 9] = [
+    "download",
+    "prepare",
+    "mount",
+    "precopy-data",
+    "wait-for-apps",
+    "setup-data",
+    "link",
+    "launchers",
+    "lift-inhibition",
+];
+
+/// A root with `crashy` revision 1 installed from a directory store, data written, and
+/// revision 2 published. Returns (root, store).
+fn refreshable() -> (Root, std::path::PathBuf) {
+    let root = Root::new("crash-refresh");
+    let store = root.aux("store");
+    fs::create_dir(&store).unwrap();
+    for v in ["1.0", "2.0"] {
+        let blob = root.aux(&format!("crashy-{v}.snap"));
+        hello_snap(&blob, "crashy", v);
+        refreshd_store::publish(&store, &blob, "stable").unwrap();
+        if v == "1.0" {
+            let _d = Daemon::start_with(root.path(), store_opts(&store, None));
+            let out = ctl(root.path(), &["install", "crashy"]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            fs::write(root.path().join("var/snap/crashy/1/precious"), "data").unwrap();
+            // Enough files that a copy can be cut in the middle.
+            let many = root.path().join("var/snap/crashy/1/many");
+            fs::create_dir(&many).unwrap();
+            for i in 0..200 {
+                fs::write(many.join(format!("f{i}")), format!("{i}").repeat(1000)).unwrap();
+            }
+        }
+    }
+    (root, store)
+}
+
+fn store_opts<'a>(store: &Path, failpoints: Option<&'a str>) -> DaemonOpts<'a> {
+    DaemonOpts {
+        failpoints,
+        extra_args: vec!["--store".into(), store.to_str().unwrap().into()],
+    }
+}
+
+/// After a refresh ended: `current` names a complete revision (`want`) whose data holds what
+/// revision 1 had; nothing temporary, staged or inhibited is left.
+fn check_refresh(root: &Path, want: &str) {
+    let rev = fs::read_link(root.join("snap/crashy/current")).unwrap();
+    assert_eq!(rev, Path::new(want));
+    assert!(root
+        .join("snap/crashy")
+        .join(want)
+        .join("meta/snap.yaml")
+        .is_file());
+    assert_eq!(
+        fs::read_link(root.join("var/snap/crashy/current")).unwrap(),
+        Path::new(want)
+    );
+    let data = root.join("var/snap/crashy").join(want);
+    assert_eq!(fs::read_to_string(data.join("precious")).unwrap(), "data");
+    for i in 0..200 {
+        let f = data.join(format!("many/f{i}"));
+        assert_eq!(
+            fs::read_to_string(&f).unwrap(),
+            format!("{i}").repeat(1000),
+            "{}",
+            f.display()
+        );
+    }
+    let out = std::process::Command::new(root.join("snap/bin/crashy"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("hello from crashy {want}")
+    );
+    let left: Vec<String> = snapshot(root, &[])
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| {
+            p.contains(".refreshd-tmp")
+                || p.contains(".refreshd-staging")
+                || p.contains("uploads/")
+                || p.ends_with(".partial")
+        })
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(
+        !root
+            .join("run/refreshd/runctl/snap.crashy.inhibited")
+            .exists(),
+        "inhibition left"
+    );
+    let db = refreshd_state::State::open(&root.join("var/lib/refreshd/state.db")).unwrap();
+    assert_eq!(db.integrity_check().unwrap(), "ok");
+}
+
+#[test]
+fn sigkill_at_every_refresh_boundary() {
+    if !prerequisites() || !is_root() {
+        return;
+    }
+    let mut runs = 0;
+    for task in REFRESH_TASKS {
+        for when in ["before-do", "after-do"] {
+            let (root, store) = refreshable();
+            let fp = format!("{when}:{task}");
+            let d = Daemon::start_with(root.path(), store_opts(&store, Some(&fp)));
+            let _ = ctl(root.path(), &["refresh", "crashy", "--no-wait"]);
+            let st = d.wait();
+            assert!(killed_by_sigkill(st), "should have died at {fp}: {st:?}");
+            let _d = Daemon::start_with(root.path(), store_opts(&store, None));
+            let id = the_change(root.path(), "refresh");
+            let ch = watch_until_ready(root.path(), id);
+            assert_eq!(ch["status"], "Done", "refresh after a crash at {fp}: {ch}");
+            check_refresh(root.path(), "2");
+            runs += 1;
+        }
+    }
+    // And in the middle of the data copies (the pre-copy, and the one in the critical section).
+    for fp in ["mid-copy:precopy-data", "mid-copy:setup-data"] {
+        let (root, store) = refreshable();
+        let d = Daemon::start_with(root.path(), store_opts(&store, Some(fp)));
+        let _ = ctl(root.path(), &["refresh", "crashy", "--no-wait"]);
+        let st = d.wait();
+        assert!(killed_by_sigkill(st), "should have died at {fp}: {st:?}");
+        assert!(
+            !root.path().join("var/snap/crashy/2").exists(),
+            "{fp}: a half-copied data dir must never stand under its final name"
+        );
+        let _d = Daemon::start_with(root.path(), store_opts(&store, None));
+        let ch = watch_until_ready(root.path(), the_change(root.path(), "refresh"));
+        assert_eq!(ch["status"], "Done", "refresh after a crash at {fp}: {ch}");
+        check_refresh(root.path(), "2");
+        runs += 1;
+    }
+    println!("refresh: {runs} SIGKILLs survived");
+}
+
+/// A failure at any task of a refresh undoes it: revision 1 current, its data intact, the
+/// inhibition lifted, nothing of revision 2 left.
+#[test]
+fn failure_at_every_refresh_task_is_undone() {
+    if !prerequisites() || !is_root() {
+        return;
+    }
+    for task in REFRESH_TASKS {
+        let (root, store) = refreshable();
+        let fp = format!("fail-do:{task}");
+        let _d = Daemon::start_with(root.path(), store_opts(&store, Some(&fp)));
+        let out = ctl(root.path(), &["refresh", "crashy"]);
+        assert_eq!(out.status.code(), Some(1), "{fp}: {}", text(&out.stderr));
+        let id = the_change(root.path(), "refresh");
+        let ch = ctl_json(root.path(), &["tasks", &id.to_string(), "--json"]);
+        assert_eq!(ch["status"], "Error", "{fp}: {ch}");
+        check_refresh(root.path(), "1");
+        for gone in [
+            "snap/crashy/2",
+            "var/snap/crashy/2",
+            "var/lib/refreshd/blobs/crashy_2.snap",
+        ] {
+            assert!(!root.path().join(gone).exists(), "{fp}: {gone} left");
+        }
+    }
+}

@@ -6,6 +6,9 @@
 //! running its handler, and `after-do:KIND` after the handler returned and before its outcome is
 //! committed (likewise `-undo`); handlers may name points of their own.
 //!
+//! `mid-copy:precopy-data` and `mid-copy:setup-data` fire inside a data copy, after its first
+//! entry.
+//!
 //! `fail-do:KIND` makes the task fail instead of running, to drive a change into undo;
 //! `park-do:KIND` parks it in Wait until the change is aborted. Unset (always, in production),
 //! a check is one load of a cached empty list.

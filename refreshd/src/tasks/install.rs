@@ -258,6 +258,9 @@ fn copy_revision(
     // With a pre-copy staged, only what changed since is copied now; without, all of it.
     let staging = staging_for(dir, new);
     let stats = refreshd_copydata::finish(&src, &staging, &dst, &opts, &mut |p| {
+        if p.entries > 0 {
+            crate::engine::failpoint::hit("mid-copy:setup-data");
+        }
         if last.elapsed().as_millis() >= 250 {
             last = std::time::Instant::now();
             t.progress("copy-data", p.bytes, 0);
@@ -324,7 +327,12 @@ pub fn precopy_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcom
                     continue;
                 }
                 let started = std::time::Instant::now();
-                match refreshd_copydata::precopy(&src, &staging, &opts, &mut |_| {}) {
+                let mut progress = |p: refreshd_copydata::Progress| {
+                    if p.entries > 0 {
+                        crate::engine::failpoint::hit("mid-copy:precopy-data");
+                    }
+                };
+                match refreshd_copydata::precopy(&src, &staging, &opts, &mut progress) {
                     Ok(st) => t.log(format!(
                         "pre-copied {} ({} files, {} bytes) in {:.1} ms",
                         src.display(),
