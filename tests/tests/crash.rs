@@ -445,3 +445,96 @@ fn failure_at_every_refresh_task_is_undone() {
         }
     }
 }
+
+/// A refresh whose data copy runs out of space (a small loop-mounted ext4 holding the snap's
+/// data) fails and is undone: revision 1 current, its data intact, the inhibition lifted, and
+/// nothing of the failed copy left taking space.
+#[test]
+fn enospc_during_copy_data_is_undone() {
+    if !prerequisites() || !is_root() {
+        return;
+    }
+    if std::process::Command::new("mkfs.ext4")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        skip("mkfs.ext4 not installed (e2fsprogs)");
+        return;
+    }
+    let root = Root::new("enospc");
+    let r = root.path();
+    let store = root.aux("store");
+    fs::create_dir(&store).unwrap();
+    let img = root.aux("data.img");
+    fs::File::create(&img).unwrap().set_len(24 << 20).unwrap();
+    let st = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0"])
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let data = r.join("var/snap/crashy");
+    fs::create_dir_all(&data).unwrap();
+    // Unmounted by the Root guard on drop, like every mount under the root.
+    let st = std::process::Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount the small filesystem");
+
+    for v in ["1.0", "2.0"] {
+        let blob = root.aux(&format!("crashy-{v}.snap"));
+        hello_snap(&blob, "crashy", v);
+        refreshd_store::publish(&store, &blob, "stable").unwrap();
+    }
+    let _d = Daemon::start_with(r, store_opts(&store, None));
+    // Installs the channel's newest (revision 2); revision 3 comes later as the update.
+    let out = ctl(r, &["install", "crashy"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let current = fs::read_link(r.join("snap/crashy/current")).unwrap();
+    let big: Vec<u8> = (0..14u32 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
+    fs::write(data.join(&current).join("big"), &big).unwrap();
+    let blob = root.aux("crashy-3.0.snap");
+    hello_snap(&blob, "crashy", "3.0");
+    refreshd_store::publish(&store, &blob, "stable").unwrap();
+
+    let out = ctl(r, &["refresh", "crashy"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let ch = ctl_json(
+        r,
+        &["tasks", &the_change(r, "refresh").to_string(), "--json"],
+    );
+    assert_eq!(task(&ch, "setup-data")["status"], "Error", "{ch}");
+    let err = ch["error"].as_str().unwrap_or_default().to_owned();
+    assert!(err.contains("space"), "the error says why: {err}");
+    println!("enospc: {err}");
+    assert_eq!(
+        fs::read_link(r.join("snap/crashy/current")).unwrap(),
+        current
+    );
+    assert_eq!(
+        fs::read(data.join(&current).join("big")).unwrap(),
+        big,
+        "data intact"
+    );
+    assert!(
+        !r.join("run/refreshd/runctl/snap.crashy.inhibited").exists(),
+        "inhibition lifted"
+    );
+    let left: Vec<String> = snapshot(&data, &[])
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.contains(".refreshd-") || p.starts_with("3"))
+        .collect();
+    assert!(left.is_empty(), "the failed copy is gone: {left:?}");
+    let out = std::process::Command::new(r.join("snap/bin/crashy"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("hello from crashy {}", current.display())
+    );
+}
