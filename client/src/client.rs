@@ -198,6 +198,16 @@ impl Client {
         Ok(change.change)
     }
 
+    /// `POST /v1/snaps/NAME {"action": "revert"}`: returns the id of the revert change.
+    pub async fn revert(&self, name: &str) -> Result<u64, ClientError> {
+        let req = Req::post(
+            format!("/v1/snaps/{}", encode(name)),
+            Payload::json(&SnapAction::revert()),
+        );
+        let change: ChangeRef = self.send(&req).await?;
+        Ok(change.change)
+    }
+
     /// `POST /v1/snaps/NAME {"action": "remove"}`: returns the id of the remove change.
     pub async fn remove(&self, name: &str) -> Result<u64, ClientError> {
         let req = Req::post(

@@ -317,12 +317,20 @@ pub struct SnapAction {
 pub enum SnapActionKind {
     Remove,
     Refresh,
+    Revert,
 }
 
 impl SnapAction {
     pub fn remove() -> Self {
         SnapAction {
             action: SnapActionKind::Remove,
+            channel: None,
+        }
+    }
+
+    pub fn revert() -> Self {
+        SnapAction {
+            action: SnapActionKind::Revert,
             channel: None,
         }
     }

@@ -481,3 +481,69 @@ fn user_data_is_carried_over_safely() {
     }
     assert_eq!(fs::metadata(&new).unwrap().uid(), user.uid);
 }
+
+/// `refreshctl revert` returns to the previous revision and its own data, untouched since it
+/// was left, after waiting for running apps like a refresh.
+#[test]
+fn revert_returns_to_the_previous_revision_and_its_data() {
+    if !prerequisites() {
+        return;
+    }
+    let root = Root::new("revert");
+    let r = root.path();
+    let b2 = installed_with_update(&root);
+    let _d = Daemon::start(r);
+    fs::write(r.join("var/snap/tracked/x1/state"), "as in x1").unwrap();
+    let out = ctl(r, &["install", b2.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        fs::read_to_string(r.join("var/snap/tracked/x2/state")).unwrap(),
+        "as in x1"
+    );
+    fs::write(r.join("var/snap/tracked/x2/state"), "changed in x2").unwrap();
+
+    let app = App::launch(r, "tracked.hold");
+    assert_eq!(app.revision, "x2");
+    let out = ctl(r, &["revert", "tracked", "--no-wait"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = newest_change(r);
+    let waiting = watch_until(r, id, |c| task(c, "wait-for-apps")["status"] == "Wait");
+    assert_eq!(waiting["kind"], "revert");
+    assert_eq!(
+        fs::read_link(r.join("snap/tracked/current")).unwrap(),
+        Path::new("x2")
+    );
+    app.release();
+    assert_eq!(watch_until_ready(r, id)["status"], "Done");
+    assert_eq!(
+        fs::read_link(r.join("snap/tracked/current")).unwrap(),
+        Path::new("x1")
+    );
+    assert_eq!(
+        fs::read_link(r.join("var/snap/tracked/current")).unwrap(),
+        Path::new("x1")
+    );
+    assert_eq!(
+        fs::read_to_string(r.join("var/snap/tracked/x1/state")).unwrap(),
+        "as in x1"
+    );
+    assert_eq!(
+        fs::read_to_string(r.join("var/snap/tracked/x2/state")).unwrap(),
+        "changed in x2"
+    );
+    let hello = std::process::Command::new(r.join("snap/bin/tracked"))
+        .output()
+        .unwrap();
+    assert_eq!(text(&hello.stdout).trim(), "hello from tracked x1");
+    assert!(!r
+        .join("run/refreshd/runctl/snap.tracked.inhibited")
+        .exists());
+    // Nothing before x1: a clear refusal.
+    let out = ctl(r, &["revert", "tracked"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no revision before x1"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -64,6 +64,13 @@ pub enum Command {
         #[command(flatten)]
         wait: NoWait,
     },
+    /// Go back to the previous revision of a snap, and its own data as it was
+    Revert {
+        /// The snap's instance name
+        name: String,
+        #[command(flatten)]
+        wait: NoWait,
+    },
     /// Build a .snap from a directory holding meta/snap.yaml (like `snap pack`)
     Pack {
         /// The snap's source directory

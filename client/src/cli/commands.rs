@@ -82,6 +82,21 @@ pub async fn run(command: Command, client: &Client, clock: &Clock) -> Result<()>
             let snap = client.snap(&name).await.doing("get the refreshed snap")?;
             print(&format!("Refreshed {} to {}\n", snap.name, snap.revision))
         }
+        Command::Revert {
+            name,
+            wait: no_wait,
+        } => {
+            let id = client
+                .revert(&name)
+                .await
+                .doing(&format!("revert {name}"))?;
+            if no_wait.no_wait {
+                return print(&format!("{id}\n"));
+            }
+            wait(client, id).await?;
+            let snap = client.snap(&name).await.doing("get the reverted snap")?;
+            print(&format!("Reverted {} to {}\n", snap.name, snap.revision))
+        }
         Command::Pack { dir, output } => {
             let out = match output {
                 Some(o) => o,

@@ -197,6 +197,31 @@ pub fn install_change(ss: &SnapSetup) -> NewChange {
     )
 }
 
+/// The change that reverts to `ss.revision` (from `ss.previous`, the current one): the switch
+/// alone, in the critical section: wait-for-apps → link → launchers → lift-inhibition. The
+/// target is mounted and its data untouched since it was left.
+pub fn revert_change(ss: &SnapSetup) -> NewChange {
+    let (n, r) = (&ss.instance, &ss.revision);
+    chain(
+        "revert",
+        format!("Revert {n:?} to {r}"),
+        n,
+        serde_json::to_value(ss).expect("serializable"),
+        vec![
+            (
+                "wait-for-apps",
+                format!("Wait for the apps of snap {n:?} to exit"),
+            ),
+            ("link", format!("Make snap {n:?} ({r}) current again")),
+            ("launchers", format!("Write launchers of snap {n:?} ({r})")),
+            (
+                "lift-inhibition",
+                format!("Let the apps of snap {n:?} start again"),
+            ),
+        ],
+    )
+}
+
 /// The change that removes `rs.instance`: unlink → unmount → discard.
 pub fn remove_change(rs: &RemoveSetup) -> NewChange {
     let n = &rs.instance;
