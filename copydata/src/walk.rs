@@ -675,17 +675,22 @@ impl<'a> Walk<'a> {
         } else if !Self::racy(&m) {
             self.record(&m, DstKey::of(&d));
         }
-        if Self::linkable(&m) {
+        self.remember_link(&m, d.id);
+        Ok(())
+    }
+
+    /// Remembers a copied entry that may have hard links, so its other names link to the copy.
+    fn remember_link(&mut self, m: &Meta, dst: FileId) {
+        if Self::linkable(m) {
             self.links.insert(
                 m.id,
                 Linked {
                     rel: self.rel.clone(),
-                    dst: d.id,
+                    dst,
                     paths: vec![self.rel_key()],
                 },
             );
         }
-        Ok(())
     }
 
     /// Symlinks, fifos and device nodes: never opened for reading (an `O_PATH` fd only pins
@@ -777,16 +782,7 @@ impl<'a> Walk<'a> {
         if !Self::racy(&m) {
             self.record(&m, DstKey::of(&d));
         }
-        if Self::linkable(&m) {
-            self.links.insert(
-                m.id,
-                Linked {
-                    rel: self.rel.clone(),
-                    dst: d.id,
-                    paths: vec![self.rel_key()],
-                },
-            );
-        }
+        self.remember_link(&m, d.id);
         Ok(())
     }
 
