@@ -24,6 +24,7 @@ use crate::engine::Engine;
 use crate::fsutil;
 use crate::layout::Layout;
 use crate::tasks::{self, install, Ctx, MountMode, SnapSetup};
+use crate::tasks::services;
 use crate::tracking::{self, Tracking};
 
 /// How long a shutdown waits for running task handlers to reach their end.
@@ -69,6 +70,16 @@ pub struct Args {
     /// Interval of the polling fallback, in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub poll_interval_ms: u64,
+    /// How snaps' services are run: systemd units (auto: when systemd is PID 1 and the root is
+    /// /), or not at all (none: unit files are written, nothing is started or stopped).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub services: services::Choice,
+    /// How long a snap's hook may run before it is stopped, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub hook_timeout: u64,
+    /// How many revisions of each snap to keep, the current one included (2 to 20).
+    #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=20))]
+    pub retain: u32,
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -207,11 +218,19 @@ impl Daemon {
             )),
             None => None,
         };
+        let services = services::Services::setup(&layout, args.services)?;
+        info!(
+            services = services.kind.as_str(),
+            "services: {}", services.reason
+        );
         let ctx = Arc::new(Ctx {
             layout: layout.clone(),
             mount_mode,
             tracking,
             store,
+            services,
+            hook_timeout: Duration::from_secs(args.hook_timeout.max(1)),
+            retain: args.retain as usize,
         });
         recover(&ctx, &mut state)?;
 

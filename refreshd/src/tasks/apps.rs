@@ -58,6 +58,8 @@ pub fn wait_for_apps(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outco
                 );
             }
             drop(lock);
+            // The refresh is pending: the app may prepare and exit (bounded; never fatal).
+            super::hooks::refresh_pending(c, t, &ss)?;
             Ok(wait_for(c, name, &procs))
         }
     }

@@ -4,10 +4,13 @@
 //! world rather than trusting that an earlier run did or did not get somewhere.
 
 pub mod apps;
+pub mod cleanup;
 pub mod download;
+pub mod hooks;
 pub mod install;
 pub mod launchers;
 pub mod remove;
+pub mod services;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -45,6 +48,12 @@ pub struct Ctx {
     pub tracking: Arc<crate::tracking::Tracking>,
     /// Where new revisions come from (`refreshd --store`), if anywhere.
     pub store: Option<Arc<refreshd_store::Store>>,
+    /// How snaps' services are run (systemd, or left alone).
+    pub services: services::Services,
+    /// How long a snap's hook may run before it is killed (`refreshd --hook-timeout`).
+    pub hook_timeout: std::time::Duration,
+    /// How many revisions of a snap are kept, the current one included (`refreshd --retain`).
+    pub retain: usize,
 }
 
 /// The data an install change carries (the change's `data`), shared by its tasks.
@@ -113,7 +122,7 @@ impl Handler for FnHandler {
 
 /// Every task kind this daemon knows, with its handler.
 pub fn handlers(ctx: Arc<Ctx>) -> HashMap<String, Arc<dyn Handler>> {
-    let table: [(&str, HandlerFn); 12] = [
+    let table: [(&str, HandlerFn); 17] = [
         ("precopy-data", install::precopy_data),
         ("download", download::download),
         ("wait-for-apps", apps::wait_for_apps),
@@ -126,6 +135,11 @@ pub fn handlers(ctx: Arc<Ctx>) -> HashMap<String, Arc<dyn Handler>> {
         ("unlink", remove::unlink),
         ("unmount", remove::unmount),
         ("discard", remove::discard),
+        ("pre-refresh-hook", hooks::pre_refresh),
+        ("post-refresh-hook", hooks::post_refresh),
+        ("stop-services", services::stop),
+        ("start-services", services::start),
+        ("cleanup", cleanup::cleanup),
     ];
     table
         .into_iter()
@@ -145,9 +159,11 @@ pub fn setup<T: serde::de::DeserializeOwned>(t: &TaskCtx) -> anyhow::Result<T> {
         .map_err(|e| anyhow::anyhow!("change {} has malformed data: {e}", t.change.id))
 }
 
-/// The change that installs `ss`: prepare → mount → setup-data → link → launchers. When a
-/// revision is current already (a refresh from a file), the data copy and the switch form a
-/// critical section: wait-for-apps before, lift-inhibition after.
+/// The change that installs `ss`: prepare → mount → setup-data → link → launchers →
+/// start-services. When a revision is current already (a refresh), the pre-refresh hook runs
+/// and the data is pre-copied while the apps still run; then the critical section: wait-for-apps
+/// → stop-services → setup-data → link → launchers → lift-inhibition; then the services start,
+/// the post-refresh hook runs, and revisions beyond the retain count go.
 pub fn install_change(ss: &SnapSetup) -> NewChange {
     let (n, r) = (&ss.instance, &ss.revision);
     let mut steps = vec![];
@@ -163,14 +179,21 @@ pub fn install_change(ss: &SnapSetup) -> NewChange {
     ]);
     let refresh = ss.previous.is_some();
     if refresh {
-        steps.push((
-            "precopy-data",
-            format!("Copy the data of snap {n:?} ahead of the refresh"),
-        ));
-        steps.push((
-            "wait-for-apps",
-            format!("Wait for the apps of snap {n:?} to exit"),
-        ));
+        steps.extend([
+            (
+                "pre-refresh-hook",
+                format!("Run the pre-refresh hook of snap {n:?}"),
+            ),
+            (
+                "precopy-data",
+                format!("Copy the data of snap {n:?} ahead of the refresh"),
+            ),
+            (
+                "wait-for-apps",
+                format!("Wait for the apps of snap {n:?} to exit"),
+            ),
+            ("stop-services", format!("Stop the services of snap {n:?}")),
+        ]);
     }
     steps.extend([
         ("setup-data", format!("Set up data of snap {n:?} ({r})")),
@@ -182,6 +205,19 @@ pub fn install_change(ss: &SnapSetup) -> NewChange {
             "lift-inhibition",
             format!("Let the apps of snap {n:?} start again"),
         ));
+    }
+    steps.push((
+        "start-services",
+        format!("Start the services of snap {n:?} ({r})"),
+    ));
+    if refresh {
+        steps.extend([
+            (
+                "post-refresh-hook",
+                format!("Run the post-refresh hook of snap {n:?} ({r})"),
+            ),
+            ("cleanup", format!("Discard old revisions of snap {n:?}")),
+        ]);
     }
     let (kind, summary) = match (&ss.download, refresh) {
         (None, _) => ("install", format!("Install {n:?} ({r}) from a file")),
@@ -198,8 +234,9 @@ pub fn install_change(ss: &SnapSetup) -> NewChange {
 }
 
 /// The change that reverts to `ss.revision` (from `ss.previous`, the current one): the switch
-/// alone, in the critical section: wait-for-apps → link → launchers → lift-inhibition. The
-/// target is mounted and its data untouched since it was left.
+/// alone, in the critical section: wait-for-apps → stop-services → link → launchers →
+/// lift-inhibition → start-services. The target is mounted and its data untouched since it
+/// was left.
 pub fn revert_change(ss: &SnapSetup) -> NewChange {
     let (n, r) = (&ss.instance, &ss.revision);
     chain(
@@ -212,17 +249,22 @@ pub fn revert_change(ss: &SnapSetup) -> NewChange {
                 "wait-for-apps",
                 format!("Wait for the apps of snap {n:?} to exit"),
             ),
+            ("stop-services", format!("Stop the services of snap {n:?}")),
             ("link", format!("Make snap {n:?} ({r}) current again")),
             ("launchers", format!("Write launchers of snap {n:?} ({r})")),
             (
                 "lift-inhibition",
                 format!("Let the apps of snap {n:?} start again"),
             ),
+            (
+                "start-services",
+                format!("Start the services of snap {n:?} ({r})"),
+            ),
         ],
     )
 }
 
-/// The change that removes `rs.instance`: unlink → unmount → discard.
+/// The change that removes `rs.instance`: stop-services → unlink → unmount → discard.
 pub fn remove_change(rs: &RemoveSetup) -> NewChange {
     let n = &rs.instance;
     chain(
@@ -231,6 +273,7 @@ pub fn remove_change(rs: &RemoveSetup) -> NewChange {
         n,
         serde_json::to_value(rs).expect("serializable"),
         vec![
+            ("stop-services", format!("Stop the services of snap {n:?}")),
             ("unlink", format!("Make snap {n:?} unavailable")),
             ("unmount", format!("Unmount snap {n:?}")),
             ("discard", format!("Remove data and files of snap {n:?}")),
