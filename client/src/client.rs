@@ -30,8 +30,8 @@ use tokio::time::Instant;
 use tokio_util::io::ReaderStream;
 
 use crate::types::{
-    Change, ChangeAction, ChangeRef, ErrorBody, ErrorKind, Select, Snap, SnapAction, StoreInstall,
-    SystemInfo,
+    Change, ChangeAction, ChangeRef, ErrorBody, ErrorKind, Hold, RefreshPlan, RefreshRequest,
+    RefreshResult, Select, Snap, SnapAction, StoreInstall, SystemInfo,
 };
 
 /// The header that makes a `POST` safe to repeat (docs/api.md, "Idempotency").
@@ -196,6 +196,41 @@ impl Client {
         );
         let change: ChangeRef = self.send(&req).await?;
         Ok(change.change)
+    }
+
+    /// `GET /v1/refresh`: the snaps with a newer revision in their channel; changes nothing.
+    pub async fn refresh_plan(&self) -> Result<RefreshPlan, ClientError> {
+        self.get("/v1/refresh").await
+    }
+
+    /// `POST /v1/refresh {"action": "refresh"}`: one refresh change per snap in `names`, or per
+    /// snap with an update when `names` is empty (held snaps skipped).
+    pub async fn refresh_many(&self, names: &[String]) -> Result<RefreshResult, ClientError> {
+        let req = Req::post(
+            "/v1/refresh".to_string(),
+            Payload::json(&RefreshRequest::refresh(names)),
+        );
+        self.send(&req).await
+    }
+
+    /// `POST /v1/refresh {"action": "hold"}`: holds refreshes of `names` (every installed snap
+    /// when empty); returns those snaps.
+    pub async fn hold(&self, names: &[String], hold: Hold) -> Result<Vec<Snap>, ClientError> {
+        let req = Req::post(
+            "/v1/refresh".to_string(),
+            Payload::json(&RefreshRequest::hold(names, hold)),
+        );
+        self.send(&req).await
+    }
+
+    /// `POST /v1/refresh {"action": "unhold"}`: lifts the holds of `names` (of every installed
+    /// snap when empty); returns those snaps.
+    pub async fn unhold(&self, names: &[String]) -> Result<Vec<Snap>, ClientError> {
+        let req = Req::post(
+            "/v1/refresh".to_string(),
+            Payload::json(&RefreshRequest::unhold(names)),
+        );
+        self.send(&req).await
     }
 
     /// `POST /v1/snaps/NAME {"action": "revert"}`: returns the id of the revert change.

@@ -11,6 +11,9 @@ use std::path::PathBuf;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+mod refresh;
+pub use refresh::*;
+
 /// `GET /v1/system-info`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -31,6 +34,21 @@ pub struct SystemInfo {
     /// Why that backend (or why none is usable).
     #[serde(default)]
     pub tracking_reason: String,
+    /// How snaps' services are run: `systemd` or `none` (left alone).
+    #[serde(default)]
+    pub services: String,
+    /// Why (for `none`: why systemd is not used).
+    #[serde(default)]
+    pub services_reason: String,
+    /// How often snaps are refreshed by themselves (`6h`); absent when auto-refresh is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_refresh: Option<String>,
+    /// When the next auto-refresh is due; absent when auto-refresh is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_auto_refresh: Option<Timestamp>,
+    /// When auto-refresh last ran (kept across restarts); absent if it never did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_auto_refresh: Option<Timestamp>,
 }
 
 /// How snap payloads are made available.
@@ -458,7 +476,9 @@ mod tests {
               "changes-in-progress": 1,
               "mount-mode": "loop",
               "tracking": "v1",
-              "tracking-reason": "cgroup v1 freezer with the release agent"
+              "tracking-reason": "cgroup v1 freezer with the release agent",
+              "services": "none",
+              "services-reason": "systemd is not PID 1"
             }"#,
         );
         assert_eq!(info.mount_mode, MountMode::Loop);

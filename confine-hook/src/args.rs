@@ -3,8 +3,10 @@
 //! Two forms:
 //! - through a launcher symlink `snap/bin/NAME` or `snap/bin/NAME.APP`: the name is the
 //!   basename of `argv[0]` and every other argument belongs to the app;
-//! - explicitly: `confine-hook NAME[.APP] [-- ARGS...]` when `argv[0]`'s basename is
-//!   `confine-hook` (so a snap named `confine-hook` can only be launched this way).
+//! - explicitly: `confine-hook [--command=stop] NAME[.APP] [-- ARGS...]` when `argv[0]`'s
+//!   basename is `confine-hook` (so a snap named `confine-hook` can only be launched this way).
+//!   `--command=stop` runs the app's `stop-command` instead (what a service unit's `ExecStop=`
+//!   calls).
 //!
 //! `NAME` is an instance name (`snap` or `snap_key`); a bare `NAME` launches the app named like
 //! the snap (instance `foo_bar` → app `foo`). Everything is checked with the runctl rules
@@ -20,7 +22,8 @@ use crate::error::{fail, show, Result};
 /// The basename under which the launcher is its own command.
 pub const SELF_NAME: &[u8] = b"confine-hook";
 
-const USAGE: &str = "usage: confine-hook NAME[.APP] [-- ARGS...] (or run a launcher in snap/bin)";
+const USAGE: &str =
+    "usage: confine-hook [--command=stop] NAME[.APP] [-- ARGS...] (or run a launcher in snap/bin)";
 
 /// What to launch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +34,8 @@ pub struct Target {
     pub app: Vec<u8>,
     /// The caller's arguments, appended after the launch description's.
     pub args: Vec<OsString>,
+    /// Run the app's stop-command rather than the app.
+    pub stop: bool,
 }
 
 impl Target {
@@ -76,13 +81,19 @@ pub fn parse(argv: &[OsString]) -> Result<Target> {
         ));
     }
     let base = argv0.rsplit(|&c| c == b'/').next().unwrap_or(argv0);
+    let mut stop = false;
     let (name, args) = if base == SELF_NAME {
-        let Some(name) = argv.get(1) else {
+        let mut first = 1;
+        if argv.get(1).is_some_and(|a| a == "--command=stop") {
+            stop = true;
+            first = 2;
+        }
+        let Some(name) = argv.get(first) else {
             return Err(fail!("no app named; {USAGE}"));
         };
-        let args = match argv.get(2) {
-            None => &argv[2..],
-            Some(sep) if sep == "--" => &argv[3..],
+        let args = match argv.get(first + 1) {
+            None => &argv[first + 1..],
+            Some(sep) if sep == "--" => &argv[first + 2..],
             Some(other) => {
                 return Err(fail!(
                     "expected \"--\" before the app's arguments, found {:?}; {USAGE}",
@@ -106,6 +117,7 @@ pub fn parse(argv: &[OsString]) -> Result<Target> {
         instance,
         app,
         args: args.to_vec(),
+        stop,
     })
 }
 
@@ -231,6 +243,35 @@ mod tests {
         for (argv, want) in table {
             assert_eq!(&run(argv), want, "{argv:?}");
         }
+    }
+
+    #[test]
+    fn stop_command_form() {
+        let argv = |a: &[&[u8]]| a.iter().map(|b| os(b)).collect::<Vec<_>>();
+        let t = parse(&argv(&[b"confine-hook", b"--command=stop", b"svc.d"])).unwrap();
+        assert!(t.stop);
+        assert_eq!(
+            (t.instance.as_slice(), t.app.as_slice()),
+            (&b"svc"[..], &b"d"[..])
+        );
+        let t = parse(&argv(&[
+            b"confine-hook",
+            b"--command=stop",
+            b"svc.d",
+            b"--",
+            b"x",
+        ]))
+        .unwrap();
+        assert_eq!(t.args, [os(b"x")]);
+        // Only in the explicit form, only spelled exactly so, never from a launcher.
+        assert!(
+            !parse(&argv(&[b"/snap/bin/svc.d", b"--command=stop"]))
+                .unwrap()
+                .stop
+        );
+        assert!(parse(&argv(&[b"confine-hook", b"--command=stop"])).is_err());
+        assert!(parse(&argv(&[b"confine-hook", b"--command=start", b"svc.d"])).is_err());
+        assert!(!parse(&argv(&[b"confine-hook", b"svc.d"])).unwrap().stop);
     }
 
     #[test]

@@ -66,6 +66,38 @@ pub fn join_all(root: &[u8], name: &[u8]) -> Result<Joined> {
     Ok(joined)
 }
 
+/// Whether this process is the snap's service, started by systemd: it is in the unit's cgroup
+/// `/system.slice/snap.INSTANCE.APP.service` (v2 or the `name=systemd` v1 hierarchy), as seen
+/// from PID 1's cgroup namespace. Only root makes cgroups there, and a namespace of a user's own
+/// (where the path could be faked) is not PID 1's. A service stays in its unit's cgroup:
+/// systemd tracks and stops it, and refreshd stops it before a refresh's critical section.
+pub fn in_service_unit(instance: &[u8], app: &[u8]) -> bool {
+    let Ok(text) = std::fs::read("/proc/self/cgroup") else {
+        return false;
+    };
+    let unit = [b"/system.slice/snap.", instance, b".", app, b".service"].concat();
+    unit_in(&text, &unit) && same_cgroup_ns()
+}
+
+/// Whether `/proc/self/cgroup` text puts the process in `unit` in a hierarchy systemd manages.
+fn unit_in(text: &[u8], unit: &[u8]) -> bool {
+    text.split(|&c| c == b'\n').any(|line| {
+        let mut parts = line.splitn(3, |&c| c == b':');
+        let (_, ctrl, path) = (parts.next(), parts.next(), parts.next());
+        matches!(ctrl, Some(b"") | Some(b"name=systemd")) && path == Some(unit)
+    })
+}
+
+fn same_cgroup_ns() -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/cgroup"),
+        std::fs::read_link("/proc/1/ns/cgroup"),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 fn join_one(mnt: &[u8], parent: &[u8], leaf: &[u8], v1: bool, pid: &[u8]) -> Result<()> {
     let path = join(&join(mnt, parent), leaf);
     let kind = if v1 { "cgroup v1 freezer" } else { "cgroup v2" };
@@ -166,6 +198,29 @@ mod tests {
             let m = parse_mountinfo(text.as_bytes());
             assert_eq!(m.freezer.as_deref(), freezer.map(str::as_bytes), "{text}");
             assert_eq!(m.unified.as_deref(), unified.map(str::as_bytes), "{text}");
+        }
+    }
+
+    #[test]
+    fn service_units() {
+        let unit = b"/system.slice/snap.svc.d.service";
+        let yes: &[&[u8]] = &[
+            b"0::/system.slice/snap.svc.d.service\n",
+            b"12:freezer:/\n1:name=systemd:/system.slice/snap.svc.d.service\n0::/\n",
+        ];
+        let no: &[&[u8]] = &[
+            b"0::/system.slice/snap.svc.d.service/child\n",
+            b"0::/user.slice/user-1000.slice/user@1000.service/app.slice/snap.svc.d.service\n",
+            b"0::/system.slice/snap.svc.dd.service\n",
+            b"3:cpu:/system.slice/snap.svc.d.service\n0::/user.slice\n",
+            b"1:name=other:/system.slice/snap.svc.d.service\n",
+            b"",
+        ];
+        for t in yes {
+            assert!(unit_in(t, unit), "{}", String::from_utf8_lossy(t));
+        }
+        for t in no {
+            assert!(!unit_in(t, unit), "{}", String::from_utf8_lossy(t));
         }
     }
 

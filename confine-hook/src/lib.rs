@@ -7,7 +7,8 @@
 //!    directory used is reached with `O_NOFOLLOW` from its parent's fd and must be root's.
 //! 3. `runctl`: take `snap.NAME.lock`; while `snap.NAME.inhibited` exists, release it and
 //!    block on inotify until the marker is gone.
-//! 4. `cgroup`: join `PARENT/snap.NAME` in the v1 freezer and v2 hierarchies.
+//! 4. `cgroup`: join `PARENT/snap.NAME` in the v1 freezer and v2 hierarchies — unless this
+//!    is the snap's service started by systemd (in the unit's own cgroup), which stays there.
 //! 5. `runctl`: create `snap.NAME.running`, release the lock.
 //! 6. `snap/NAME/current` → REV, then `launch`: read the launch description.
 //! 7. `privs`: drop privileges; `env`: build the environment; create the user's snap
@@ -77,15 +78,31 @@ fn launch_app() -> Result<Infallible> {
         .ok_or_else(not_installed)?;
 
     let runctl = runctl::open_dir(&root)?;
+    // A service started by systemd stays in its unit's cgroup: refreshd stops and starts
+    // services itself, around the critical section, and does not wait for them.
+    let service = cgroup::in_service_unit(&target.instance, &target.app);
     // Kept open until execve closes it (see runctl::Waiter).
     let mut waiter = None;
-    let lock = runctl::lock_when_not_inhibited(&runctl, &target.instance, caller.uid, &mut waiter)?;
-    cgroup::join_all(&root.path, &target.instance)?;
-    runctl::mark_running(&runctl, &target.instance)?;
-    drop(lock);
+    if service && target.stop {
+        // A stop-command must run even inside the critical section: refreshd stops the
+        // services there.
+    } else {
+        let lock =
+            runctl::lock_when_not_inhibited(&runctl, &target.instance, caller.uid, &mut waiter)?;
+        if !service {
+            cgroup::join_all(&root.path, &target.instance)?;
+            runctl::mark_running(&runctl, &target.instance)?;
+        }
+        drop(lock);
+    }
 
     let rev = current_revision(&instance_dir, &name)?;
-    let launch = launch::read(&root, &target.instance, &rev, &target.app)?;
+    let desc = if target.stop {
+        [target.app.as_slice(), b".stop"].concat()
+    } else {
+        target.app.clone()
+    };
+    let launch = launch::read(&root, &target.instance, &rev, &desc)?;
     if launch
         .snap_name
         .as_deref()

@@ -23,8 +23,8 @@ use crate::db::Db;
 use crate::engine::Engine;
 use crate::fsutil;
 use crate::layout::Layout;
-use crate::tasks::{self, install, Ctx, MountMode, SnapSetup};
 use crate::tasks::services;
+use crate::tasks::{self, install, Ctx, MountMode, SnapSetup};
 use crate::tracking::{self, Tracking};
 
 /// How long a shutdown waits for running task handlers to reach their end.
@@ -80,6 +80,10 @@ pub struct Args {
     /// How many revisions of each snap to keep, the current one included (2 to 20).
     #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=20))]
     pub retain: u32,
+    /// Refresh every snap with an update this often (30m, 6h, 1d; held snaps are skipped, apps
+    /// are waited for); off when absent.
+    #[arg(long, value_name = "EVERY", value_parser = refreshd_snap::text::parse_duration)]
+    pub auto_refresh: Option<Duration>,
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -114,6 +118,8 @@ pub struct Daemon {
     pub layout: Layout,
     pub engine: Engine,
     pub api: Arc<ApiState>,
+    /// `--auto-refresh`: how often snaps are refreshed by themselves.
+    pub auto_refresh: Option<Duration>,
     _lock: Flock<File>,
 }
 
@@ -251,6 +257,7 @@ impl Daemon {
             layout,
             engine,
             api,
+            auto_refresh: args.auto_refresh,
             _lock: lock,
         })
     }
@@ -282,8 +289,10 @@ impl Daemon {
             let shutdown = shutdown.clone();
             async move { engine.run(shutdown, SHUTDOWN_GRACE).await }
         });
+        let auto_refresh = crate::autorefresh::start(self.api.clone(), self.auto_refresh).await;
         let served = api::serve(listener, self.api.clone()).await;
         shutdown.cancel();
+        let _ = auto_refresh.await;
         let _ = engine_task.await;
         let _ = fs::remove_file(self.layout.socket());
         info!("stopped");

@@ -99,6 +99,10 @@ impl Layout {
     pub fn hook(&self) -> PathBuf {
         self.at(refreshd_runctl::HOOK_PATH)
     }
+    /// Where services' unit files are written (`snap.NAME.APP.service`).
+    pub fn unit_dir(&self) -> PathBuf {
+        self.at("etc/systemd/system")
+    }
     pub fn runtime_dir(&self) -> PathBuf {
         self.at("run/refreshd")
     }
@@ -126,6 +130,7 @@ impl Layout {
             (self.at("var/snap"), 0o755),
             (self.runtime_dir(), 0o755),
             (self.at(refreshd_runctl::LAUNCH_DIR), 0o755),
+            (self.unit_dir(), 0o755),
         ] {
             std::fs::DirBuilder::new()
                 .recursive(true)

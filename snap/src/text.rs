@@ -2,7 +2,10 @@
 //!
 //! Names, snap.yaml contents and tool output all come from the snap file, which anyone may
 //! upload; escaping and truncating them keeps an error message from rewriting a terminal or
-//! flooding a log.
+//! flooding a log. Durations (`2h`, `1h30m`) are read and written here too, one syntax for the
+//! daemon's options and the command line.
+
+use std::time::Duration;
 
 /// How many characters of a rejected input an error message shows.
 const QUOTE_MAX_CHARS: usize = 60;
@@ -53,9 +56,159 @@ pub fn one_line(s: &str) -> String {
     out
 }
 
+/// The longest duration [`parse_duration`] accepts: 100 years (36500d). A time that far ahead
+/// still fits every clock; beyond it, what is meant is "forever".
+pub const DURATION_MAX: Duration = Duration::from_secs(36_500 * 86_400);
+
+/// The units of a duration, largest first, with their length in seconds.
+const UNITS: [(char, u64); 4] = [('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)];
+
+/// A duration that [`parse_duration`] refused; the message says what is wrong and shows the
+/// syntax.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {}: {reason}; write a number and a unit (s, m, h, d) like 30s, 15m, 2h, 7d or 1h30m", quote(.input))]
+pub struct DurationError {
+    pub input: String,
+    pub reason: &'static str,
+}
+
+/// Parses a duration written as numbers with units, largest unit first, each unit at most once:
+/// `30s`, `15m`, `2h`, `7d`, `1h30m`, `1d12h`. Zero and more than [`DURATION_MAX`] are refused.
+///
+/// One syntax for every duration refreshd and refreshctl take (`refreshd --auto-refresh`,
+/// `refreshctl refresh --hold`), so what works in one place works in the other.
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    let err = |reason| DurationError {
+        input: s.to_owned(),
+        reason,
+    };
+    if s.is_empty() {
+        return Err(err("it is empty"));
+    }
+    let mut total: u64 = 0;
+    // Index into UNITS of the next unit allowed: each unit must be smaller than the last.
+    let mut next_unit = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(err("expected a number"));
+        }
+        let (number, tail) = rest.split_at(digits);
+        let mut chars = tail.chars();
+        let Some(unit) = chars.next() else {
+            return Err(err("the last number has no unit"));
+        };
+        let Some(pos) = UNITS.iter().position(|(u, _)| *u == unit) else {
+            return Err(err("unknown unit"));
+        };
+        if pos < next_unit {
+            return Err(err("units must go from largest to smallest, each once"));
+        }
+        next_unit = pos + 1;
+        let n: u64 = number.parse().map_err(|_| err("too long"))?;
+        total = n
+            .checked_mul(UNITS[pos].1)
+            .and_then(|secs| total.checked_add(secs))
+            .ok_or_else(|| err("too long"))?;
+        rest = chars.as_str();
+    }
+    if total == 0 {
+        return Err(err("it must be longer than zero"));
+    }
+    let d = Duration::from_secs(total);
+    if d > DURATION_MAX {
+        return Err(err("it is longer than 36500d (100 years)"));
+    }
+    Ok(d)
+}
+
+/// Writes a duration the way [`parse_duration`] reads it (`1h30m`; whole seconds, `0s` for
+/// less than one).
+pub fn format_duration(d: Duration) -> String {
+    let mut secs = d.as_secs();
+    if secs == 0 {
+        return "0s".to_owned();
+    }
+    let mut out = String::new();
+    for (unit, len) in UNITS {
+        if secs >= len {
+            out.push_str(&format!("{}{unit}", secs / len));
+            secs %= len;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        let min = 60;
+        let hour = 60 * min;
+        let day = 24 * hour;
+        let cases: &[(&str, u64)] = &[
+            ("1s", 1),
+            ("30s", 30),
+            ("15m", 15 * min),
+            ("2h", 2 * hour),
+            ("7d", 7 * day),
+            ("1h30m", hour + 30 * min),
+            ("1d12h", day + 12 * hour),
+            ("1d2h3m4s", day + 2 * hour + 3 * min + 4),
+            ("90m", 90 * min),
+            ("0h5m", 5 * min),
+            ("36500d", 36_500 * day),
+        ];
+        for (input, secs) in cases {
+            let d = parse_duration(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(d, Duration::from_secs(*secs), "{input}");
+            // What format_duration writes parses back to the same.
+            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d, "{input}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(90 * min)), "1h30m");
+        assert_eq!(format_duration(Duration::from_secs(day + 4)), "1d4s");
+        assert_eq!(format_duration(Duration::from_millis(500)), "0s");
+    }
+
+    #[test]
+    fn bad_durations_say_why() {
+        let cases: &[(&str, &str)] = &[
+            ("", "it is empty"),
+            ("2", "the last number has no unit"),
+            ("1h30", "the last number has no unit"),
+            ("h", "expected a number"),
+            ("-1h", "expected a number"),
+            ("+1h", "expected a number"),
+            ("1.5h", "unknown unit"),
+            ("2x", "unknown unit"),
+            ("2H", "unknown unit"),
+            ("2 h", "unknown unit"),
+            (" 2h", "expected a number"),
+            ("2h ", "expected a number"),
+            ("1w", "unknown unit"),
+            ("forever", "expected a number"),
+            ("30m1h", "units must go from largest to smallest, each once"),
+            ("1h1h", "units must go from largest to smallest, each once"),
+            ("0s", "it must be longer than zero"),
+            ("0d0h", "it must be longer than zero"),
+            ("36501d", "it is longer than 36500d (100 years)"),
+            ("99999999999999999999s", "too long"),
+            ("999999999999999999d", "too long"),
+        ];
+        for (input, reason) in cases {
+            let e = parse_duration(input).expect_err(input);
+            assert_eq!(e.reason, *reason, "{input:?}");
+            let msg = e.to_string();
+            assert!(!msg.contains('\n') && msg.contains("1h30m"), "{msg}");
+        }
+        assert_eq!(
+            parse_duration("2x").unwrap_err().to_string(),
+            "invalid duration \"2x\": unknown unit; write a number and a unit (s, m, h, d) like 30s, 15m, 2h, 7d or 1h30m"
+        );
+    }
 
     #[test]
     fn one_line_flattens_escapes_and_caps() {

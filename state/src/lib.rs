@@ -7,7 +7,9 @@
 //!
 //! The API is typed and synchronous; the daemon calls it from blocking threads.
 
+mod batch;
 mod schema;
+mod settings;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -16,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
+pub use batch::BatchItem;
 pub use schema::SCHEMA_VERSION;
 
 pub type ChangeId = u64;
@@ -387,6 +390,19 @@ impl State {
         Ok(())
     }
 
+    /// Deletes the record of a revision a snap no longer keeps. Refuses (returns false, deletes
+    /// nothing) when it is the snap's current revision: the check and the delete are one
+    /// statement, so nothing can make it current in between. Returns whether a row was deleted
+    /// (false too when there was none: a second run after a crash).
+    pub fn delete_old_revision(&mut self, snap: &str, revision: &str) -> Result<bool> {
+        let n = self.conn.execute(
+            "DELETE FROM revisions WHERE snap = ?1 AND revision = ?2
+               AND NOT EXISTS (SELECT 1 FROM snaps WHERE name = ?1 AND current IS ?2)",
+            [snap, revision],
+        )?;
+        Ok(n > 0)
+    }
+
     // ---- changes and tasks ----
 
     /// Creates a change with its tasks in one transaction.
@@ -410,6 +426,15 @@ impl State {
                 }
                 return Ok(Created::Existing(id));
             }
+            if let Some(request) = batch::lookup(&tx, k.uid, k.key)?
+                .first()
+                .map(|b| b.0.clone())
+            {
+                return Err(Error::KeyReused {
+                    key: k.key.to_owned(),
+                    request,
+                });
+            }
         }
         if let Some(snap) = &new.snap {
             if let Some(change) = in_progress_for(&tx, snap)? {
@@ -419,36 +444,7 @@ impl State {
                 });
             }
         }
-        tx.execute(
-            "INSERT INTO changes (kind, summary, snap, data, spawn_time) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![new.kind, new.summary, new.snap, new.data.to_string(), now],
-        )?;
-        let change = tx.last_insert_rowid() as ChangeId;
-        let mut ids: Vec<TaskId> = Vec::with_capacity(new.tasks.len());
-        for (seq, t) in new.tasks.iter().enumerate() {
-            let waits: Vec<TaskId> = t
-                .waits_for
-                .iter()
-                .map(|&i| {
-                    assert!(i < seq, "task {seq} may only wait for earlier tasks");
-                    ids[i]
-                })
-                .collect();
-            tx.execute(
-                "INSERT INTO tasks (change_id, seq, kind, summary, status, data, waits_for, spawn_time)
-                 VALUES (?1, ?2, ?3, ?4, 'Do', ?5, ?6, ?7)",
-                params![
-                    change as i64,
-                    seq as i64,
-                    t.kind,
-                    t.summary,
-                    t.data.to_string(),
-                    serde_json::to_string(&waits)?,
-                    now
-                ],
-            )?;
-            ids.push(tx.last_insert_rowid() as TaskId);
-        }
+        let change = insert_change(&tx, new, now)?;
         if let Some(k) = key {
             tx.execute(
                 "INSERT INTO idempotency_keys (uid, key, request, change_id, created) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -572,6 +568,41 @@ impl State {
         tx.commit()?;
         Ok(n)
     }
+}
+
+/// Inserts `new` and its tasks (the caller holds the transaction and checked for conflicts).
+fn insert_change(tx: &Connection, new: &NewChange, now: i64) -> Result<ChangeId> {
+    tx.execute(
+        "INSERT INTO changes (kind, summary, snap, data, spawn_time) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![new.kind, new.summary, new.snap, new.data.to_string(), now],
+    )?;
+    let change = tx.last_insert_rowid() as ChangeId;
+    let mut ids: Vec<TaskId> = Vec::with_capacity(new.tasks.len());
+    for (seq, t) in new.tasks.iter().enumerate() {
+        let waits: Vec<TaskId> = t
+            .waits_for
+            .iter()
+            .map(|&i| {
+                assert!(i < seq, "task {seq} may only wait for earlier tasks");
+                ids[i]
+            })
+            .collect();
+        tx.execute(
+            "INSERT INTO tasks (change_id, seq, kind, summary, status, data, waits_for, spawn_time)
+             VALUES (?1, ?2, ?3, ?4, 'Do', ?5, ?6, ?7)",
+            params![
+                change as i64,
+                seq as i64,
+                t.kind,
+                t.summary,
+                t.data.to_string(),
+                serde_json::to_string(&waits)?,
+                now
+            ],
+        )?;
+        ids.push(tx.last_insert_rowid() as TaskId);
+    }
+    Ok(change)
 }
 
 fn save_task_on(conn: &Connection, t: &TaskRow) -> Result<()> {

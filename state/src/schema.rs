@@ -84,6 +84,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (uid, key)
     ) STRICT;
     "#,
+    // 2: daemon-wide settings (the auto-refresh schedule).
+    r#"
+    CREATE TABLE settings (
+        key    TEXT PRIMARY KEY,                -- a dotted name, e.g. "auto-refresh.last"
+        value  TEXT NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -263,6 +263,55 @@ fn snaps_and_revisions() {
 }
 
 #[test]
+fn old_revisions_are_deleted_but_never_the_current_one() {
+    let mut st = State::open_in_memory().unwrap();
+    for snap in ["hello", "other"] {
+        st.put_snap(&snap_row(snap)).unwrap();
+        for (i, r) in ["x1", "x2", "x3"].into_iter().enumerate() {
+            st.put_revision(&RevisionRow {
+                snap: snap.into(),
+                revision: r.into(),
+                version: "1.0".into(),
+                summary: None,
+                sha3_384: "ab".into(),
+                size: 1,
+                manifest: String::new(),
+                added: i as i64,
+            })
+            .unwrap();
+        }
+        st.set_current(snap, Some("x3")).unwrap();
+    }
+    let revs = |st: &State, snap: &str| -> Vec<String> {
+        st.revisions(snap)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.revision)
+            .collect()
+    };
+    assert!(st.delete_old_revision("hello", "x1").unwrap());
+    assert!(
+        !st.delete_old_revision("hello", "x1").unwrap(),
+        "already gone"
+    );
+    assert!(!st.delete_old_revision("hello", "x3").unwrap(), "current");
+    assert!(
+        !st.delete_old_revision("hello", "x9").unwrap(),
+        "never there"
+    );
+    assert_eq!(revs(&st, "hello"), ["x2", "x3"]);
+    assert_eq!(
+        revs(&st, "other"),
+        ["x1", "x2", "x3"],
+        "another snap's rows"
+    );
+    // Not linked (current NULL): any revision may go.
+    st.set_current("hello", None).unwrap();
+    assert!(st.delete_old_revision("hello", "x3").unwrap());
+    assert_eq!(revs(&st, "hello"), ["x2"]);
+}
+
+#[test]
 fn survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
@@ -275,4 +324,128 @@ fn survives_reopen() {
     let st = State::open(&path).unwrap();
     assert_eq!(st.change(id).unwrap().unwrap().kind, "install");
     assert_eq!(st.tasks(id).unwrap().len(), 2);
+}
+
+#[test]
+fn batch_skips_busy_snaps_and_its_key_returns_the_same_changes() {
+    let mut st = State::open_in_memory().unwrap();
+    let busy = st
+        .create_change(&install_change("busy"), None)
+        .unwrap()
+        .id();
+    let key = IdempotencyKey {
+        uid: 0,
+        key: "k1",
+        request: "refresh-many",
+    };
+    let news = [
+        install_change("a"),
+        install_change("busy"),
+        install_change("b"),
+    ];
+    let items = st.create_changes(&news, Some(key)).unwrap();
+    let [BatchItem::Created(a), BatchItem::Busy(b), BatchItem::Created(c)] = items[..] else {
+        panic!("{items:?}")
+    };
+    assert_eq!(b, busy);
+    assert_eq!(st.changes(Select::All, None).unwrap().len(), 3);
+
+    // A retry creates nothing and answers with what the first attempt made.
+    let again = st.create_changes(&news, Some(key)).unwrap();
+    assert_eq!(again, [BatchItem::Created(a), BatchItem::Created(c)]);
+    assert_eq!(st.changes(Select::All, None).unwrap().len(), 3);
+    let rows = st.idempotency_batch(0, "k1").unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("refresh-many".to_owned(), a, Some("a".to_owned())),
+            ("refresh-many".to_owned(), c, Some("b".to_owned()))
+        ]
+    );
+    // The batch's rows are not a single key, and do not match a longer key.
+    assert_eq!(st.idempotency_key(0, "k1").unwrap(), None);
+    assert!(st.idempotency_batch(0, "k").unwrap().is_empty());
+    assert!(st.idempotency_batch(1000, "k1").unwrap().is_empty());
+
+    // The key cannot be reused for another kind of request, single or batch, nor a single
+    // request's key for a batch.
+    let install = IdempotencyKey {
+        request: "install",
+        ..key
+    };
+    assert!(matches!(
+        st.create_change(&install_change("x"), Some(install)),
+        Err(Error::KeyReused { .. })
+    ));
+    assert!(matches!(
+        st.create_changes(&[install_change("x")], Some(install)),
+        Err(Error::KeyReused { .. })
+    ));
+    let single = IdempotencyKey {
+        key: "k2",
+        ..install
+    };
+    st.create_change(&install_change("y"), Some(single))
+        .unwrap();
+    assert!(matches!(
+        st.create_changes(
+            &[install_change("z")],
+            Some(IdempotencyKey { key: "k2", ..key })
+        ),
+        Err(Error::KeyReused { .. })
+    ));
+
+    // Keys live as long as their changes.
+    for id in [a, c] {
+        st.set_change_ready(id, Some(0)).unwrap();
+    }
+    st.prune(PrunePolicy::default(), now_ms()).unwrap();
+    assert!(st.idempotency_batch(0, "k1").unwrap().is_empty());
+}
+
+#[test]
+fn holds_are_set_for_all_or_none() {
+    let mut st = State::open_in_memory().unwrap();
+    for s in ["a", "b"] {
+        st.put_snap(&snap_row(s)).unwrap();
+    }
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let hold = |st: &State, s: &str| st.snap(s).unwrap().unwrap().hold;
+    assert_eq!(
+        st.set_holds(&names(&["a", "b"]), Some("forever")).unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(hold(&st, "a").as_deref(), Some("forever"));
+    // An unknown name: nothing changes.
+    assert_eq!(
+        st.set_holds(&names(&["a", "nope"]), Some("2026-11-21T20:15:03Z"))
+            .unwrap(),
+        ["nope"]
+    );
+    assert_eq!(hold(&st, "a").as_deref(), Some("forever"));
+    st.set_holds(&names(&["a"]), None).unwrap();
+    assert_eq!(hold(&st, "a"), None);
+    assert_eq!(hold(&st, "b").as_deref(), Some("forever"));
+}
+
+#[test]
+fn settings_are_kept_across_reopen_and_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    // A database from before settings existed gets the table.
+    drop(State::setup(Connection::open(&path).unwrap(), 1).unwrap());
+    {
+        let mut st = State::open(&path).unwrap();
+        assert_eq!(st.setting("auto-refresh.last").unwrap(), None);
+        st.set_setting("auto-refresh.last", Some("1")).unwrap();
+        st.set_setting("auto-refresh.last", Some("2")).unwrap();
+        st.set_setting("other", Some("x")).unwrap();
+        st.set_setting("other", None).unwrap();
+    }
+    let st = State::open(&path).unwrap();
+    assert_eq!(
+        st.setting("auto-refresh.last").unwrap().as_deref(),
+        Some("2")
+    );
+    assert_eq!(st.setting("other").unwrap(), None);
 }

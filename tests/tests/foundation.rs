@@ -91,7 +91,14 @@ fn install_list_run_remove() {
         .collect();
     assert_eq!(
         kinds,
-        ["prepare", "mount", "setup-data", "link", "launchers"]
+        [
+            "prepare",
+            "mount",
+            "setup-data",
+            "link",
+            "launchers",
+            "start-services"
+        ]
     );
     assert_eq!(ch["status"], "Done");
 

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::types::Hold;
+
 /// The environment variable naming refreshd's socket.
 pub const SOCKET_ENV: &str = "REFRESHD_SOCKET";
 
@@ -54,13 +56,36 @@ pub enum Command {
         #[command(flatten)]
         wait: NoWait,
     },
-    /// Refresh a snap to the newest revision of its channel in refreshd's store
+    /// Refresh snaps to the newest revision of their channel in refreshd's store (every snap
+    /// with an update when none is named); list updates; hold or unhold refreshes
     Refresh {
-        /// The snap's instance name
-        name: String,
-        /// Follow this channel from now on
-        #[arg(long, value_name = "CHANNEL")]
+        /// The snaps' instance names [default: every snap with an update; held ones are
+        /// skipped, named ones are refreshed even if held]
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+        /// Follow this channel from now on (with one NAME)
+        #[arg(long, value_name = "CHANNEL", requires = "names")]
         channel: Option<String>,
+        /// List the snaps with an update (current → store revision), changing nothing
+        #[arg(long, conflicts_with_all = ["names", "channel", "no_wait", "hold", "unhold"])]
+        list: bool,
+        /// Hold refreshes of NAMEs (of every installed snap when none is named) for DURATION
+        /// (30m, 2h, 7d, 1h30m) or forever; auto-refresh and `refresh` without names skip them
+        #[arg(
+            long,
+            value_name = "DURATION",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "forever",
+            conflicts_with_all = ["channel", "no_wait", "unhold"]
+        )]
+        hold: Option<Hold>,
+        /// Lift the hold of NAMEs (of every installed snap when none is named)
+        #[arg(long, conflicts_with_all = ["channel", "no_wait"])]
+        unhold: bool,
+        /// With --list: print refreshd's JSON (schema: docs/api.md) instead of text
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         wait: NoWait,
     },
@@ -174,6 +199,29 @@ mod tests {
         Cli::try_parse_from(std::iter::once("refreshctl").chain(args.iter().copied()))
     }
 
+    /// `Command::Refresh` for `names`, with the given fields changed from their defaults.
+    macro_rules! refresh {
+        ($names:expr $(, $field:ident: $value:expr)*) => {{
+            let mut command = refresh($names);
+            if let Command::Refresh { $($field,)* .. } = &mut command {
+                $(*$field = $value;)*
+            }
+            command
+        }};
+    }
+
+    fn refresh(names: &[&str]) -> Command {
+        Command::Refresh {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            channel: None,
+            list: false,
+            hold: None,
+            unhold: false,
+            json: false,
+            wait: NoWait::default(),
+        }
+    }
+
     #[test]
     fn commands() {
         let json = JsonFlag { json: true };
@@ -201,11 +249,39 @@ mod tests {
             ),
             (
                 &["refresh", "hello", "--no-wait"],
-                Command::Refresh {
-                    name: "hello".into(),
-                    channel: None,
-                    wait: NoWait { no_wait: true },
-                },
+                refresh!(&["hello"], wait: NoWait { no_wait: true }),
+            ),
+            (&["refresh"], refresh(&[])),
+            (&["refresh", "a", "b"], refresh(&["a", "b"])),
+            (
+                &["refresh", "hello", "--channel", "beta"],
+                refresh!(&["hello"], channel: Some("beta".into())),
+            ),
+            (&["refresh", "--list"], refresh!(&[], list: true)),
+            (
+                &["refresh", "--list", "--json"],
+                refresh!(&[], list: true, json: true),
+            ),
+            (
+                &["refresh", "--hold"],
+                refresh!(&[], hold: Some(Hold::Forever)),
+            ),
+            (
+                &["refresh", "--hold=forever", "a"],
+                refresh!(&["a"], hold: Some(Hold::Forever)),
+            ),
+            // A bare --hold before a name holds forever; the name is not its value.
+            (
+                &["refresh", "--hold", "a", "b"],
+                refresh!(&["a", "b"], hold: Some(Hold::Forever)),
+            ),
+            (
+                &["refresh", "--hold=1h30m", "a"],
+                refresh!(&["a"], hold: Some(Hold::For(std::time::Duration::from_secs(5400)))),
+            ),
+            (
+                &["refresh", "--unhold", "a"],
+                refresh!(&["a"], unhold: true),
             ),
             (
                 &["install", "--name", "hello_work", "--no-wait", "hello.snap"],
@@ -267,10 +343,32 @@ mod tests {
             &["abort", "1", "2"],
             &["list", "--no-wait"],
             &["install", "--json", "x.snap"],
+            &["refresh", "--hold=2x"],
+            &["refresh", "--hold=0s", "a"],
+            &["refresh", "--hold="],
+            &["refresh", "--hold=1h", "--unhold"],
+            &["refresh", "--list", "a"],
+            &["refresh", "--list", "--hold"],
+            &["refresh", "--list", "--no-wait"],
+            &["refresh", "--channel", "beta"],
+            &["refresh", "--unhold", "--channel", "beta", "a"],
+            &["refresh", "--hold", "--no-wait", "a"],
         ] {
             let err = parse(args).expect_err(&format!("{args:?} should not parse"));
             assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_bad_hold_says_what_is_wrong_in_one_line() {
+        let err = parse(&["refresh", "--hold=2x", "hello"]).unwrap_err();
+        let text = err.to_string();
+        let first = text.lines().next().unwrap();
+        assert!(
+            first.contains("invalid duration \"2x\": unknown unit")
+                && first.contains("like 30s, 15m, 2h, 7d or 1h30m"),
+            "{text}"
+        );
     }
 
     #[test]

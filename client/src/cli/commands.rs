@@ -6,12 +6,12 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::args::{Command, JsonFlag};
-use super::exit::ChangeFailed;
+use super::args::{Command, JsonFlag, NoWait};
+use super::exit::{ChangeFailed, UsageError};
 use super::format::{self, Clock};
 use super::progress::{Follower, Mode};
 use crate::client::{Client, ClientError};
-use crate::types::{Change, Select};
+use crate::types::{Change, Hold, NoteKind, Select};
 
 pub async fn run(command: Command, client: &Client, clock: &Clock) -> Result<()> {
     match command {
@@ -31,7 +31,7 @@ pub async fn run(command: Command, client: &Client, clock: &Clock) -> Result<()>
                 eprintln!("No snaps are installed yet; install one with: refreshctl install FILE");
                 return Ok(());
             }
-            print(&format::snaps(&snaps))
+            print(&format::snaps(&snaps, clock))
         }
         Command::Install {
             file,
@@ -67,20 +67,37 @@ pub async fn run(command: Command, client: &Client, clock: &Clock) -> Result<()>
             print(&installed)
         }
         Command::Refresh {
-            name,
+            names,
             channel,
+            list,
+            hold,
+            unhold,
+            json,
             wait: no_wait,
         } => {
-            let id = client
-                .refresh(&name, channel.as_deref())
-                .await
-                .doing(&format!("refresh {name}"))?;
-            if no_wait.no_wait {
-                return print(&format!("{id}\n"));
+            if list {
+                return refresh_list(client, clock, json).await;
             }
-            wait(client, id).await?;
-            let snap = client.snap(&name).await.doing("get the refreshed snap")?;
-            print(&format!("Refreshed {} to {}\n", snap.name, snap.revision))
+            if json {
+                return Err(UsageError(
+                    "--json goes with --list; refresh --list --json prints the updates".into(),
+                )
+                .into());
+            }
+            if let Some(hold) = hold {
+                return hold_refreshes(client, clock, &names, hold).await;
+            }
+            if unhold {
+                return unhold_refreshes(client, &names).await;
+            }
+            match &names[..] {
+                [name] => refresh_one(client, clock, name, channel.as_deref(), no_wait).await,
+                _ if channel.is_some() => Err(UsageError(
+                    "--channel goes with exactly one NAME; refresh the others separately".into(),
+                )
+                .into()),
+                _ => refresh_many(client, &names, no_wait).await,
+            }
         }
         Command::Revert {
             name,
@@ -202,15 +219,174 @@ pub async fn run(command: Command, client: &Client, clock: &Clock) -> Result<()>
     }
 }
 
-/// `install` and `remove` follow their change like `watch`, with the progress on stderr so
-/// that stdout carries only the result.
-async fn wait(client: &Client, id: u64) -> Result<Change> {
+/// `refresh NAME`: the one snap, or an error saying why not (up to date, busy, not installed).
+/// A held snap is refreshed because it was named; a note says it was held.
+async fn refresh_one(
+    client: &Client,
+    clock: &Clock,
+    name: &str,
+    channel: Option<&str>,
+    no_wait: NoWait,
+) -> Result<()> {
+    let before = client.snap(name).await.doing(&format!("refresh {name}"))?;
+    let id = client
+        .refresh(name, channel)
+        .await
+        .doing(&format!("refresh {name}"))?;
+    if let Some(held) = format::hold(before.hold.as_deref(), clock) {
+        eprintln!("Note: {name} is {held}; refreshing it because it was named");
+    }
+    if no_wait.no_wait {
+        return print(&format!("{id}\n"));
+    }
+    wait(client, id).await?;
+    let snap = client.snap(name).await.doing("get the refreshed snap")?;
+    print(&format!("Refreshed {} to {}\n", snap.name, snap.revision))
+}
+
+/// `refresh` (every snap with an update, held ones skipped) or `refresh A B ...`: one change
+/// per snap, followed together; what was skipped is said on stderr.
+async fn refresh_many(client: &Client, names: &[String], no_wait: NoWait) -> Result<()> {
+    let what = if names.is_empty() {
+        "refresh snaps".to_string()
+    } else {
+        format!("refresh {}", names.join(" "))
+    };
+    let result = client.refresh_many(names).await.doing(&what)?;
+    let named = !names.is_empty();
+    let mut errors = vec![];
+    for note in &result.notes {
+        let quiet = match note.kind {
+            NoteKind::Refreshing => note.hold.is_none(),
+            // Without names, every snap is considered: only what needs a look is told.
+            NoteKind::UpToDate | NoteKind::NotFromStore => !named,
+            NoteKind::Error => {
+                errors.push(note.snap.as_str());
+                false
+            }
+            NoteKind::Held | NoteKind::Busy | NoteKind::Unknown => false,
+        };
+        if !quiet {
+            eprintln!("{}", note.message);
+        }
+    }
+    if result.changes.is_empty() {
+        let only_current = result
+            .notes
+            .iter()
+            .all(|n| matches!(n.kind, NoteKind::UpToDate | NoteKind::NotFromStore));
+        if errors.is_empty() {
+            if only_current {
+                print("All snaps are up to date.\n")?;
+            } else {
+                print("Nothing was refreshed.\n")?;
+            }
+        }
+    } else if no_wait.no_wait {
+        let ids: String = result.changes.iter().map(|id| format!("{id}\n")).collect();
+        print(&ids)?;
+    } else {
+        // The changes run side by side in refreshd; following them one after the other misses
+        // nothing, since a watch starts with the change's current state.
+        let mut failed = None;
+        for &id in &result.changes {
+            let change = follow(client, id, progress_on_stderr()).await?;
+            match check(&change) {
+                Ok(()) => {
+                    let name = change.snap.clone().unwrap_or_default();
+                    let snap = client.snap(&name).await.doing("get the refreshed snap")?;
+                    print(&format!("Refreshed {} to {}\n", snap.name, snap.revision))?;
+                }
+                Err(e) => {
+                    eprintln!("error: {}", super::exit::one_line(&e));
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("cannot check {} for updates (see above)", errors.join(", "));
+    }
+    Ok(())
+}
+
+/// `refresh --list`: the updates there are, and changes nothing.
+async fn refresh_list(client: &Client, clock: &Clock, json: bool) -> Result<()> {
+    let plan = client.refresh_plan().await.doing("list updates")?;
+    if json {
+        print_json(&plan)?;
+    } else if plan.updates.is_empty() {
+        eprintln!("All snaps are up to date.");
+    } else {
+        print(&format::updates(&plan.updates, clock))?;
+    }
+    let errors: Vec<&str> = plan
+        .notes
+        .iter()
+        .filter(|n| n.kind == NoteKind::Error)
+        .map(|n| {
+            if !json {
+                eprintln!("{}", n.message);
+            }
+            n.snap.as_str()
+        })
+        .collect();
+    if !errors.is_empty() {
+        anyhow::bail!("cannot check {} for updates", errors.join(", "));
+    }
+    Ok(())
+}
+
+async fn hold_refreshes(
+    client: &Client,
+    clock: &Clock,
+    names: &[String],
+    hold: Hold,
+) -> Result<()> {
+    let snaps = client.hold(names, hold).await.doing("hold refreshes")?;
+    if snaps.is_empty() {
+        eprintln!("No snaps are installed; there is nothing to hold.");
+        return Ok(());
+    }
+    let text: String = snaps
+        .iter()
+        .map(|s| {
+            let held = format::hold(s.hold.as_deref(), clock).unwrap_or_else(|| "held".into());
+            format!("Refreshes of {} are {held}\n", s.name)
+        })
+        .collect();
+    print(&text)
+}
+
+async fn unhold_refreshes(client: &Client, names: &[String]) -> Result<()> {
+    let snaps = client.unhold(names).await.doing("unhold refreshes")?;
+    if snaps.is_empty() {
+        eprintln!("No snaps are installed; there is nothing to unhold.");
+        return Ok(());
+    }
+    let text: String = snaps
+        .iter()
+        .map(|s| format!("Refreshes of {} are no longer held\n", s.name))
+        .collect();
+    print(&text)
+}
+
+fn progress_on_stderr() -> Follower<io::Stderr> {
     let mode = if io::stderr().is_terminal() {
         Mode::Live
     } else {
         Mode::Lines
     };
-    let change = follow(client, id, Follower::new(io::stderr(), mode)).await?;
+    Follower::new(io::stderr(), mode)
+}
+
+/// `install` and `remove` follow their change like `watch`, with the progress on stderr so
+/// that stdout carries only the result.
+async fn wait(client: &Client, id: u64) -> Result<Change> {
+    let change = follow(client, id, progress_on_stderr()).await?;
     check(&change)?;
     Ok(change)
 }

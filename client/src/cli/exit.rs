@@ -49,11 +49,20 @@ fn describe_failure(change: &Change) -> String {
     format!("{what} {outcome}; details: refreshctl tasks {}", change.id)
 }
 
+/// Arguments that parse but do not make sense together (clap cannot say so itself), found
+/// before anything is asked of refreshd.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// The exit code for an error that ended the command.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
         if let Some(err) = cause.downcast_ref::<ClientError>() {
             return client_exit_code(err);
+        }
+        if cause.downcast_ref::<UsageError>().is_some() {
+            return USAGE;
         }
     }
     FAILURE
@@ -169,6 +178,7 @@ mod tests {
                 FAILURE,
             ),
             (anyhow::anyhow!("anything else"), FAILURE),
+            (UsageError("--channel needs one NAME".into()).into(), USAGE),
         ];
         for (err, code) in cases {
             assert_eq!(exit_code(&err), code, "{err:#}");

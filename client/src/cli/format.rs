@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan, Zoned};
 
-use crate::types::{Change, Snap, SystemInfo, Task};
+use crate::types::{Change, HoldUntil, Snap, SystemInfo, Task, Update};
 
 /// What times are shown relative to: now, in the local zone.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 pub fn system_info(info: &SystemInfo, clock: &Clock) -> String {
-    let rows = [
+    let mut rows = vec![
         ("version", format!("{} (api {})", info.version, info.api)),
         ("root", info.root.display().to_string()),
         ("pid", info.pid.to_string()),
@@ -84,13 +84,48 @@ pub fn system_info(info: &SystemInfo, clock: &Clock) -> String {
             format!("{} ({})", info.tracking, info.tracking_reason),
         ),
     ];
+    if !info.services.is_empty() {
+        rows.push((
+            "services",
+            format!("{} ({})", info.services, info.services_reason),
+        ));
+    }
+    rows.push(("auto-refresh", auto_refresh(info, clock)));
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     rows.iter()
         .map(|(k, v)| format!("{:width$} {v}\n", format!("{k}:")))
         .collect()
 }
 
-pub fn snaps(snaps: &[Snap]) -> String {
+/// `every 6h, next today at 21:15 UTC, last today at 15:15 UTC`, or `off`.
+fn auto_refresh(info: &SystemInfo, clock: &Clock) -> String {
+    let mut parts = vec![];
+    if let Some(every) = &info.auto_refresh {
+        parts.push(format!("every {every}"));
+        if let Some(next) = info.next_auto_refresh {
+            parts.push(format!("next {}", clock.time(next)));
+        }
+    } else {
+        parts.push("off".to_string());
+    }
+    if let Some(last) = info.last_auto_refresh {
+        parts.push(format!("last {}", clock.time(last)));
+    }
+    parts.join(", ")
+}
+
+/// `held until today at 21:15 UTC`, `held forever`; None when not held (or the hold ended).
+pub fn hold(hold: Option<&str>, clock: &Clock) -> Option<String> {
+    match HoldUntil::parse(hold?)? {
+        HoldUntil::Forever => Some("held forever".to_string()),
+        HoldUntil::Time(t) if t > clock.now.timestamp() => {
+            Some(format!("held until {}", clock.time(t)))
+        }
+        HoldUntil::Time(_) => None,
+    }
+}
+
+pub fn snaps(snaps: &[Snap], clock: &Clock) -> String {
     let rows: Vec<Vec<String>> = snaps
         .iter()
         .map(|s| {
@@ -99,23 +134,47 @@ pub fn snaps(snaps: &[Snap]) -> String {
                 s.version.clone(),
                 s.revision.clone(),
                 s.summary.clone(),
-                notes(s),
+                notes(s, clock),
             ]
         })
         .collect();
     table(&["Name", "Version", "Rev", "Summary", "Notes"], &rows)
 }
 
-fn notes(snap: &Snap) -> String {
+fn notes(snap: &Snap, clock: &Clock) -> String {
     let mut notes = Vec::new();
-    if snap.hold.is_some() {
-        notes.push("held");
-    }
+    notes.extend(hold(snap.hold.as_deref(), clock));
     if notes.is_empty() {
         "-".to_string()
     } else {
         notes.join(",")
     }
+}
+
+/// `refreshctl refresh --list`: each update, from the current revision to the store's.
+pub fn updates(updates: &[Update], clock: &Clock) -> String {
+    let rows: Vec<Vec<String>> = updates
+        .iter()
+        .map(|u| {
+            let mut notes: Vec<String> = hold(u.hold.as_deref(), clock).into_iter().collect();
+            if let Some(change) = u.change {
+                notes.push(format!("change {change} in progress"));
+            }
+            vec![
+                u.name.clone(),
+                format!("{} (rev {})", u.version, u.revision),
+                "→".to_string(),
+                format!("{} (rev {})", u.store_version, u.store_revision),
+                u.channel.clone(),
+                if notes.is_empty() {
+                    "-".to_string()
+                } else {
+                    notes.join(", ")
+                },
+            ]
+        })
+        .collect();
+    table(&["Name", "Current", "", "Store", "Channel", "Notes"], &rows)
 }
 
 pub fn changes(changes: &[Change], clock: &Clock) -> String {
@@ -270,6 +329,11 @@ mod tests {
             mount_mode: MountMode::Loop,
             tracking: "v1".into(),
             tracking_reason: "freezer".into(),
+            services: "none".into(),
+            services_reason: "systemd is not PID 1".into(),
+            auto_refresh: None,
+            next_auto_refresh: None,
+            last_auto_refresh: None,
         };
         assert_eq!(
             system_info(&info, &clock()),
@@ -282,8 +346,26 @@ snaps:               3
 changes in progress: 1
 mount mode:          loop
 tracking:            v1 (freezer)
+services:            none (systemd is not PID 1)
+auto-refresh:        off
 "
         );
+        let on = SystemInfo {
+            auto_refresh: Some("6h".into()),
+            next_auto_refresh: Some(ts("2026-11-21T23:00:00Z")),
+            last_auto_refresh: Some(ts("2026-11-21T17:00:00Z")),
+            ..info.clone()
+        };
+        assert!(system_info(&on, &clock()).ends_with(
+            "auto-refresh:        every 6h, next today at 23:00 UTC, last today at 17:00 UTC\n"
+        ));
+        let off = SystemInfo {
+            auto_refresh: None,
+            next_auto_refresh: None,
+            ..on
+        };
+        assert!(system_info(&off, &clock())
+            .ends_with("auto-refresh:        off, last today at 17:00 UTC\n"));
     }
 
     fn task(status: Status) -> Task {
@@ -370,8 +452,47 @@ Error:
             installed: ts("2026-11-21T20:15:03Z"),
         };
         assert_eq!(
-            snaps(&[snap]),
-            "Name        Version  Rev  Summary     Notes\nhello_work  1.0      x2   Says hello  held\n"
+            snaps(std::slice::from_ref(&snap), &clock()),
+            "Name        Version  Rev  Summary     Notes\nhello_work  1.0      x2   Says hello  held forever\n"
+        );
+        let until = Snap {
+            hold: Some("2026-11-21T23:30:00Z".into()),
+            ..snap.clone()
+        };
+        assert!(snaps(&[until], &clock()).ends_with("Says hello  held until today at 23:30 UTC\n"));
+        // An expired hold is no hold.
+        let expired = Snap {
+            hold: Some("2026-11-21T21:59:59Z".into()),
+            ..snap
+        };
+        assert!(snaps(&[expired], &clock()).ends_with("Says hello  -\n"));
+    }
+
+    #[test]
+    fn update_list() {
+        let update = |name: &str, hold: Option<&str>, change: Option<u64>| Update {
+            name: name.into(),
+            revision: "1".into(),
+            version: "1.0".into(),
+            channel: "stable".into(),
+            store_revision: "12".into(),
+            store_version: "2.0".into(),
+            hold: hold.map(String::from),
+            change,
+        };
+        assert_eq!(
+            updates(
+                &[
+                    update("alpha", None, None),
+                    update("beta", Some("2026-11-22T08:00:00Z"), Some(7)),
+                ],
+                &clock()
+            ),
+            "\
+Name   Current         Store         Channel  Notes
+alpha  1.0 (rev 1)  →  2.0 (rev 12)  stable   -
+beta   1.0 (rev 1)  →  2.0 (rev 12)  stable   held until 2026-11-22 08:00 UTC, change 7 in progress
+"
         );
     }
 }

@@ -14,7 +14,10 @@ use tokio::net::UnixListener;
 
 use super::*;
 use crate::client::RetryPolicy;
-use crate::types::{Change, ChangeRef, ErrorBody, ErrorKind, Snap, Status};
+use crate::types::{
+    Change, ChangeRef, ErrorBody, ErrorKind, NoteKind, RefreshActionKind, RefreshNote, RefreshPlan,
+    RefreshRequest, RefreshResult, Snap, Status, Update,
+};
 
 type Log = Arc<Mutex<Vec<String>>>;
 
@@ -117,6 +120,7 @@ async fn fake() -> Fake {
                 }),
         )
         .route("/v1/changes", get(|| async { Json(Vec::<Change>::new()) }))
+        .route("/v1/refresh", get(refresh_plan).post(refresh_post))
         .layer(axum::middleware::from_fn_with_state(
             log.clone(),
             |State(log): State<Log>, req: axum::extract::Request, next: axum::middleware::Next| async move {
@@ -130,6 +134,94 @@ async fn fake() -> Fake {
         _dir: dir,
         socket,
         log,
+    }
+}
+
+fn note(snap: &str, kind: NoteKind, change: Option<u64>) -> RefreshNote {
+    RefreshNote {
+        snap: snap.into(),
+        kind,
+        message: format!("{snap}: {kind:?}"),
+        change,
+        hold: None,
+    }
+}
+
+/// `GET /v1/refresh`: one update, one snap up to date.
+async fn refresh_plan() -> Json<RefreshPlan> {
+    Json(RefreshPlan {
+        updates: vec![Update {
+            name: "hello".into(),
+            revision: "1".into(),
+            version: "1.0".into(),
+            channel: "stable".into(),
+            store_revision: "2".into(),
+            store_version: "2.0".into(),
+            hold: None,
+            change: None,
+        }],
+        notes: vec![note("other", NoteKind::UpToDate, None)],
+    })
+}
+
+/// `POST /v1/refresh`: refreshing `failing` makes change 8 (which fails), `broken` cannot be
+/// checked, anything else makes change 7; holds answer with the snaps named.
+async fn refresh_post(Json(req): Json<RefreshRequest>) -> axum::response::Response {
+    match req.action {
+        RefreshActionKind::Refresh => {
+            let mut result = RefreshResult::default();
+            let names = if req.names.is_empty() {
+                vec!["hello".to_string(), "held".to_string()]
+            } else {
+                req.names
+            };
+            for name in names {
+                match name.as_str() {
+                    "failing" => {
+                        result.changes.push(8);
+                        result
+                            .notes
+                            .push(note(&name, NoteKind::Refreshing, Some(8)));
+                    }
+                    "broken" => result.notes.push(note(&name, NoteKind::Error, None)),
+                    "held" => result.notes.push(note(&name, NoteKind::Held, None)),
+                    "current" => result.notes.push(note(&name, NoteKind::UpToDate, None)),
+                    _ => {
+                        result.changes.push(7);
+                        result
+                            .notes
+                            .push(note(&name, NoteKind::Refreshing, Some(7)));
+                    }
+                }
+            }
+            let status = if result.changes.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            (status, Json(result)).into_response()
+        }
+        RefreshActionKind::Hold | RefreshActionKind::Unhold => {
+            let hold = req.hold.map(|h| h.until(ts()).to_string());
+            let snaps: Vec<Snap> = req
+                .names
+                .iter()
+                .map(|name| Snap {
+                    name: name.clone(),
+                    snap_name: name.clone(),
+                    instance_key: None,
+                    revision: "1".into(),
+                    version: "1.0".into(),
+                    summary: String::new(),
+                    channel: Some("stable".into()),
+                    hold: hold.clone(),
+                    revisions: vec!["1".into()],
+                    apps: vec![],
+                    installed: ts(),
+                })
+                .collect();
+            Json(snaps).into_response()
+        }
     }
 }
 
@@ -209,5 +301,91 @@ async fn exit_codes_of_commands() {
             got_err.starts_with(err),
             "{args:?}: {got_err:?} should start with {err:?}"
         );
+    }
+}
+
+#[tokio::test]
+async fn refreshing_many_follows_every_change_and_says_what_was_skipped() {
+    let fake = fake().await;
+    let cases: &[(&[&str], i32, &str, &[&str])] = &[
+        // Every snap with an update: one change followed; the held one is only reported.
+        (
+            &["refresh"],
+            0,
+            "",
+            &[
+                "POST /v1/refresh",
+                "GET /v1/changes/7/watch",
+                "GET /v1/snaps/hello",
+            ],
+        ),
+        (&["refresh", "--no-wait"], 0, "", &["POST /v1/refresh"]),
+        (
+            &["refresh", "held", "current"],
+            0,
+            "",
+            &["POST /v1/refresh"],
+        ),
+        // One failed change fails the command, after the others were followed.
+        (
+            &["refresh", "failing", "a"],
+            1,
+            "change 8 (Install \"hello\" from file) failed",
+            &[
+                "POST /v1/refresh",
+                "GET /v1/changes/8/watch",
+                "GET /v1/changes/7/watch",
+                "GET /v1/snaps/hello",
+            ],
+        ),
+        (
+            &["refresh", "broken", "a"],
+            1,
+            "cannot check broken for updates (see above)",
+            &[
+                "POST /v1/refresh",
+                "GET /v1/changes/7/watch",
+                "GET /v1/snaps/hello",
+            ],
+        ),
+        // One name goes through the snap's own endpoint, which says why it cannot be done.
+        (
+            &["refresh", "busy"],
+            5,
+            "snap \"busy\" has change 12 in progress",
+            &["GET /v1/snaps/busy", "POST /v1/snaps/busy"],
+        ),
+        (&["refresh", "--list"], 0, "", &["GET /v1/refresh"]),
+        (
+            &["refresh", "--list", "--json"],
+            0,
+            "",
+            &["GET /v1/refresh"],
+        ),
+        (
+            &["refresh", "--hold=2h", "a", "b"],
+            0,
+            "",
+            &["POST /v1/refresh"],
+        ),
+        (&["refresh", "--unhold"], 0, "", &["POST /v1/refresh"]),
+        // Usage errors are found before anything is asked.
+        (&["refresh", "--json"], 2, "--json goes with --list", &[]),
+        (
+            &["refresh", "a", "b", "--channel", "beta"],
+            2,
+            "--channel goes with exactly one NAME",
+            &[],
+        ),
+    ];
+    for (args, code, err, requests) in cases {
+        fake.log.lock().unwrap().clear();
+        let (got_code, got_err) = refreshctl(&fake.socket, args).await;
+        assert_eq!(got_code, *code, "{args:?}: {got_err}");
+        assert!(
+            got_err.starts_with(err),
+            "{args:?}: {got_err:?} should start with {err:?}"
+        );
+        assert_eq!(*fake.log.lock().unwrap(), *requests, "{args:?}");
     }
 }

@@ -55,6 +55,11 @@ fn info() -> SystemInfo {
         mount_mode: MountMode::Loop,
         tracking: "v1".into(),
         tracking_reason: "test".into(),
+        services: "none".into(),
+        services_reason: "test".into(),
+        auto_refresh: None,
+        next_auto_refresh: None,
+        last_auto_refresh: None,
     }
 }
 

@@ -3,6 +3,7 @@
 mod auth;
 mod changes;
 mod error;
+pub mod refresh;
 mod snaps;
 
 use std::sync::Arc;
@@ -52,6 +53,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 .layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/snaps/{name}", get(snaps::one).post(snaps::action))
+        .route("/v1/refresh", get(refresh::plan).post(refresh::post))
         .route("/v1/changes", get(changes::list))
         .route("/v1/changes/{id}", get(changes::one).post(changes::action))
         .route("/v1/changes/{id}/watch", get(changes::watch))

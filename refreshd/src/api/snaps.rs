@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use refreshd_client::types::{
-    AppInfo, ChangeRef, ErrorKind, InstallQuery, Snap, SnapAction, SnapActionKind, StoreInstall,
-    SystemInfo,
+    AppInfo, ChangeRef, ErrorKind, HoldUntil, InstallQuery, Snap, SnapAction, SnapActionKind,
+    StoreInstall, SystemInfo,
 };
 use refreshd_snap::{InstanceName, Revision};
 use refreshd_state::{Created, IdempotencyKey, Select, SnapRow};
@@ -28,13 +28,14 @@ fn ts(ms: i64) -> jiff::Timestamp {
 }
 
 pub async fn system_info(State(st): St) -> Result<Json<SystemInfo>, ApiError> {
-    let (snaps, changes) = st
+    let (snaps, changes, auto) = st
         .engine
         .db()
         .call(|s| {
             let snaps = s.snaps()?.iter().filter(|r| r.current.is_some()).count();
             let changes = s.changes(Select::InProgress, None)?.len();
-            Ok::<_, refreshd_state::Error>((snaps, changes))
+            let auto = crate::autorefresh::status(s)?;
+            Ok::<_, refreshd_state::Error>((snaps, changes, auto))
         })
         .await?;
     Ok(Json(SystemInfo {
@@ -48,11 +49,19 @@ pub async fn system_info(State(st): St) -> Result<Json<SystemInfo>, ApiError> {
         mount_mode: st.mount_mode(),
         tracking: st.ctx.tracking.kind.as_str().to_owned(),
         tracking_reason: st.ctx.tracking.reason.clone(),
+        services: st.ctx.services.kind.as_str().to_owned(),
+        services_reason: st.ctx.services.reason.clone(),
+        auto_refresh: auto.every,
+        next_auto_refresh: auto.next,
+        last_auto_refresh: auto.last,
     }))
 }
 
 /// The API view of an installed snap; None while it has no current revision.
-fn snap_json(s: &mut refreshd_state::State, row: &SnapRow) -> refreshd_state::Result<Option<Snap>> {
+pub(super) fn snap_json(
+    s: &mut refreshd_state::State,
+    row: &SnapRow,
+) -> refreshd_state::Result<Option<Snap>> {
     let Some(current) = &row.current else {
         return Ok(None);
     };
@@ -80,7 +89,11 @@ fn snap_json(s: &mut refreshd_state::State, row: &SnapRow) -> refreshd_state::Re
         version: cur.version.clone(),
         summary: cur.summary.clone().unwrap_or_default(),
         channel: row.channel.clone(),
-        hold: row.hold.clone(),
+        // An expired hold is no hold.
+        hold: row
+            .hold
+            .clone()
+            .filter(|h| HoldUntil::parse(h).is_some_and(|h| h.is_active(jiff::Timestamp::now()))),
         revisions: revs.iter().map(|r| r.revision.clone()).collect(),
         apps,
         installed: ts(row.installed),
@@ -126,7 +139,7 @@ fn not_installed(name: &str) -> ApiError {
 }
 
 /// The Idempotency-Key header, checked: 1–128 printable ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -480,27 +493,7 @@ async fn store_change(
             )));
         }
     }
-    let ss = SnapSetup {
-        instance: instance.as_str().to_owned(),
-        snap_name: instance.snap_name().to_owned(),
-        instance_key: instance.instance_key().map(str::to_owned),
-        revision: entry.revision.to_string(),
-        previous,
-        sha3_384: entry.sha3_384.clone(),
-        size: entry.size,
-        upload: None,
-        download: Some(Download {
-            store: store.url().to_owned(),
-            revision: entry.revision,
-            version: entry.version.clone(),
-            path: entry.path.clone(),
-        }),
-        channel: Some(channel),
-        manifest: String::new(),
-        version: entry.version.clone(),
-        summary: None,
-        block_launches: false,
-    };
+    let ss = store_setup(&instance, previous, &entry, channel, store.url());
     let created = st
         .engine
         .db()
@@ -516,6 +509,38 @@ async fn store_change(
         .await?;
     st.engine.ensure();
     Ok(accepted(created.id()))
+}
+
+/// The setup of a change that installs (`previous` None) or refreshes `instance` to the store
+/// revision `entry` of `channel`.
+pub(super) fn store_setup(
+    instance: &InstanceName,
+    previous: Option<String>,
+    entry: &refreshd_store::Entry,
+    channel: String,
+    store_url: &str,
+) -> SnapSetup {
+    SnapSetup {
+        instance: instance.as_str().to_owned(),
+        snap_name: instance.snap_name().to_owned(),
+        instance_key: instance.instance_key().map(str::to_owned),
+        revision: entry.revision.to_string(),
+        previous,
+        sha3_384: entry.sha3_384.clone(),
+        size: entry.size,
+        upload: None,
+        download: Some(Download {
+            store: store_url.to_owned(),
+            revision: entry.revision,
+            version: entry.version.clone(),
+            path: entry.path.clone(),
+        }),
+        channel: Some(channel),
+        manifest: String::new(),
+        version: entry.version.clone(),
+        summary: None,
+        block_launches: false,
+    }
 }
 
 /// Goes back to the revision before the current one: it is still mounted, its launch

@@ -45,7 +45,7 @@ pub fn launchers(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> 
     Ok(Outcome::Done)
 }
 
-fn launcher_name(instance: &str, app: &str) -> String {
+pub(crate) fn launcher_name(instance: &str, app: &str) -> String {
     let snap_name = instance.split('_').next().unwrap_or(instance);
     if app == snap_name {
         instance.to_owned()
@@ -86,6 +86,8 @@ pub fn write(c: &Ctx, instance: &str, manifest: &str) -> anyhow::Result<usize> {
             fsutil::remove_file_if_exists(&p)?;
         }
     }
+    // Services start through their launchers, so their units follow them.
+    super::services::write_units(c, instance, &yaml)?;
     Ok(wanted.len())
 }
 
@@ -104,21 +106,40 @@ pub fn write_descriptions(
         .mode(0o755)
         .create(&dir)?;
     for (app, a) in &yaml.apps {
-        fsutil::write_atomic(&dir.join(app), describe(&yaml, rev, a).as_bytes(), 0o644)?;
+        fsutil::write_atomic(
+            &dir.join(app),
+            describe(&yaml, rev, &a.command, a).as_bytes(),
+            0o644,
+        )?;
+        // `APP.stop` (app names hold no dot): what `confine-hook --command=stop` runs.
+        if let Some(stop) = &a.stop_command {
+            fsutil::write_atomic(
+                &dir.join(format!("{app}.stop")),
+                describe(&yaml, rev, stop, a).as_bytes(),
+                0o644,
+            )?;
+        }
     }
     Ok(())
 }
 
-/// The launch description confine-hook reads (format: `refreshd_runctl::LAUNCH_MAGIC`).
-fn describe(yaml: &refreshd_snap::SnapYaml, rev: &str, app: &refreshd_snap::App) -> String {
+/// The launch description confine-hook reads (format: `refreshd_runctl::LAUNCH_MAGIC`) for
+/// `command` (the app's, or its stop-command) split on spaces as snapd's snap-exec does.
+fn describe(
+    yaml: &refreshd_snap::SnapYaml,
+    rev: &str,
+    command: &str,
+    app: &refreshd_snap::App,
+) -> String {
+    let mut words = command.split(' ').filter(|w| !w.is_empty());
     let mut out = format!(
         "{}\nsnap-name {}\nversion {}\nrevision {rev}\ncommand {}\n",
         refreshd_runctl::LAUNCH_MAGIC,
         yaml.name,
         yaml.version,
-        app.program()
+        words.next().unwrap_or("")
     );
-    for arg in app.args() {
+    for arg in words {
         out.push_str(&format!("arg {arg}\n"));
     }
     for (k, v) in yaml.environment.iter().chain(app.environment.iter()) {
@@ -131,7 +152,7 @@ pub fn remove_all(c: &Ctx, instance: &str) -> anyhow::Result<()> {
     for p in existing(c, instance)? {
         fsutil::remove_file_if_exists(&p)?;
     }
-    Ok(())
+    super::services::remove_units(c, instance)
 }
 
 /// Removes the launch descriptions of one revision, or of every revision.

@@ -80,7 +80,8 @@ fn discard_all(c: &Ctx, rs: &RemoveSetup) -> anyhow::Result<()> {
     c.tracking.forget(&rs.instance);
     fsutil::remove_tree_if_exists(&l.data_dir(&rs.instance))?;
     for d in l.user_data_dirs(&rs.instance) {
-        fsutil::remove_tree_if_exists(&d)?;
+        // A user's tree: never followed through a symlink they planted.
+        super::cleanup::remove_user_snap_dir(&d)?;
     }
     Ok(())
 }
