@@ -7,8 +7,15 @@ use std::path::Path;
 
 use refreshd_tests::*;
 
-const INSTALL_TASKS: [&str; 5] = ["prepare", "mount", "setup-data", "link", "launchers"];
-const REMOVE_TASKS: [&str; 3] = ["unlink", "unmount", "discard"];
+const INSTALL_TASKS: [&str; 6] = [
+    "prepare",
+    "mount",
+    "setup-data",
+    "link",
+    "launchers",
+    "start-services",
+];
+const REMOVE_TASKS: [&str; 4] = ["stop-services", "unlink", "unmount", "discard"];
 
 fn prerequisites() -> bool {
     if !mksquashfs_available() {
@@ -173,12 +180,12 @@ fn sigkill_at_every_undo_boundary() {
         return;
     }
     let mut runs = 0;
-    for task in ["prepare", "mount", "setup-data", "link"] {
+    for task in ["prepare", "mount", "setup-data", "link", "launchers"] {
         for when in ["before-undo", "after-undo"] {
             let root = Root::new("crash-undo");
             let blob = root.aux("crashy.snap");
             hello_snap(&blob, "crashy", "1.0");
-            let fp = format!("fail-do:launchers,{when}:{task}");
+            let fp = format!("fail-do:start-services,{when}:{task}");
             let d = Daemon::start_with(
                 root.path(),
                 DaemonOpts {
@@ -204,7 +211,7 @@ fn sigkill_at_every_undo_boundary() {
                 .collect();
             assert_eq!(
                 statuses,
-                ["Undone", "Undone", "Undone", "Undone", "Error"],
+                ["Undone", "Undone", "Undone", "Undone", "Undone", "Error"],
                 "{fp}"
             );
             check_invariants(root.path(), "crashy", false);
@@ -279,16 +286,21 @@ fn failed_reinstall_returns_to_the_previous_revision() {
     check_invariants(root.path(), "again", true);
 }
 
-const REFRESH_TASKS: [&str; 9] = [
+const REFRESH_TASKS: [&str; 14] = [
     "download",
     "prepare",
     "mount",
+    "pre-refresh-hook",
     "precopy-data",
     "wait-for-apps",
+    "stop-services",
     "setup-data",
     "link",
     "launchers",
     "lift-inhibition",
+    "start-services",
+    "post-refresh-hook",
+    "cleanup",
 ];
 
 /// A root with `crashy` revision 1 installed from a directory store, data written, and
@@ -395,6 +407,14 @@ fn sigkill_at_every_refresh_boundary() {
             let id = the_change(root.path(), "refresh");
             let ch = watch_until_ready(root.path(), id);
             assert_eq!(ch["status"], "Done", "refresh after a crash at {fp}: {ch}");
+            // Every task of the chain is in the matrix.
+            let kinds: Vec<&str> = ch["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["kind"].as_str().unwrap())
+                .collect();
+            assert_eq!(kinds, REFRESH_TASKS, "{fp}");
             check_refresh(root.path(), "2");
             runs += 1;
         }
