@@ -758,3 +758,21 @@ pub fn newest_change(root: &Path) -> u64 {
         .as_u64()
         .unwrap()
 }
+
+/// Every task of a store refresh, in order (the change's chain: refreshd/src/tasks/mod.rs).
+pub const REFRESH_TASKS: &[&str] = &[
+    "download",
+    "prepare",
+    "mount",
+    "pre-refresh-hook",
+    "precopy-data",
+    "wait-for-apps",
+    "stop-services",
+    "setup-data",
+    "link",
+    "launchers",
+    "lift-inhibition",
+    "start-services",
+    "post-refresh-hook",
+    "cleanup",
+];

@@ -286,23 +286,6 @@ fn failed_reinstall_returns_to_the_previous_revision() {
     check_invariants(root.path(), "again", true);
 }
 
-const REFRESH_TASKS: [&str; 14] = [
-    "download",
-    "prepare",
-    "mount",
-    "pre-refresh-hook",
-    "precopy-data",
-    "wait-for-apps",
-    "stop-services",
-    "setup-data",
-    "link",
-    "launchers",
-    "lift-inhibition",
-    "start-services",
-    "post-refresh-hook",
-    "cleanup",
-];
-
 /// A root with `crashy` revision 1 installed from a directory store, data written, and
 /// revision 2 published. Returns (root, store).
 fn refreshable() -> (Root, std::path::PathBuf) {

@@ -435,24 +435,6 @@ fn refresh_with_services_under_systemd() {
         .all(|l| !l.starts_with(b"snap.")));
 }
 
-/// Every task of a refresh, in order (the change's chain).
-const REFRESH_TASKS: &[&str] = &[
-    "download",
-    "prepare",
-    "mount",
-    "pre-refresh-hook",
-    "precopy-data",
-    "wait-for-apps",
-    "stop-services",
-    "setup-data",
-    "link",
-    "launchers",
-    "lift-inhibition",
-    "start-services",
-    "post-refresh-hook",
-    "cleanup",
-];
-
 #[test]
 fn failed_refresh_leaves_services_running() {
     if !can_run() {
