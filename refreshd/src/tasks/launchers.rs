@@ -10,8 +10,6 @@ use std::path::PathBuf;
 
 use std::os::unix::fs::DirBuilderExt;
 
-use anyhow::Context as _;
-
 use super::{setup, Ctx, SnapSetup};
 use crate::engine::{Outcome, Phase, TaskCtx};
 use crate::fsutil;
@@ -29,13 +27,7 @@ pub fn launchers(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> 
         Some(rev) => {
             let manifest = match phase {
                 Phase::Do => ss.manifest.clone(),
-                Phase::Undo => {
-                    t.db_with(|s| s.revision(&ss.instance, &rev))?
-                        .with_context(|| {
-                            format!("revision {rev} of {} is not recorded", ss.instance)
-                        })?
-                        .manifest
-                }
+                Phase::Undo => super::recorded_manifest(t, &ss.instance, &rev)?,
             };
             let n = write(c, &ss.instance, &manifest)?;
             t.log(format!("wrote {n} launchers for revision {rev}"));

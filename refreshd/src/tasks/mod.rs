@@ -153,6 +153,17 @@ pub fn handlers(ctx: Arc<Ctx>) -> HashMap<String, Arc<dyn Handler>> {
         .collect()
 }
 
+/// The recorded snap.yaml of a revision on disk; a missing record is an inconsistent state.
+pub fn recorded_manifest(t: &TaskCtx, instance: &str, rev: &str) -> anyhow::Result<String> {
+    Ok(t.db_with(|s| s.revision(instance, rev))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "revision {rev} of {instance:?} is not recorded; the state is inconsistent"
+            )
+        })?
+        .manifest)
+}
+
 /// The change's data as `T`.
 pub fn setup<T: serde::de::DeserializeOwned>(t: &TaskCtx) -> anyhow::Result<T> {
     serde_json::from_value(t.change.data.clone())

@@ -1,8 +1,6 @@
 //! Removing a snap: unlink → unmount → discard. Discard is the point of no return: it deletes
 //! data, so it has no undo and retries rather than fails.
 
-use anyhow::Context as _;
-
 use super::install::{mount_revision, set_current, unmount_revision};
 use super::{launchers, setup, Ctx, MountMode, RemoveSetup};
 use crate::engine::{Outcome, Phase, TaskCtx};
@@ -20,10 +18,7 @@ pub fn unlink(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
         Phase::Undo => {
             if let Some(rev) = &rs.current {
                 set_current(c, t, &rs.instance, Some(rev))?;
-                let manifest = t
-                    .db_with(|s| s.revision(&rs.instance, rev))?
-                    .with_context(|| format!("revision {rev} of {} is not recorded", rs.instance))?
-                    .manifest;
+                let manifest = super::recorded_manifest(t, &rs.instance, rev)?;
                 launchers::write(c, &rs.instance, &manifest)?;
             }
         }
