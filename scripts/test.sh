@@ -45,3 +45,5 @@ REFRESHD_TEST_SKIPS="$skips" cargo nextest run --workspace --no-fail-fast "$@"
 n=$(sort -u "$skips" | wc -l)
 echo "== skipped: $n"
 sort -u "$skips" | sed 's/^/   /'
+echo "== benchmarks, smoke run (every section runs; debug-build figures mean nothing)"
+bash scripts/bench.sh --smoke

@@ -44,10 +44,20 @@ pub struct Joined {
     pub v2: bool,
 }
 
+/// Reads a /proc file whole. procfs reports size 0, so `fs::read` would start from a tiny
+/// buffer and double it a read at a time (about ten syscalls on every launch); a page or two
+/// is what these files hold.
+fn read_proc(path: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut text = Vec::with_capacity(8192);
+    std::fs::File::open(path)?.read_to_end(&mut text)?;
+    Ok(text)
+}
+
 /// Joins this process to `PARENT/snap.NAME` in every available hierarchy. A hierarchy that
 /// exists but cannot be joined is an error: an untracked process could be cut off by a refresh.
 pub fn join_all(root: &[u8], name: &[u8]) -> Result<Joined> {
-    let text = std::fs::read("/proc/self/mountinfo")
+    let text = read_proc("/proc/self/mountinfo")
         .map_err(|e| fail!("cannot read /proc/self/mountinfo to find the cgroups: {e}"))?;
     let mounts = parse_mountinfo(&text);
     let mut pbuf = [0u8; 9 + 1 + ID_LEN];
@@ -72,7 +82,7 @@ pub fn join_all(root: &[u8], name: &[u8]) -> Result<Joined> {
 /// (where the path could be faked) is not PID 1's. A service stays in its unit's cgroup:
 /// systemd tracks and stops it, and refreshd stops it before a refresh's critical section.
 pub fn in_service_unit(instance: &[u8], app: &[u8]) -> bool {
-    let Ok(text) = std::fs::read("/proc/self/cgroup") else {
+    let Ok(text) = read_proc("/proc/self/cgroup") else {
         return false;
     };
     let unit = [b"/system.slice/snap.", instance, b".", app, b".service"].concat();

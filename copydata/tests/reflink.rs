@@ -55,6 +55,32 @@ fn reflinks_on(fs_name: &str, mount: Mount) {
     assert!(grew < 4096, "{fs_name}: 32 MiB reflinked cost {grew} KiB");
     assert_same(&snapshot(&src), &snapshot(&dst), fs_name);
 
+    // Files whose last block is partial stay wholly shared: no block of the copy is its own
+    // (a same-size truncate after the clone used to unshare every file's tail on XFS).
+    let tails = mount.path.join("tails");
+    dir(&tails, 0o755, 0, 0);
+    for i in 0..2000u64 {
+        file(&tails.join(format!("t{i}")), &bytes(5000, i), 0o644, 0, 0);
+    }
+    syncfs(&mount.path);
+    let before = used_kib(&mount.path);
+    let stats = copy_tree(
+        &tails,
+        &mount.path.join("tails-copy"),
+        &Options::default(),
+        &mut no_progress(),
+    )
+    .unwrap();
+    syncfs(&mount.path);
+    let grew = used_kib(&mount.path) - before;
+    println!("{fs_name}: 2,000 reflinked tails grew the filesystem by {grew} KiB");
+    assert_eq!(stats.reflinked_files, 2000, "{fs_name}: {stats:?}");
+    // Their tails alone would be 2,000 blocks (7.8 MiB); inodes and directories are far less.
+    assert!(
+        grew < 3072,
+        "{fs_name}: 2,000 reflinked files cost {grew} KiB"
+    );
+
     let plain = mount.path.join("plain");
     let opts = Options {
         reflink: Reflink::Never,
