@@ -538,6 +538,16 @@ impl State {
         collect(rows)
     }
 
+    /// The distinct events that parked tasks wait on and that start with `prefix`.
+    pub fn events_waited_on(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT DISTINCT wait_event FROM tasks WHERE status = 'Wait' \
+             AND substr(wait_event, 1, length(?1)) = ?1",
+        )?;
+        let rows = st.query_map([prefix], |r| Ok(Ok(r.get::<_, String>(0)?)))?;
+        collect(rows)
+    }
+
     /// Writes every mutable column of a task.
     pub fn save_task(&mut self, t: &TaskRow) -> Result<()> {
         save_task_on(&self.conn, t)

@@ -273,6 +273,63 @@ fn launch_during_inhibition_waits_for_the_lift() {
     );
 }
 
+/// An exit whose event is lost (outside the protocol: the release agent could not run, a watch
+/// could not be added) is caught by the daemon's one backstop timer, which looks at the kernel
+/// for the snaps refreshes wait for. Waiting refreshes have no timers of their own.
+#[test]
+fn lost_exit_events_are_caught_by_the_backstop() {
+    if !prerequisites() {
+        return;
+    }
+    let (v1, v2) = cgroup_mounts();
+    for (backend, present) in [("v1", v1.is_some()), ("v2", v2.is_some())] {
+        if !present {
+            skip(&format!("no {backend} hierarchy"));
+            continue;
+        }
+        let root = Root::new(&format!("backstop-{backend}"));
+        let r = root.path();
+        let (b1, b2) = (root.aux("t1.snap"), root.aux("t2.snap"));
+        tracking_snap(&b1, "tracked", "1.0", false);
+        tracking_snap(&b2, "tracked", "2.0", false);
+        let d = Daemon::start_with(
+            r,
+            DaemonOpts {
+                failpoints: Some("lose-events"),
+                extra_args: vec!["--tracking".into(), backend.into()],
+            },
+        );
+        let status = ctl_json(r, &["status", "--json"]);
+        if status["tracking"] != backend {
+            skip(&format!(
+                "{backend} tracking unavailable: {}",
+                status["tracking-reason"]
+            ));
+            continue;
+        }
+        assert!(ctl(r, &["install", b1.to_str().unwrap()]).status.success());
+        let app = App::launch(r, "tracked.hold");
+        assert!(ctl(r, &["install", b2.to_str().unwrap(), "--no-wait"])
+            .status
+            .success());
+        let id = newest_change(r);
+        let waiting = watch_until(r, id, |c| task(c, "wait-for-apps")["status"] == "Wait");
+        assert!(
+            task(&waiting, "wait-for-apps")["wait"]["until"].is_null(),
+            "{backend}: an event-driven wait has no deadline of its own: {}",
+            task(&waiting, "wait-for-apps")
+        );
+        app.release();
+        let done = watch_until_ready(r, id);
+        assert_eq!(done["status"], "Done", "{backend}: {done}");
+        assert!(
+            d.log_text().contains("but no event said so"),
+            "{backend}: the backstop, not an event, woke the refresh:\n{}",
+            d.log_text()
+        );
+    }
+}
+
 /// With refreshd stopped, launches proceed and are tracked; the daemon picks them up.
 #[test]
 fn launches_without_the_daemon_are_tracked() {

@@ -9,6 +9,9 @@
 //! `mid-copy:precopy-data` and `mid-copy:setup-data` fire inside a data copy, after its first
 //! entry.
 //!
+//! `lose-events` drops the events the tracking watcher sees (and makes its backstop look every
+//! second), to show that the backstop catches up with events lost outside the protocol.
+//!
 //! `fail-do:KIND` makes the task fail instead of running, to drive a change into undo;
 //! `park-do:KIND` parks it in Wait until the change is aborted. Unset (always, in production),
 //! a check is one load of a cached empty list.

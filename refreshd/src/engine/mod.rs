@@ -248,6 +248,15 @@ impl Engine {
         Ok(woken.len())
     }
 
+    /// The distinct events parked tasks wait on that start with `prefix` (one read, no write).
+    pub async fn events_waited_on(&self, prefix: &str) -> refreshd_state::Result<Vec<String>> {
+        let prefix = prefix.to_owned();
+        self.inner
+            .db
+            .call(move |s| s.events_waited_on(&prefix))
+            .await
+    }
+
     /// Requests an abort. Tasks not started are held and finished ones undone by the loop.
     pub async fn abort(&self, id: ChangeId) -> Result<(), AbortError> {
         self.inner

@@ -97,17 +97,18 @@ fn lock_busy(name: &str) -> Outcome {
     }
 }
 
-/// Parks until the snap goes idle. The deadline is a backstop only (the poll interval for
-/// `v1-poll`); events do the work.
+/// Parks until the snap goes idle: on the event of the tracking backend alone (whose backstop
+/// is one shared timer, `tracking::BACKSTOP`), or for `v1-poll` until the next poll.
 fn wait_for(c: &Ctx, name: &str, procs: &[u32]) -> Outcome {
     let tr = &c.tracking;
-    let after = match tr.kind {
-        Kind::V1Poll => tr.poll_interval,
-        _ => BACKSTOP,
-    };
+    // No deadline of its own: a timer per waiting refresh would wake an idle daemon once a
+    // minute per refresh (docs/performance.md, the idle daemon).
+    let until = (tr.kind == Kind::V1Poll)
+        .then(|| refreshd_state::now_ms() + tr.poll_interval.as_millis() as i64);
+    tr.parked.notify_one();
     Outcome::Wait {
         event: Some(idle_event(name)),
-        until: Some(refreshd_state::now_ms() + after.as_millis() as i64),
+        until,
         reason: format!(
             "waiting for {} to exit: {}",
             plural(procs.len()),
@@ -115,9 +116,6 @@ fn wait_for(c: &Ctx, name: &str, procs: &[u32]) -> Outcome {
         ),
     }
 }
-
-/// How long an event-driven wait sleeps at most: against events lost outside the protocol.
-const BACKSTOP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Every task inside a refresh's critical section starts by re-entering it (rule R7 of
 /// docs/runctl-protocol.md): under the lock, the inhibition marker is there and the snap is

@@ -60,8 +60,16 @@ impl Kind {
 
 /// The event a parked wait-for-apps task waits on.
 pub fn idle_event(name: &str) -> String {
-    format!("snap-idle:{name}")
+    format!("{IDLE_EVENT}{name}")
 }
+
+/// The prefix of [`idle_event`]s.
+pub const IDLE_EVENT: &str = "snap-idle:";
+
+/// How often the event-driven backends look at the kernel for the snaps refreshes wait for,
+/// against events lost outside the protocol (docs/runctl-protocol.md): one timer for all of
+/// them, not one per waiting refresh.
+pub const BACKSTOP: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct Tracking {
     pub kind: Kind,
@@ -73,6 +81,9 @@ pub struct Tracking {
     pub v2: Option<PathBuf>,
     pub runctl: PathBuf,
     pub poll_interval: Duration,
+    /// Told when a refresh parks waiting for apps: the backstop timer runs only while one
+    /// waits, so a daemon with nothing waiting never wakes by itself.
+    pub parked: tokio::sync::Notify,
 }
 
 pub struct Options {
@@ -105,6 +116,7 @@ impl Tracking {
             v2: None,
             runctl,
             poll_interval: opts.poll_interval,
+            parked: tokio::sync::Notify::new(),
         };
         // Parents are made now, so launchers only ever create leaves.
         if let Some(p) = &v1 {

@@ -9,8 +9,8 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{idle_event, Kind, Tracking};
-use crate::engine::Engine;
+use super::{idle_event, Kind, Tracking, BACKSTOP, IDLE_EVENT};
+use crate::engine::{failpoint, Engine};
 
 /// Starts the watcher of the chosen backend (nothing for `v1-poll` and `none`).
 pub fn spawn_watcher(
@@ -23,10 +23,12 @@ pub fn spawn_watcher(
             let ino = Inotify::init()?;
             ino.watches()
                 .add(&t.runctl, WatchMask::DELETE | WatchMask::MOVED_FROM)?;
+            tokio::spawn(backstop(t.clone(), engine.clone(), shutdown.clone()));
             tokio::spawn(watch_v1(t, ino, engine, shutdown));
         }
         Kind::V2 => {
             let ino = Inotify::init()?;
+            tokio::spawn(backstop(t.clone(), engine.clone(), shutdown.clone()));
             tokio::spawn(watch_v2(t, ino, engine, shutdown));
         }
         Kind::V1Poll | Kind::None => {}
@@ -40,6 +42,63 @@ async fn notify(engine: &Engine, name: &str) {
             snap = name,
             "cannot wake tasks waiting for the snap's apps: {e}"
         );
+    }
+}
+
+/// An event the watcher saw. The failpoint `lose-events` drops them, so that tests can show
+/// the backstop catches up (it then looks every second).
+async fn notify_watched(engine: &Engine, name: &str) {
+    if failpoint::fails(LOSE_EVENTS) {
+        debug!(snap = name, "failpoint lose-events: dropping the event");
+        return;
+    }
+    notify(engine, name).await;
+}
+
+const LOSE_EVENTS: &str = "lose-events";
+
+/// Against events lost outside the protocol (a release agent the kernel could not start, a
+/// marker put back by hand): every `BACKSTOP` while a refresh waits for apps, one look at the
+/// kernel for the snaps that parked refreshes wait for, waking only those with no process
+/// left. One timer however many refreshes wait, none while none waits, and no database write
+/// unless a task is woken.
+async fn backstop(t: Arc<Tracking>, engine: Engine, shutdown: CancellationToken) {
+    let every = if failpoint::fails(LOSE_EVENTS) {
+        std::time::Duration::from_secs(1)
+    } else {
+        BACKSTOP
+    };
+    // Tasks parked before a restart are re-run at start-up and park again, which tells us.
+    let mut waiting = false;
+    loop {
+        if !waiting {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = t.parked.notified() => {}
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let events = match engine.events_waited_on(IDLE_EVENT).await {
+            Ok(v) => v,
+            Err(e) => {
+                warn!("cannot list the refreshes waiting for apps: {e}");
+                waiting = true;
+                continue;
+            }
+        };
+        waiting = !events.is_empty();
+        for name in events.iter().filter_map(|e| e.strip_prefix(IDLE_EVENT)) {
+            if t.procs(name).is_ok_and(|p| p.is_empty()) {
+                warn!(
+                    snap = name,
+                    "no process of the snap is left but no event said so; waking its refresh"
+                );
+                notify(&engine, name).await;
+            }
+        }
     }
 }
 
@@ -70,7 +129,7 @@ async fn watch_v1(t: Arc<Tracking>, ino: Inotify, engine: Engine, shutdown: Canc
         }
         if let Some(name) = ev.name.as_deref().and_then(running_marker_name) {
             debug!(snap = name, "running marker removed");
-            notify(&engine, name).await;
+            notify_watched(&engine, name).await;
         }
     }
 }
@@ -169,6 +228,6 @@ async fn check_group(t: &Tracking, name: &str, engine: &Engine) {
         if let Err(e) = t.sync_running_marker(name, &[]) {
             warn!(snap = name, "cannot remove the running marker: {e}");
         }
-        notify(engine, name).await;
+        notify_watched(engine, name).await;
     }
 }
