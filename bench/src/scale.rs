@@ -433,7 +433,7 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> anyhow::Result<()> {
          refreshd/src/tracking/mod.rs, against events lost outside the protocol) looks at the \
          kernel every 60 s for the snaps refreshes wait for, with one database read, and wakes \
          only those with no process left; a daemon with no refresh waiting has no timer at all. \
-         Its ticks fell at about {} into the window (counted from the last park, the first \
+         Its ticks fell at {} into the window (counted from the last park, the first \
          within a second of it). {} of the {n_wait} refreshes were still waiting after the \
          window.\n\n\
          **Found by this benchmark, and fixed.** Each waiting refresh used to carry its own 60 s \
