@@ -16,6 +16,7 @@ mod unblock;
 mod util;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use clap::Parser;
@@ -76,8 +77,13 @@ fn main() -> std::process::ExitCode {
     };
     let t0 = Instant::now();
     let started = jiff_free_now();
+    catch_interrupt();
     let mut sections = vec![];
     for (id, title, f) in SECTIONS {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            println!("interrupted: the remaining sections are skipped");
+            break;
+        }
         let num = id.trim_end_matches('.');
         if !args.only.is_empty() && !args.only.iter().any(|o| o == num) {
             continue;
@@ -124,11 +130,40 @@ fn main() -> std::process::ExitCode {
         args.out.display(),
         report.seconds
     );
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        eprintln!("refreshd-bench: interrupted; the report holds the sections that ran");
+        return std::process::ExitCode::from(130);
+    }
     if failed {
         eprintln!("refreshd-bench: some sections failed to run (see the report)");
         return std::process::ExitCode::FAILURE;
     }
     std::process::ExitCode::SUCCESS
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM stops the run after the current section, whose guards then
+/// unmount, detach and remove what it made: dying at once would leave mounts, loop devices,
+/// cgroups and a test user behind. (The section's own children get the terminal's SIGINT too,
+/// so the section ends quickly.)
+fn catch_interrupt() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let act = SigAction::new(
+        SigHandler::Handler(on_interrupt),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        if let Err(e) = unsafe { sigaction(sig, &act) } {
+            eprintln!("refreshd-bench: cannot catch {sig}: {e}");
+        }
+    }
 }
 
 fn write(out: &std::path::Path, report: &Report) -> anyhow::Result<()> {
