@@ -430,6 +430,35 @@ fn registered_agent(freezer: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// A backend's latency, and its two parts when the marker's removal was seen.
+fn push_backend(
+    s: &mut Section,
+    title: &str,
+    short: &str,
+    remover: &str,
+    b: &Backend,
+    exec_name: &str,
+    exec: &Stats,
+) {
+    let fig = |name: String, v: &[f64]| {
+        Figure::new(name, "ms", Stats::of(v)).against(exec_name, exec.clone())
+    };
+    s.push(fig(
+        format!("{title}: app exit → wait-for-apps in the critical section"),
+        &b.latency,
+    ));
+    if !b.to_marker.is_empty() {
+        s.push(fig(
+            format!("{short}, part 1: app exit → {remover} removed snap.NAME.running"),
+            &b.to_marker,
+        ));
+        s.push(fig(
+            format!("{short}, part 2: marker removed → wait-for-apps in the critical section"),
+            &b.marker_to_entered,
+        ));
+    }
+}
+
 pub fn run(ctx: &Ctx, s: &mut Section) -> anyhow::Result<()> {
     let dir = ctx.work.join("exit-notice");
     fs::create_dir_all(&dir)?;
@@ -476,34 +505,15 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> anyhow::Result<()> {
             println!("    v1 (release agent): {n} samples");
             match backend("v1", &["--tracking", "v1"], "v1", n, &snap, no_delay)? {
                 Err(why) => v1_note = format!("v1: skipped: {why}"),
-                Ok(b) => {
-                    s.push(
-                        Figure::new(
-                            "v1 (release agent): app exit → wait-for-apps in the critical section",
-                            "ms",
-                            Stats::of(&b.latency),
-                        )
-                        .against(exec_name, exec.clone()),
-                    );
-                    if !b.to_marker.is_empty() {
-                        s.push(
-                            Figure::new(
-                                "v1, part 1: app exit → release agent removed snap.NAME.running",
-                                "ms",
-                                Stats::of(&b.to_marker),
-                            )
-                            .against(exec_name, exec.clone()),
-                        );
-                        s.push(
-                            Figure::new(
-                                "v1, part 2: marker removed → wait-for-apps in the critical section",
-                                "ms",
-                                Stats::of(&b.marker_to_entered),
-                            )
-                            .against(exec_name, exec.clone()),
-                        );
-                    }
-                }
+                Ok(b) => push_backend(
+                    s,
+                    "v1 (release agent)",
+                    "v1",
+                    "the release agent",
+                    &b,
+                    exec_name,
+                    &exec,
+                ),
             }
         }
     }
@@ -567,34 +577,15 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> anyhow::Result<()> {
         println!("    v2 (cgroup.events): {n} samples");
         match backend("v2", &["--tracking", "v2"], "v2", n, &snap, no_delay)? {
             Err(why) => v2_note = format!("v2: skipped: {why}"),
-            Ok(b) => {
-                s.push(
-                    Figure::new(
-                        "v2 (cgroup.events): app exit → wait-for-apps in the critical section",
-                        "ms",
-                        Stats::of(&b.latency),
-                    )
-                    .against(exec_name, exec.clone()),
-                );
-                if !b.to_marker.is_empty() {
-                    s.push(
-                        Figure::new(
-                            "v2, part 1: app exit → refreshd's cgroup.events watcher removed snap.NAME.running",
-                            "ms",
-                            Stats::of(&b.to_marker),
-                        )
-                        .against(exec_name, exec.clone()),
-                    );
-                    s.push(
-                        Figure::new(
-                            "v2, part 2: marker removed → wait-for-apps in the critical section",
-                            "ms",
-                            Stats::of(&b.marker_to_entered),
-                        )
-                        .against(exec_name, exec.clone()),
-                    );
-                }
-            }
+            Ok(b) => push_backend(
+                s,
+                "v2 (cgroup.events)",
+                "v2",
+                "refreshd's cgroup.events watcher",
+                &b,
+                exec_name,
+                &exec,
+            ),
         }
     }
 

@@ -76,61 +76,15 @@ pub(crate) fn hyperfine_rounds(
         })
         .collect();
     for round in 0..rounds {
-        let dir = tempfile::Builder::new()
-            .prefix("hyperfine-")
-            .tempdir_in(&ctx.work)?;
-        if let Some((uid, gid)) = user {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
-        }
-        let json = dir.path().join("out.json");
-        let mut cmd = match user {
-            Some((uid, gid)) => {
-                let mut c = Command::new("setpriv");
-                c.arg(format!("--reuid={uid}"))
-                    .arg(format!("--regid={gid}"))
-                    .arg("--clear-groups")
-                    .arg("--")
-                    .arg("hyperfine");
-                c
-            }
-            None => Command::new("hyperfine"),
-        };
-        cmd.args(["-N", "--style", "none", "--runs"])
-            .arg(runs.to_string())
-            .arg("--warmup")
-            .arg(warmup.to_string())
-            .arg("--export-json")
-            .arg(&json)
-            .current_dir(dir.path());
         let mut order: Vec<usize> = (0..commands.len()).collect();
         if round % 2 == 1 {
             order.reverse();
         }
-        for &i in &order {
-            cmd.arg("-n").arg(commands[i].0).arg(&commands[i].1);
-        }
-        util::run(&mut cmd)?;
-        let v: serde_json::Value = serde_json::from_slice(&fs::read(&json)?)?;
-        let results = v["results"]
-            .as_array()
-            .context("hyperfine wrote no results")?;
-        if results.len() != commands.len() {
-            bail!(
-                "hyperfine wrote {} results for {} commands",
-                results.len(),
-                commands.len()
-            );
-        }
-        for (r, &i) in results.iter().zip(&order) {
-            let times: Vec<f64> = r["times"]
-                .as_array()
-                .context("hyperfine wrote no times")?
-                .iter()
-                .filter_map(|t| t.as_f64())
-                .map(|s| s * 1e3)
-                .collect();
-            out[i].rounds.push(Stats::of(&times).median);
-            out[i].all.extend(times);
+        let ordered: Vec<(&str, String)> = order.iter().map(|&i| commands[i].clone()).collect();
+        let times = util::hyperfine_times(ctx, &ordered, runs, warmup, user)?;
+        for (t, &i) in times.into_iter().zip(&order) {
+            out[i].rounds.push(Stats::of(&t).median);
+            out[i].all.extend(t);
         }
     }
     Ok(out)

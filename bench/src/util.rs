@@ -50,10 +50,10 @@ pub fn sh(script: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Times whole commands with `hyperfine -N` (no shell: fork + exec + wait of each command),
-/// interleaving nothing: each command's runs are consecutive, after `warmup` unrecorded runs.
-/// Returns each command's wall times in milliseconds. `user` runs hyperfine itself (and so every
-/// command) as that uid/gid with no supplementary groups.
+/// Times whole commands with `hyperfine -N` (no shell: fork + exec + wait of each command):
+/// each command's runs are consecutive, after `warmup` unrecorded runs. Returns each command's
+/// wall times in milliseconds. `user` runs hyperfine itself (and so every command) as that
+/// uid/gid with no supplementary groups.
 pub fn hyperfine(
     ctx: &Ctx,
     commands: &[(&str, String)],
@@ -61,6 +61,20 @@ pub fn hyperfine(
     warmup: usize,
     user: Option<(u32, u32)>,
 ) -> anyhow::Result<Vec<Stats>> {
+    Ok(hyperfine_times(ctx, commands, runs, warmup, user)?
+        .iter()
+        .map(|t| Stats::of(t))
+        .collect())
+}
+
+/// [`hyperfine`], returning every run's wall time (ms) of each command, in command order.
+pub fn hyperfine_times(
+    ctx: &Ctx,
+    commands: &[(&str, String)],
+    runs: usize,
+    warmup: usize,
+    user: Option<(u32, u32)>,
+) -> anyhow::Result<Vec<Vec<f64>>> {
     let dir = tempfile::Builder::new()
         .prefix("hyperfine-")
         .tempdir_in(&ctx.work)?;
@@ -92,11 +106,18 @@ pub fn hyperfine(
     }
     run(&mut cmd)?;
     let v: serde_json::Value = serde_json::from_slice(&fs::read(&json)?)?;
-    let mut out = vec![];
-    for r in v["results"]
+    let results = v["results"]
         .as_array()
-        .context("hyperfine wrote no results")?
-    {
+        .context("hyperfine wrote no results")?;
+    if results.len() != commands.len() {
+        bail!(
+            "hyperfine wrote {} results for {} commands",
+            results.len(),
+            commands.len()
+        );
+    }
+    let mut out = vec![];
+    for r in results {
         let times: Vec<f64> = r["times"]
             .as_array()
             .context("hyperfine wrote no times")?
@@ -104,7 +125,7 @@ pub fn hyperfine(
             .filter_map(|t| t.as_f64())
             .map(|s| s * 1e3)
             .collect();
-        out.push(Stats::of(&times));
+        out.push(times);
     }
     Ok(out)
 }
