@@ -4,36 +4,21 @@
 
 use std::fs;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
+use refreshd_tests::{find_program, scratch};
+
 use crate::report::{num, Figure, Section, Stats};
 use crate::util::{self, Ctx};
 
 // The store crate's nginx and cutting-proxy harness (as tests/tests/http_refresh.rs uses it),
-// shared rather than copied. It needs `find_program` and `scratch` from here.
+// shared rather than copied. It needs `find_program` and `scratch` from here (the harness's).
 #[path = "../../store/tests/common/nginx.rs"]
 mod nginx;
-
-/// Finds a program in `PATH` or the sbin directories (where Debian puts nginx).
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-/// nginx's configuration, logs and pid file go here (removed when nginx is dropped).
-fn scratch(tag: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("refreshd-bench-{tag}-"))
-        .tempdir()
-        .expect("tempdir")
-}
 
 const MIB: u64 = 1 << 20;
 const NAME: &str = "benchblob";

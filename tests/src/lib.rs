@@ -460,6 +460,24 @@ pub fn hello_snap(out: &Path, name: &str, version: &str) {
     .build(out);
 }
 
+/// Finds a program in `PATH` or the sbin directories (where Debian puts nginx).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A scratch directory of its own (a server's configuration, logs and pid file), removed on
+/// drop.
+pub fn scratch(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("refreshd-test-{tag}-"))
+        .tempdir()
+        .expect("tempdir")
+}
+
 pub fn mksquashfs_available() -> bool {
     Command::new("mksquashfs")
         .arg("-version")

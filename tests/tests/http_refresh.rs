@@ -3,29 +3,13 @@
 //! without fetching again what it had; a corrupted blob is rejected with nothing changed.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use refreshd_tests::*;
 
 // The store crate's nginx and proxy harness, shared rather than copied.
 #[path = "../../store/tests/common/nginx.rs"]
 mod nginx;
-
-/// Finds a program in `PATH` or the sbin directories (where Debian puts nginx).
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-fn scratch(tag: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("refreshd-test-{tag}-"))
-        .tempdir()
-        .expect("tempdir")
-}
 
 /// A snap with about 2 MB of incompressible payload, so a download can be cut in the middle.
 fn big_snap(out: &Path, version: &str, seed: u64) {
