@@ -18,6 +18,11 @@ command -v mkfs.btrfs >/dev/null || need_pkgs+=(btrfs-progs)
 command -v mkfs.ext4 >/dev/null || need_pkgs+=(e2fsprogs)
 command -v setfacl >/dev/null || need_pkgs+=(acl)
 command -v setfattr >/dev/null || need_pkgs+=(attr)
+command -v make >/dev/null || need_pkgs+=(make)
+command -v man >/dev/null || need_pkgs+=(man-db)
+command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+command -v dbus-daemon >/dev/null || need_pkgs+=(dbus-daemon)
+/usr/bin/python3 -c "import gi" 2>/dev/null || need_pkgs+=(python3-gi)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing ${need_pkgs[*]}"

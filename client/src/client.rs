@@ -31,7 +31,7 @@ use tokio_util::io::ReaderStream;
 
 use crate::types::{
     Change, ChangeAction, ChangeRef, ErrorBody, ErrorKind, Hold, RefreshPlan, RefreshRequest,
-    RefreshResult, Select, Snap, SnapAction, StoreInstall, SystemInfo,
+    RefreshResult, Select, Snap, SnapAction, SnapStatus, StoreInstall, SystemInfo,
 };
 
 /// The header that makes a `POST` safe to repeat (docs/api.md, "Idempotency").
@@ -135,6 +135,12 @@ impl Client {
     /// `GET /v1/snaps/NAME`.
     pub async fn snap(&self, name: &str) -> Result<Snap, ClientError> {
         self.get(&format!("/v1/snaps/{}", encode(name))).await
+    }
+
+    /// `GET /v1/snaps/NAME/status`: what a refresh of NAME waits for, and its processes.
+    pub async fn snap_status(&self, name: &str) -> Result<SnapStatus, ClientError> {
+        self.get(&format!("/v1/snaps/{}/status", encode(name)))
+            .await
     }
 
     /// `GET /v1/changes`: changes without their tasks, newest first.

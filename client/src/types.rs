@@ -12,7 +12,9 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 mod refresh;
+mod status;
 pub use refresh::*;
+pub use status::*;
 
 /// `GET /v1/system-info`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

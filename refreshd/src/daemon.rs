@@ -84,12 +84,30 @@ pub struct Args {
     /// are waited for); off when absent.
     #[arg(long, value_name = "EVERY", value_parser = refreshd_snap::text::parse_duration)]
     pub auto_refresh: Option<Duration>,
+    /// Tell logged-in desktop users when a refresh waits for their app and when it is done
+    /// (session: on their session bus; none: never).
+    #[arg(long, value_enum, default_value = "session")]
+    pub notify: crate::notify::Mode,
+    /// Remind a user of a refresh still waiting at most this often (1d, 4h); off when absent.
+    #[arg(long, value_name = "EVERY", value_parser = refreshd_snap::text::parse_duration)]
+    pub notify_reminder: Option<Duration>,
+    /// The refreshd-notify binary run as each user (default: next to refreshd).
+    #[arg(long, value_name = "PATH")]
+    pub notify_helper: Option<PathBuf>,
 }
 
 pub fn main() -> std::process::ExitCode {
     let args = Args::parse();
     init_tracing();
-    match start(args) {
+    // Before any thread starts: this unsets LISTEN_FDS and LISTEN_PID.
+    let inherited = match crate::systemd::take_listener() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("refreshd: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match start(args, inherited) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // Once, on stderr (the journal under systemd), as one line.
@@ -99,15 +117,38 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
-/// Text logs on a terminal; without timestamps under systemd, whose journal adds them.
+/// Under systemd, structured entries straight to the journal: each event's fields become
+/// journal fields (`SNAP`, `CHANGE`, `TASK`, ...), so `journalctl SNAP=hello` finds a snap's
+/// story. Elsewhere, text on stderr: colour only on a terminal, no timestamps when a service
+/// manager adds its own.
 fn init_tracing() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if crate::systemd::stderr_is_journal() {
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(
+                        journal
+                            .with_field_prefix(None)
+                            .with_syslog_identifier("refreshd".to_owned()),
+                    )
+                    .init();
+                return;
+            }
+            Err(e) => eprintln!("refreshd: cannot log to the journal ({e}); logging to stderr"),
+        }
+    }
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
     if std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some() {
-        b.without_time().with_ansi(false).init();
+        b.without_time().init();
     } else {
         b.init();
     }
@@ -120,19 +161,24 @@ pub struct Daemon {
     pub api: Arc<ApiState>,
     /// `--auto-refresh`: how often snaps are refreshed by themselves.
     pub auto_refresh: Option<Duration>,
+    /// The socket came from systemd (refreshd.socket): it is systemd's to keep and remove.
+    pub socket_activated: bool,
     _lock: Flock<File>,
 }
 
-fn start(args: Args) -> anyhow::Result<()> {
+fn start(args: Args, inherited: Option<std::os::unix::net::UnixListener>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let daemon = Daemon::setup(&args, shutdown.clone())?;
+    let mut daemon = Daemon::setup(&args, shutdown.clone())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let listener = daemon.bind()?;
+        let listener = match inherited {
+            Some(l) => daemon.adopt(l)?,
+            None => daemon.bind()?,
+        };
         let sig = shutdown.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
@@ -237,6 +283,8 @@ impl Daemon {
             services,
             hook_timeout: Duration::from_secs(args.hook_timeout.max(1)),
             retain: args.retain as usize,
+            notify: Arc::new(crate::notify::Notifier::from_args(&layout, args)?),
+            inhibit: crate::inhibit::Inhibitors::new(root == std::path::Path::new("/")),
         });
         recover(&ctx, &mut state)?;
 
@@ -258,6 +306,7 @@ impl Daemon {
             engine,
             api,
             auto_refresh: args.auto_refresh,
+            socket_activated: false,
             _lock: lock,
         })
     }
@@ -274,6 +323,17 @@ impl Daemon {
         Ok(l)
     }
 
+    /// Serves on the socket systemd passed (socket activation): connections made while no
+    /// daemon ran wait in its backlog and are answered now.
+    pub fn adopt(&mut self, l: std::os::unix::net::UnixListener) -> anyhow::Result<UnixListener> {
+        let path = self.layout.socket();
+        crate::systemd::check_listener(&l, &path)?;
+        let l = UnixListener::from_std(l).context("cannot serve on the socket systemd passed")?;
+        self.socket_activated = true;
+        info!(socket = %path.display(), "listening on the socket systemd passed");
+        Ok(l)
+    }
+
     /// Serves until the shutdown token fires; then stops accepting, lets handlers reach an
     /// end (at most [`SHUTDOWN_GRACE`]), and returns with everything persisted.
     pub async fn run(self, listener: UnixListener) -> anyhow::Result<()> {
@@ -285,16 +345,27 @@ impl Daemon {
             shutdown.clone(),
         )
         .context("cannot watch for apps exiting")?;
+        crate::notify::spawn_login_watcher(
+            self.api.ctx.notify.clone(),
+            engine.clone(),
+            shutdown.clone(),
+        );
         let engine_task = tokio::spawn({
             let shutdown = shutdown.clone();
             async move { engine.run(shutdown, SHUTDOWN_GRACE).await }
         });
         let auto_refresh = crate::autorefresh::start(self.api.clone(), self.auto_refresh).await;
+        crate::systemd::spawn_status(self.engine.clone(), shutdown.clone());
+        crate::systemd::spawn_watchdog(self.engine.clone(), shutdown.clone());
+        crate::systemd::ready("ready");
         let served = api::serve(listener, self.api.clone()).await;
         shutdown.cancel();
+        crate::systemd::stopping("stopping: letting running tasks reach an end");
         let _ = auto_refresh.await;
         let _ = engine_task.await;
-        let _ = fs::remove_file(self.layout.socket());
+        if !self.socket_activated {
+            let _ = fs::remove_file(self.layout.socket());
+        }
         info!("stopped");
         served.context("API server failed")
     }

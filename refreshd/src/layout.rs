@@ -113,6 +113,14 @@ impl Layout {
     pub fn daemon_lock(&self) -> PathBuf {
         self.at("run/refreshd/daemon.lock")
     }
+    /// Users' runtime directories (`run/user/UID`, made by logind at login; user-controlled).
+    pub fn user_runtime_dirs(&self) -> PathBuf {
+        self.at("run/user")
+    }
+    /// A logged-in user's session bus socket: `run/user/UID/bus`.
+    pub fn user_bus(&self, uid: u32) -> PathBuf {
+        self.user_runtime_dirs().join(uid.to_string()).join("bus")
+    }
     /// Present when snapd manages this root; refreshd then refuses to start.
     pub fn snapd_state(&self) -> PathBuf {
         self.at("var/lib/snapd/state.json")

@@ -2,6 +2,7 @@
 //!
 //! Everything a test makes is owned by a guard that undoes it on drop — daemons are stopped,
 //! mounts under the scratch root unmounted, users deleted — even when the test fails.
+pub mod installed;
 pub mod systemd;
 
 use std::fs;

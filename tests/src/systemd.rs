@@ -201,7 +201,9 @@ const PREFIX: &str = "refreshd-systemd-";
 
 /// The boot script, `sh BOOT_SCRIPT stage1` run by `unshare --pid --fork --mount ...`.
 /// Environment: DIR (host work directory), CG (the instance's cgroup), MARK (the instance id),
-/// CONSOLE (pty for /dev/console, or empty), HOST_MNT_NS (the host's mount namespace).
+/// CONSOLE (pty for /dev/console, or empty), HOST_MNT_NS (the host's mount namespace), DISK
+/// (a host directory holding the overlay's upper and work directories, kept across boots; empty:
+/// a tmpfs that dies with the instance).
 const BOOT_SCRIPT: &str = r#"set -eu
 umask 022
 case "$1" in
@@ -216,9 +218,11 @@ stage2)
   mount --make-rprivate /
   B="$DIR/base"
   mount -t tmpfs -o mode=0755 "$MARK" "$B"
-  mkdir "$B/upper" "$B/work" "$B/root"
+  if [ -n "$DISK" ]; then U="$DISK/upper"; W="$DISK/work"; mkdir -p "$U" "$W"
+  else U="$B/upper"; W="$B/work"; mkdir "$U" "$W"; fi
+  mkdir "$B/root"
   R="$B/root"
-  mount -t overlay -o "lowerdir=/,upperdir=$B/upper,workdir=$B/work" "$MARK" "$R"
+  mount -t overlay -o "lowerdir=/,upperdir=$U,workdir=$W" "$MARK" "$R"
   mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
   mount --rbind /sys "$R/sys"
   umount -R "$R/sys/fs/cgroup"
@@ -268,6 +272,11 @@ pub struct BootOpts {
     pub files: Vec<SeedFile>,
     /// A network namespace of its own (only `lo`); by default it shares the host's.
     pub private_network: bool,
+    /// A host directory that keeps what the instance writes to its root (the overlay's upper
+    /// directory) for the next boot on the same disk: a reboot. `/run` and `/tmp` are fresh at
+    /// every boot, as on a machine. The caller owns (and removes) the directory; one instance
+    /// at a time may use it.
+    pub disk: Option<PathBuf>,
 }
 
 impl Default for BootOpts {
@@ -277,6 +286,7 @@ impl Default for BootOpts {
             extra_masks: vec![],
             files: vec![],
             private_network: false,
+            disk: None,
         }
     }
 }
@@ -431,6 +441,7 @@ impl Systemd {
             .env("SYSTEMD", SYSTEMD)
             .env("CONSOLE", console.unwrap_or_default())
             .env("HOST_MNT_NS", fs::read_link("/proc/self/ns/mnt")?)
+            .env("DISK", opts.disk.as_deref().unwrap_or(Path::new("")))
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

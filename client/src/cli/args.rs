@@ -39,8 +39,15 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug, PartialEq, Eq)]
 pub enum Command {
-    /// Show refreshd's version, root and activity
-    Status(JsonFlag),
+    /// Show refreshd's version, root and activity; with NAME, what a refresh of that snap waits
+    /// for: its change in progress and the snap's processes, with their owners and command lines
+    Status {
+        /// A snap's instance name
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// List installed snaps
     List(JsonFlag),
     /// Install a snap from a local .snap file, or by name from refreshd's store
@@ -55,6 +62,8 @@ pub enum Command {
         channel: Option<String>,
         #[command(flatten)]
         wait: NoWait,
+        #[command(flatten)]
+        json: ChangeJson,
     },
     /// Refresh snaps to the newest revision of their channel in refreshd's store (every snap
     /// with an update when none is named); list updates; hold or unhold refreshes
@@ -83,7 +92,8 @@ pub enum Command {
         /// Lift the hold of NAMEs (of every installed snap when none is named)
         #[arg(long, conflicts_with_all = ["channel", "no_wait"])]
         unhold: bool,
-        /// With --list: print refreshd's JSON (schema: docs/api.md) instead of text
+        /// Print JSON (schema: docs/api.md) instead of text: the updates with --list, the snaps
+        /// with --hold/--unhold, else the changes made (ready ones, unless --no-wait)
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -95,6 +105,8 @@ pub enum Command {
         name: String,
         #[command(flatten)]
         wait: NoWait,
+        #[command(flatten)]
+        json: ChangeJson,
     },
     /// Build a .snap from a directory holding meta/snap.yaml (like `snap pack`)
     Pack {
@@ -103,6 +115,8 @@ pub enum Command {
         /// Where to write the .snap (default: NAME_VERSION.snap in the current directory)
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Publish a .snap into a directory store, as the next revision of its channel
     Publish {
@@ -114,6 +128,8 @@ pub enum Command {
         /// The channel that gets the new revision
         #[arg(long, default_value = "stable", value_name = "CHANNEL")]
         channel: String,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Remove a snap
     Remove {
@@ -121,6 +137,8 @@ pub enum Command {
         name: String,
         #[command(flatten)]
         wait: NoWait,
+        #[command(flatten)]
+        json: ChangeJson,
     },
     /// List changes (those in progress unless --all)
     Changes {
@@ -152,12 +170,32 @@ pub enum Command {
     Abort {
         /// The change's id (see refreshctl changes)
         id: u64,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Let refreshes that wait for apps to close go through now, and return once each has left
+    /// its critical section (run early at boot by refreshd-boot.service, before anyone logs in)
+    BootRefresh {
+        /// Stop waiting after this long (30s, 5m); the refreshes go on in the background
+        #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = refreshd_snap::text::parse_duration)]
+        timeout: std::time::Duration,
+        #[command(flatten)]
+        json: JsonFlag,
     },
 }
 
 #[derive(Args, Debug, PartialEq, Eq, Default, Clone, Copy)]
 pub struct JsonFlag {
     /// Print refreshd's JSON (schema: docs/api.md) instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--json` of the commands that make a change.
+#[derive(Args, Debug, PartialEq, Eq, Default, Clone, Copy)]
+pub struct ChangeJson {
+    /// Print the change as refreshd's JSON (schema: docs/api.md) instead of text: once it is
+    /// ready, or as it is now with --no-wait
     #[arg(long)]
     pub json: bool,
 }
@@ -226,8 +264,21 @@ mod tests {
     fn commands() {
         let json = JsonFlag { json: true };
         let cases: &[(&[&str], Command)] = &[
-            (&["status"], Command::Status(JsonFlag::default())),
-            (&["status", "--json"], Command::Status(json)),
+            (
+                &["status"],
+                Command::Status {
+                    name: None,
+                    json: JsonFlag::default(),
+                },
+            ),
+            (&["status", "--json"], Command::Status { name: None, json }),
+            (
+                &["status", "hello", "--json"],
+                Command::Status {
+                    name: Some("hello".into()),
+                    json,
+                },
+            ),
             (&["list", "--json"], Command::List(json)),
             (
                 &["install", "hello.snap"],
@@ -236,15 +287,17 @@ mod tests {
                     name: None,
                     channel: None,
                     wait: NoWait::default(),
+                    json: ChangeJson::default(),
                 },
             ),
             (
-                &["install", "hello", "--channel", "beta"],
+                &["install", "hello", "--channel", "beta", "--json"],
                 Command::Install {
                     file: "hello".into(),
                     name: None,
                     channel: Some("beta".into()),
                     wait: NoWait::default(),
+                    json: ChangeJson { json: true },
                 },
             ),
             (
@@ -290,14 +343,32 @@ mod tests {
                     name: Some("hello_work".into()),
                     channel: None,
                     wait: NoWait { no_wait: true },
+                    json: ChangeJson::default(),
                 },
             ),
             (
-                &["remove", "hello", "--no-wait"],
+                &["remove", "hello", "--no-wait", "--json"],
                 Command::Remove {
                     name: "hello".into(),
                     wait: NoWait { no_wait: true },
+                    json: ChangeJson { json: true },
                 },
+            ),
+            (
+                &["revert", "hello", "--json"],
+                Command::Revert {
+                    name: "hello".into(),
+                    wait: NoWait::default(),
+                    json: ChangeJson { json: true },
+                },
+            ),
+            (
+                &["refresh", "hello", "--json"],
+                refresh!(&["hello"], json: true),
+            ),
+            (
+                &["refresh", "--hold", "--json"],
+                refresh!(&[], hold: Some(Hold::Forever), json: true),
             ),
             (
                 &["changes"],
@@ -323,7 +394,14 @@ mod tests {
                 },
             ),
             (&["watch", "7", "--json"], Command::Watch { id: 7, json }),
-            (&["abort", "12"], Command::Abort { id: 12 }),
+            (
+                &["abort", "12"],
+                Command::Abort {
+                    id: 12,
+                    json: JsonFlag::default(),
+                },
+            ),
+            (&["abort", "12", "--json"], Command::Abort { id: 12, json }),
         ];
         for (args, want) in cases {
             let cli = parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
@@ -342,7 +420,8 @@ mod tests {
             &["install"],
             &["abort", "1", "2"],
             &["list", "--no-wait"],
-            &["install", "--json", "x.snap"],
+            &["status", "a", "b"],
+            &["pack", "--no-wait", "dir"],
             &["refresh", "--hold=2x"],
             &["refresh", "--hold=0s", "a"],
             &["refresh", "--hold="],

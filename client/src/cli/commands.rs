@@ -6,21 +6,42 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::args::{Command, JsonFlag, NoWait};
+use super::args::{ChangeJson, Command, JsonFlag, NoWait};
 use super::exit::{ChangeFailed, UsageError};
-use super::format::{self, Clock};
+use super::format::{self, Clock, Paint};
 use super::progress::{Follower, Mode};
 use crate::client::{Client, ClientError};
-use crate::types::{Change, Hold, NoteKind, Select};
+use crate::types::{Change, Hold, NoteKind, RefreshNote, Select};
 
-pub async fn run(command: Command, client: &Client, clock: &Clock) -> Result<()> {
+/// Runs `command`. Times in text are shown against `clock`; `paint` colours standard output.
+pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint) -> Result<()> {
     match command {
-        Command::Status(JsonFlag { json }) => {
+        Command::BootRefresh {
+            timeout,
+            json: JsonFlag { json },
+        } => super::boot::run(client, timeout, json).await,
+        Command::Status {
+            name: None,
+            json: JsonFlag { json },
+        } => {
             let info = client.system_info().await.doing("get refreshd's status")?;
             if json {
                 return print_json(&info);
             }
             print(&format::system_info(&info, clock))
+        }
+        Command::Status {
+            name: Some(name),
+            json: JsonFlag { json },
+        } => {
+            let status = client
+                .snap_status(&name)
+                .await
+                .doing(&format!("get the status of {name}"))?;
+            if json {
+                return print_json(&status);
+            }
+            print(&format::snap_status(&status, clock, paint))
         }
         Command::List(JsonFlag { json }) => {
             let snaps = client.snaps().await.doing("list snaps")?;
@@ -38,6 +59,7 @@ pub async fn run(command: Command, client: &Client, clock: &Clock) -> Result<()>
             name,
             channel,
             wait: no_wait,
+            json: ChangeJson { json },
         } => {
             // A path names a file; a bare word that is no file names a snap in the store.
             let by_name = file
@@ -53,10 +75,9 @@ pub async fn run(command: Command, client: &Client, clock: &Clock) -> Result<()>
                     .await
                     .doing(&format!("install {}", file.display()))?,
             };
-            if no_wait.no_wait {
-                return print(&format!("{id}\n"));
-            }
-            let change = wait(client, id).await?;
+            let Some(change) = conclude(client, id, no_wait, json).await? else {
+                return Ok(());
+            };
             let installed = match change.snap.as_deref().or(name.as_deref()) {
                 Some(snap) => {
                     let snap = client.snap(snap).await.doing("get the installed snap")?;
@@ -78,43 +99,41 @@ pub async fn run(command: Command, client: &Client, clock: &Clock) -> Result<()>
             if list {
                 return refresh_list(client, clock, json).await;
             }
-            if json {
-                return Err(UsageError(
-                    "--json goes with --list; refresh --list --json prints the updates".into(),
-                )
-                .into());
-            }
             if let Some(hold) = hold {
-                return hold_refreshes(client, clock, &names, hold).await;
+                return hold_refreshes(client, clock, &names, hold, json).await;
             }
             if unhold {
-                return unhold_refreshes(client, &names).await;
+                return unhold_refreshes(client, &names, json).await;
             }
             match &names[..] {
-                [name] => refresh_one(client, clock, name, channel.as_deref(), no_wait).await,
+                [name] => refresh_one(client, clock, name, channel.as_deref(), no_wait, json).await,
                 _ if channel.is_some() => Err(UsageError(
                     "--channel goes with exactly one NAME; refresh the others separately".into(),
                 )
                 .into()),
-                _ => refresh_many(client, &names, no_wait).await,
+                _ => refresh_many(client, &names, no_wait, json).await,
             }
         }
         Command::Revert {
             name,
             wait: no_wait,
+            json: ChangeJson { json },
         } => {
             let id = client
                 .revert(&name)
                 .await
                 .doing(&format!("revert {name}"))?;
-            if no_wait.no_wait {
-                return print(&format!("{id}\n"));
+            if conclude(client, id, no_wait, json).await?.is_none() {
+                return Ok(());
             }
-            wait(client, id).await?;
             let snap = client.snap(&name).await.doing("get the reverted snap")?;
             print(&format!("Reverted {} to {}\n", snap.name, snap.revision))
         }
-        Command::Pack { dir, output } => {
+        Command::Pack {
+            dir,
+            output,
+            json: JsonFlag { json },
+        } => {
             let out = match output {
                 Some(o) => o,
                 None => {
@@ -126,15 +145,31 @@ pub async fn run(command: Command, client: &Client, clock: &Clock) -> Result<()>
             };
             refreshd_snap::pack(&dir, &out)
                 .with_context(|| format!("cannot pack {}", dir.display()))?;
+            if json {
+                return print_json(&serde_json::json!({ "file": out }));
+            }
             print(&format!("Built {}\n", out.display()))
         }
         Command::Publish {
             store,
             file,
             channel,
+            json: JsonFlag { json },
         } => {
             let e = refreshd_store::publish(&store, &file, &channel)
                 .with_context(|| format!("cannot publish {}", file.display()))?;
+            if json {
+                return print_json(&serde_json::json!({
+                    "name": e.name,
+                    "version": e.version,
+                    "revision": e.revision,
+                    "channel": channel,
+                    "store": store,
+                    "path": e.path,
+                    "size": e.size,
+                    "sha3-384": e.sha3_384,
+                }));
+            }
             print(&format!(
                 "Published {} {} as revision {} in channel {channel} of {}\n",
                 e.name,
@@ -146,15 +181,15 @@ pub async fn run(command: Command, client: &Client, clock: &Clock) -> Result<()>
         Command::Remove {
             name,
             wait: no_wait,
+            json: ChangeJson { json },
         } => {
             let id = client
                 .remove(&name)
                 .await
                 .doing(&format!("remove {name}"))?;
-            if no_wait.no_wait {
-                return print(&format!("{id}\n"));
+            if conclude(client, id, no_wait, json).await?.is_none() {
+                return Ok(());
             }
-            wait(client, id).await?;
             print(&format!("Removed {name}\n"))
         }
         Command::Changes { all, snap, json } => {
@@ -174,14 +209,14 @@ pub async fn run(command: Command, client: &Client, clock: &Clock) -> Result<()>
                 }
                 return Ok(());
             }
-            print(&format::changes(&changes, clock))
+            print(&format::changes(&changes, clock, paint))
         }
         Command::Tasks { id, json } => {
             let change = client.change(id).await.doing(&format!("get change {id}"))?;
             if json.json {
                 return print_json(&change);
             }
-            print(&format::tasks(&change, clock))
+            print(&format::tasks(&change, clock, paint))
         }
         Command::Watch { id, json } => {
             let mode = if json.json {
@@ -201,11 +236,17 @@ pub async fn run(command: Command, client: &Client, clock: &Clock) -> Result<()>
             }
             Ok(())
         }
-        Command::Abort { id } => {
+        Command::Abort {
+            id,
+            json: JsonFlag { json },
+        } => {
             let change = client
                 .abort(id)
                 .await
                 .doing(&format!("abort change {id}"))?;
+            if json {
+                return print_json(&change);
+            }
             let text = if change.ready {
                 format!("Change {id} ({}) is {}\n", change.summary, change.status)
             } else {
@@ -227,6 +268,7 @@ async fn refresh_one(
     name: &str,
     channel: Option<&str>,
     no_wait: NoWait,
+    json: bool,
 ) -> Result<()> {
     let before = client.snap(name).await.doing(&format!("refresh {name}"))?;
     let id = client
@@ -236,35 +278,87 @@ async fn refresh_one(
     if let Some(held) = format::hold(before.hold.as_deref(), clock) {
         eprintln!("Note: {name} is {held}; refreshing it because it was named");
     }
-    if no_wait.no_wait {
-        return print(&format!("{id}\n"));
+    if json {
+        // The shape of `refresh` with several names, so that scripts need only one.
+        let change = settle(client, id, no_wait).await?;
+        print_json(&Refreshed {
+            changes: std::slice::from_ref(&change),
+            notes: &[],
+        })?;
+        return if no_wait.no_wait {
+            Ok(())
+        } else {
+            check(&change)
+        };
     }
-    wait(client, id).await?;
+    if conclude(client, id, no_wait, false).await?.is_none() {
+        return Ok(());
+    }
     let snap = client.snap(name).await.doing("get the refreshed snap")?;
     print(&format!("Refreshed {} to {}\n", snap.name, snap.revision))
 }
 
+/// `refresh --json` (without --list, --hold, --unhold): the changes made, each as
+/// `GET /v1/changes/ID` shows it, and the notes of `POST /v1/refresh` (docs/api.md).
+#[derive(Serialize)]
+struct Refreshed<'a> {
+    changes: &'a [Change],
+    notes: &'a [RefreshNote],
+}
+
 /// `refresh` (every snap with an update, held ones skipped) or `refresh A B ...`: one change
 /// per snap, followed together; what was skipped is said on stderr.
-async fn refresh_many(client: &Client, names: &[String], no_wait: NoWait) -> Result<()> {
+async fn refresh_many(
+    client: &Client,
+    names: &[String],
+    no_wait: NoWait,
+    json: bool,
+) -> Result<()> {
     let what = if names.is_empty() {
         "refresh snaps".to_string()
     } else {
         format!("refresh {}", names.join(" "))
     };
     let result = client.refresh_many(names).await.doing(&what)?;
+    let errors: Vec<&str> = result
+        .notes
+        .iter()
+        .filter(|n| n.kind == NoteKind::Error)
+        .map(|n| n.snap.as_str())
+        .collect();
+    if json {
+        // The changes run side by side in refreshd; following them one after the other misses
+        // nothing, since a watch starts with the change's current state.
+        let mut changes = vec![];
+        let mut failed = None;
+        for &id in &result.changes {
+            let change = settle(client, id, no_wait).await?;
+            if !no_wait.no_wait {
+                if let Err(e) = check(&change) {
+                    failed.get_or_insert(e);
+                }
+            }
+            changes.push(change);
+        }
+        print_json(&Refreshed {
+            changes: &changes,
+            notes: &result.notes,
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if !errors.is_empty() {
+            anyhow::bail!("cannot check {} for updates", errors.join(", "));
+        }
+        return Ok(());
+    }
     let named = !names.is_empty();
-    let mut errors = vec![];
     for note in &result.notes {
         let quiet = match note.kind {
             NoteKind::Refreshing => note.hold.is_none(),
             // Without names, every snap is considered: only what needs a look is told.
             NoteKind::UpToDate | NoteKind::NotFromStore => !named,
-            NoteKind::Error => {
-                errors.push(note.snap.as_str());
-                false
-            }
-            NoteKind::Held | NoteKind::Busy | NoteKind::Unknown => false,
+            NoteKind::Error | NoteKind::Held | NoteKind::Busy | NoteKind::Unknown => false,
         };
         if !quiet {
             eprintln!("{}", note.message);
@@ -286,8 +380,6 @@ async fn refresh_many(client: &Client, names: &[String], no_wait: NoWait) -> Res
         let ids: String = result.changes.iter().map(|id| format!("{id}\n")).collect();
         print(&ids)?;
     } else {
-        // The changes run side by side in refreshd; following them one after the other misses
-        // nothing, since a watch starts with the change's current state.
         let mut failed = None;
         for &id in &result.changes {
             let change = follow(client, id, progress_on_stderr()).await?;
@@ -345,8 +437,12 @@ async fn hold_refreshes(
     clock: &Clock,
     names: &[String],
     hold: Hold,
+    json: bool,
 ) -> Result<()> {
     let snaps = client.hold(names, hold).await.doing("hold refreshes")?;
+    if json {
+        return print_json(&snaps);
+    }
     if snaps.is_empty() {
         eprintln!("No snaps are installed; there is nothing to hold.");
         return Ok(());
@@ -361,8 +457,11 @@ async fn hold_refreshes(
     print(&text)
 }
 
-async fn unhold_refreshes(client: &Client, names: &[String]) -> Result<()> {
+async fn unhold_refreshes(client: &Client, names: &[String], json: bool) -> Result<()> {
     let snaps = client.unhold(names).await.doing("unhold refreshes")?;
+    if json {
+        return print_json(&snaps);
+    }
     if snaps.is_empty() {
         eprintln!("No snaps are installed; there is nothing to unhold.");
         return Ok(());
@@ -383,12 +482,35 @@ fn progress_on_stderr() -> Follower<io::Stderr> {
     Follower::new(io::stderr(), mode)
 }
 
-/// `install` and `remove` follow their change like `watch`, with the progress on stderr so
-/// that stdout carries only the result.
-async fn wait(client: &Client, id: u64) -> Result<Change> {
-    let change = follow(client, id, progress_on_stderr()).await?;
+/// Change `id` as it is now (`--no-wait`), or followed like `watch` until it is ready, with
+/// the progress on stderr so that stdout carries only the result.
+async fn settle(client: &Client, id: u64, no_wait: NoWait) -> Result<Change> {
+    if no_wait.no_wait {
+        client.change(id).await.doing(&format!("get change {id}"))
+    } else {
+        follow(client, id, progress_on_stderr()).await
+    }
+}
+
+/// How the commands that make a change end. With `--no-wait`: its id, or with `--json` the
+/// change as it is now. Else the change is followed until ready; with `--json` it is printed
+/// (a failure is still the command's, after). Returns the change when it succeeded and text
+/// is to follow.
+async fn conclude(client: &Client, id: u64, no_wait: NoWait, json: bool) -> Result<Option<Change>> {
+    if no_wait.no_wait && !json {
+        print(&format!("{id}\n"))?;
+        return Ok(None);
+    }
+    let change = settle(client, id, no_wait).await?;
+    if json {
+        print_json(&change)?;
+        if !no_wait.no_wait {
+            check(&change)?;
+        }
+        return Ok(None);
+    }
     check(&change)?;
-    Ok(change)
+    Ok(Some(change))
 }
 
 /// Shows every state of change `id` until it is ready, and returns the ready one.

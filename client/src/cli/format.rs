@@ -1,11 +1,14 @@
 //! Text output: tables, times, and the renderings of API objects.
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan, Zoned};
 
-use crate::types::{Change, HoldUntil, Snap, SystemInfo, Task, Update};
+use crate::types::{
+    Change, HoldUntil, Snap, SnapProcess, SnapStatus, Status, SystemInfo, Task, Update,
+};
 
 /// What times are shown relative to: now, in the local zone.
 #[derive(Debug, Clone)]
@@ -40,14 +43,117 @@ impl Clock {
     fn maybe_time(&self, t: Option<Timestamp>) -> String {
         t.map_or_else(|| "-".to_string(), |t| self.time(t))
     }
+
+    /// `2 minutes ago`, `in 5 minutes`, `just now`: whole units, rounded down.
+    pub fn relative(&self, t: Timestamp) -> String {
+        let ms = t.as_millisecond() - self.now.timestamp().as_millisecond();
+        let secs = ms.unsigned_abs() / 1000;
+        let (n, unit) = match secs {
+            0 => return "just now".to_string(),
+            1..60 => (secs, "second"),
+            60..3600 => (secs / 60, "minute"),
+            // Up to two days in hours: "36 hours ago" says more than "1 day ago".
+            3600..172_800 => (secs / 3600, "hour"),
+            _ => (secs / 86_400, "day"),
+        };
+        let plural = if n == 1 { "" } else { "s" };
+        if ms < 0 {
+            format!("{n} {unit}{plural} ago")
+        } else {
+            format!("in {n} {unit}{plural}")
+        }
+    }
+
+    /// `today at 20:15 UTC (2 minutes ago)`: when exactly, and how long from now.
+    pub fn when(&self, t: Timestamp) -> String {
+        format!("{} ({})", self.time(t), self.relative(t))
+    }
+
+    fn maybe_relative(&self, t: Option<Timestamp>) -> String {
+        t.map_or_else(|| "-".to_string(), |t| self.relative(t))
+    }
+}
+
+/// Colours, on a terminal only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Paint {
+    on: bool,
+}
+
+impl Paint {
+    /// Colour for output to a terminal, unless `NO_COLOR` is set to anything but the empty
+    /// string (no-color.org) or the terminal is `dumb`.
+    pub fn detect(is_terminal: bool) -> Paint {
+        Paint::decide(
+            is_terminal,
+            std::env::var_os("NO_COLOR"),
+            std::env::var_os("TERM"),
+        )
+    }
+
+    fn decide(is_terminal: bool, no_color: Option<OsString>, term: Option<OsString>) -> Paint {
+        let asked_not = no_color.is_some_and(|v| !v.is_empty());
+        let dumb = term.is_some_and(|t| t == "dumb");
+        Paint {
+            on: is_terminal && !asked_not && !dumb,
+        }
+    }
+
+    fn sgr(self, code: &str, text: &str) -> String {
+        if self.on {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    pub fn bold(self, text: &str) -> String {
+        self.sgr("1", text)
+    }
+
+    pub fn red(self, text: &str) -> String {
+        self.sgr("31", text)
+    }
+
+    /// A status word: green when done, red for errors, yellow for waits and what was undone,
+    /// cyan while running.
+    pub fn status(self, s: Status) -> String {
+        let code = match s {
+            Status::Done => "32",
+            Status::Error => "31",
+            Status::Wait | Status::Undo | Status::Undoing | Status::Undone | Status::Hold => "33",
+            Status::Doing => "36",
+            Status::Do => return s.to_string(),
+        };
+        self.sgr(code, s.as_str())
+    }
+}
+
+/// How many columns `s` takes: its characters, not counting colour sequences.
+fn width(s: &str) -> usize {
+    let mut n = 0;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters final-byte.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Columns padded to their widest cell, two spaces apart; the last column is not padded.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| width(h)).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(width(cell));
         }
     }
     let mut out = String::new();
@@ -60,7 +166,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
             }
             line.push_str(cell);
             if i + 1 < row.len() {
-                let pad = widths[i].saturating_sub(cell.chars().count());
+                let pad = widths[i].saturating_sub(width(cell));
                 line.extend(std::iter::repeat_n(' ', pad));
             }
         }
@@ -75,7 +181,7 @@ pub fn system_info(info: &SystemInfo, clock: &Clock) -> String {
         ("version", format!("{} (api {})", info.version, info.api)),
         ("root", info.root.display().to_string()),
         ("pid", info.pid.to_string()),
-        ("started", clock.time(info.started)),
+        ("started", clock.when(info.started)),
         ("snaps", info.snaps.to_string()),
         ("changes in progress", info.changes_in_progress.to_string()),
         ("mount mode", info.mount_mode.to_string()),
@@ -97,29 +203,31 @@ pub fn system_info(info: &SystemInfo, clock: &Clock) -> String {
         .collect()
 }
 
-/// `every 6h, next today at 21:15 UTC, last today at 15:15 UTC`, or `off`.
+/// `every 6h, next today at 21:15 UTC (in 6 hours), last today at 15:15 UTC (2 minutes ago)`,
+/// or `off`.
 fn auto_refresh(info: &SystemInfo, clock: &Clock) -> String {
     let mut parts = vec![];
     if let Some(every) = &info.auto_refresh {
         parts.push(format!("every {every}"));
         if let Some(next) = info.next_auto_refresh {
-            parts.push(format!("next {}", clock.time(next)));
+            parts.push(format!("next {}", clock.when(next)));
         }
     } else {
         parts.push("off".to_string());
     }
     if let Some(last) = info.last_auto_refresh {
-        parts.push(format!("last {}", clock.time(last)));
+        parts.push(format!("last {}", clock.when(last)));
     }
     parts.join(", ")
 }
 
-/// `held until today at 21:15 UTC`, `held forever`; None when not held (or the hold ended).
+/// `held until today at 21:15 UTC (in 3 hours)`, `held forever`; None when not held (or the
+/// hold ended).
 pub fn hold(hold: Option<&str>, clock: &Clock) -> Option<String> {
     match HoldUntil::parse(hold?)? {
         HoldUntil::Forever => Some("held forever".to_string()),
         HoldUntil::Time(t) if t > clock.now.timestamp() => {
-            Some(format!("held until {}", clock.time(t)))
+            Some(format!("held until {}", clock.when(t)))
         }
         HoldUntil::Time(_) => None,
     }
@@ -177,15 +285,16 @@ pub fn updates(updates: &[Update], clock: &Clock) -> String {
     table(&["Name", "Current", "", "Store", "Channel", "Notes"], &rows)
 }
 
-pub fn changes(changes: &[Change], clock: &Clock) -> String {
+/// `refreshctl changes`: when each was made and became ready, relative to now.
+pub fn changes(changes: &[Change], clock: &Clock, paint: Paint) -> String {
     let rows: Vec<Vec<String>> = changes
         .iter()
         .map(|c| {
             vec![
                 c.id.to_string(),
-                c.status.to_string(),
-                clock.time(c.spawn_time),
-                clock.maybe_time(c.ready_time),
+                paint.status(c.status),
+                clock.relative(c.spawn_time),
+                clock.maybe_relative(c.ready_time),
                 c.summary.clone(),
             ]
         })
@@ -194,13 +303,13 @@ pub fn changes(changes: &[Change], clock: &Clock) -> String {
 }
 
 /// `refreshctl tasks`: the task table, then what tasks wait for, their logs, and the error.
-pub fn tasks(change: &Change, clock: &Clock) -> String {
+pub fn tasks(change: &Change, clock: &Clock, paint: Paint) -> String {
     let rows: Vec<Vec<String>> = change
         .tasks
         .iter()
         .map(|t| {
             vec![
-                t.status.to_string(),
+                paint.status(t.status),
                 clock.time(t.spawn_time),
                 clock.maybe_time(t.ready_time),
                 task_summary(t),
@@ -218,13 +327,13 @@ pub fn tasks(change: &Change, clock: &Clock) -> String {
                 t.summary,
                 retry.count,
                 retry.reason,
-                clock.time(retry.next_attempt)
+                clock.relative(retry.next_attempt)
             );
         }
         if let Some(wait) = &t.wait {
             let until = wait
                 .until
-                .map(|u| format!(", at most until {}", clock.time(u)))
+                .map(|u| format!(", at most until {}", clock.when(u)))
                 .unwrap_or_default();
             let _ = writeln!(
                 notes,
@@ -246,7 +355,7 @@ pub fn tasks(change: &Change, clock: &Clock) -> String {
     }
 
     if let Some(error) = change.error.as_deref().filter(|e| !e.trim().is_empty()) {
-        out.push_str("\nError:\n");
+        let _ = writeln!(out, "\n{}", paint.red("Error:"));
         for line in error.lines() {
             let _ = writeln!(out, "  {line}");
         }
@@ -270,6 +379,154 @@ fn task_summary(t: &Task) -> String {
         t.summary,
         p.done.saturating_mul(100) / p.total
     )
+}
+
+/// `refreshctl status NAME`: the snap, its change in progress and what that waits for, and
+/// the snap's processes (which a refresh waits for, and never stops).
+pub fn snap_status(st: &SnapStatus, clock: &Clock, paint: Paint) -> String {
+    let revision = match (&st.revision, &st.version) {
+        (Some(r), Some(v)) => format!("{r} (version {v})"),
+        (Some(r), None) => r.clone(),
+        _ => "none yet (being installed)".to_string(),
+    };
+    let launches = match (st.inhibited, &st.waiting) {
+        (false, _) => "allowed".to_string(),
+        (true, Some(_)) => "held back until the running apps have exited".to_string(),
+        (true, None) => match &st.change {
+            Some(c) => format!(
+                "held back until change {} leaves its critical section",
+                c.id
+            ),
+            None => "held back (a critical section was interrupted)".to_string(),
+        },
+    };
+    let mut rows = vec![
+        ("snap", st.name.clone()),
+        ("revision", revision),
+        ("launches", launches),
+    ];
+    match &st.change {
+        Some(c) => rows.push((
+            "change",
+            format!(
+                "{} {} ({}, started {})",
+                c.id,
+                c.summary,
+                paint.status(c.status),
+                clock.relative(c.spawn_time)
+            ),
+        )),
+        None => rows.push(("change", "none in progress".to_string())),
+    }
+    if let Some(w) = &st.waiting {
+        let n = st.processes.len();
+        let what = match n {
+            0 => "its apps".to_string(),
+            1 => "1 process".to_string(),
+            n => format!("{n} processes"),
+        };
+        rows.push((
+            "waiting",
+            format!("for {what} to exit, since {}", clock.when(w.since)),
+        ));
+    }
+    let key_width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut out: String = rows
+        .iter()
+        .map(|(k, v)| format!("{:key_width$} {v}\n", format!("{k}:")))
+        .collect();
+
+    out.push('\n');
+    let name = &st.name;
+    if st.tracking == "none" {
+        let _ = writeln!(
+            out,
+            "The processes of {name} cannot be seen (tracking: none); a refresh does not wait for them."
+        );
+        return out;
+    }
+    if st.processes.is_empty() {
+        let tail = if st.change.is_some() {
+            ""
+        } else {
+            ": a refresh would not wait"
+        };
+        let _ = writeln!(out, "No process of {name} is running{tail}.");
+        return out;
+    }
+    let lead = if st.waiting.is_some() {
+        "The refresh waits for these processes to exit (it never stops them):"
+    } else {
+        "A refresh would wait for these processes to exit (it never stops them):"
+    };
+    let _ = writeln!(out, "{}", paint.bold(lead));
+    let rows: Vec<Vec<String>> = st
+        .processes
+        .iter()
+        .map(|p| {
+            vec![
+                p.pid.to_string(),
+                owner(p),
+                clock.maybe_relative(p.started),
+                command_line(p),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["PID", "User", "Started", "Command"], &rows));
+    out
+}
+
+/// `alice (1000)`, or the bare uid when it has no name.
+fn owner(p: &SnapProcess) -> String {
+    match &p.user {
+        Some(name) => format!("{name} ({})", p.uid),
+        None => p.uid.to_string(),
+    }
+}
+
+/// The command line as a shell would take it back; `[comm]` for a process without one (as
+/// `ps` shows it); a note where it is withheld.
+fn command_line(p: &SnapProcess) -> String {
+    match &p.command {
+        None => format!(
+            "[{}] (another user's command line: hidden by /proc's hidepid)",
+            printable(&p.comm)
+        ),
+        Some(args) if args.is_empty() => format!("[{}]", printable(&p.comm)),
+        Some(args) => args
+            .iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// `a` as is when a shell would read it back unchanged, else in single quotes. Control
+/// characters are shown escaped, so a command line cannot move the terminal's cursor.
+fn shell_quote(a: &str) -> String {
+    let plain = !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_alphanumeric() || "-_./=:,+@%^".contains(c));
+    let a = printable(a);
+    if plain {
+        a
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
+/// `s` with control characters escaped (`\n`, `\u{1b}`), so it cannot move the terminal's
+/// cursor or change its colours.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -341,7 +598,7 @@ mod tests {
 version:             0.1.0 (api v1)
 root:                /
 pid:                 4242
-started:             today at 20:15 UTC
+started:             today at 20:15 UTC (1 hour ago)
 snaps:               3
 changes in progress: 1
 mount mode:          loop
@@ -357,7 +614,7 @@ auto-refresh:        off
             ..info.clone()
         };
         assert!(system_info(&on, &clock()).ends_with(
-            "auto-refresh:        every 6h, next today at 23:00 UTC, last today at 17:00 UTC\n"
+            "auto-refresh:        every 6h, next today at 23:00 UTC (in 1 hour), last today at 17:00 UTC (5 hours ago)\n"
         ));
         let off = SystemInfo {
             auto_refresh: None,
@@ -365,7 +622,7 @@ auto-refresh:        off
             ..on
         };
         assert!(system_info(&off, &clock())
-            .ends_with("auto-refresh:        off, last today at 17:00 UTC\n"));
+            .ends_with("auto-refresh:        off, last today at 17:00 UTC (5 hours ago)\n"));
     }
 
     fn task(status: Status) -> Task {
@@ -415,7 +672,7 @@ auto-refresh:        off
             error: Some("cannot do x\ncannot do y".into()),
             tasks: vec![doing, waiting],
         };
-        let out = tasks(&change, &clock());
+        let out = tasks(&change, &clock(), Paint::default());
         assert_eq!(
             out,
             "\
@@ -423,7 +680,7 @@ Status  Spawn               Ready  Summary
 Doing   today at 20:15 UTC  -      Mount snap \"hello\" (x1) (copying 25%)
 Wait    today at 20:15 UTC  -      Stop \"hello\" (copying 25%)
 
-Mount snap \"hello\" (x1): retrying (2 so far): loop device busy; next attempt today at 20:15 UTC
+Mount snap \"hello\" (x1): retrying (2 so far): loop device busy; next attempt 1 hour ago
 Stop \"hello\": waiting for 2 processes to exit (event snap-idle:hello)
 
 Mount snap \"hello\" (x1):
@@ -459,7 +716,8 @@ Error:
             hold: Some("2026-11-21T23:30:00Z".into()),
             ..snap.clone()
         };
-        assert!(snaps(&[until], &clock()).ends_with("Says hello  held until today at 23:30 UTC\n"));
+        assert!(snaps(&[until], &clock())
+            .ends_with("Says hello  held until today at 23:30 UTC (in 1 hour)\n"));
         // An expired hold is no hold.
         let expired = Snap {
             hold: Some("2026-11-21T21:59:59Z".into()),
@@ -491,8 +749,215 @@ Error:
             "\
 Name   Current         Store         Channel  Notes
 alpha  1.0 (rev 1)  →  2.0 (rev 12)  stable   -
-beta   1.0 (rev 1)  →  2.0 (rev 12)  stable   held until 2026-11-22 08:00 UTC, change 7 in progress
+beta   1.0 (rev 1)  →  2.0 (rev 12)  stable   held until 2026-11-22 08:00 UTC (in 10 hours), change 7 in progress
 "
         );
+    }
+
+    #[test]
+    fn relative_times() {
+        let c = clock();
+        let at = |secs: i64| Timestamp::from_second(c.now.timestamp().as_second() + secs).unwrap();
+        for (secs, want) in [
+            (0, "just now"),
+            (-1, "1 second ago"),
+            (-59, "59 seconds ago"),
+            (-60, "1 minute ago"),
+            (-150, "2 minutes ago"),
+            (-3600, "1 hour ago"),
+            (-36 * 3600, "36 hours ago"),
+            (-2 * 86_400, "2 days ago"),
+            (-400 * 86_400, "400 days ago"),
+            (300, "in 5 minutes"),
+            (7200, "in 2 hours"),
+            (86_400 * 3, "in 3 days"),
+        ] {
+            assert_eq!(c.relative(at(secs)), want, "{secs}");
+        }
+        assert_eq!(
+            c.when(ts("2026-11-21T21:58:00Z")),
+            "today at 21:58 UTC (2 minutes ago)"
+        );
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_and_without_no_color() {
+        let on = |tty, no_color: Option<&str>, term: Option<&str>| {
+            Paint::decide(tty, no_color.map(Into::into), term.map(Into::into)).on
+        };
+        assert!(on(true, None, Some("xterm-256color")));
+        assert!(on(true, None, None));
+        assert!(!on(false, None, Some("xterm")));
+        assert!(!on(true, Some("1"), Some("xterm")));
+        // An empty NO_COLOR does not count (no-color.org).
+        assert!(on(true, Some(""), Some("xterm")));
+        assert!(!on(true, None, Some("dumb")));
+
+        let paint = Paint { on: true };
+        assert_eq!(paint.status(Status::Done), "\x1b[32mDone\x1b[0m");
+        assert_eq!(paint.status(Status::Do), "Do");
+        assert_eq!(Paint::default().status(Status::Error), "Error");
+        // Colour does not count in the width of a column.
+        let t = table(
+            &["Status", "ID"],
+            &[
+                vec![paint.status(Status::Done), "1".into()],
+                vec![paint.status(Status::Undoing), "2".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "Status   ID\n\x1b[32mDone\x1b[0m     1\n\x1b[33mUndoing\x1b[0m  2\n"
+        );
+    }
+
+    #[test]
+    fn change_table_shows_relative_times_and_coloured_statuses() {
+        let change = Change {
+            id: 7,
+            kind: "refresh".into(),
+            summary: "Refresh \"hello\" to 2".into(),
+            snap: Some("hello".into()),
+            status: Status::Error,
+            ready: true,
+            spawn_time: ts("2026-11-21T21:55:00Z"),
+            ready_time: Some(ts("2026-11-21T21:59:30Z")),
+            error: None,
+            tasks: vec![],
+        };
+        assert_eq!(
+            changes(std::slice::from_ref(&change), &clock(), Paint::default()),
+            "\
+ID  Status  Spawn          Ready           Summary
+7   Error   5 minutes ago  30 seconds ago  Refresh \"hello\" to 2
+"
+        );
+        let coloured = changes(&[change], &clock(), Paint { on: true });
+        assert!(
+            coloured.contains("7   \x1b[31mError\x1b[0m   5 minutes ago"),
+            "{coloured:?}"
+        );
+    }
+
+    fn process(pid: u32, user: Option<&str>, command: Option<&[&str]>) -> SnapProcess {
+        SnapProcess {
+            pid,
+            uid: 1000,
+            user: user.map(String::from),
+            command: command.map(|c| c.iter().map(|a| a.to_string()).collect()),
+            comm: "hold".into(),
+            started: Some(ts("2026-11-21T21:50:00Z")),
+        }
+    }
+
+    fn blocked() -> SnapStatus {
+        SnapStatus {
+            name: "hello".into(),
+            revision: Some("x1".into()),
+            version: Some("1.0".into()),
+            tracking: "v2".into(),
+            inhibited: false,
+            change: Some(Change {
+                id: 7,
+                kind: "install".into(),
+                summary: "Install \"hello\" (x2) from a file".into(),
+                snap: Some("hello".into()),
+                status: Status::Wait,
+                ready: false,
+                spawn_time: ts("2026-11-21T21:57:00Z"),
+                ready_time: None,
+                error: None,
+                tasks: vec![],
+            }),
+            waiting: Some(crate::types::AppsWait {
+                task: 45,
+                since: ts("2026-11-21T21:57:30Z"),
+                reason: "waiting for 2 processes to exit: ...".into(),
+            }),
+            processes: vec![
+                process(
+                    4242,
+                    Some("alice"),
+                    Some(&["/snap/hello/x1/bin/hold", "--window", "my file"]),
+                ),
+                process(4250, None, None),
+            ],
+        }
+    }
+
+    #[test]
+    fn snap_status_names_what_blocks_the_refresh() {
+        assert_eq!(
+            snap_status(&blocked(), &clock(), Paint::default()),
+            "\
+snap:     hello
+revision: x1 (version 1.0)
+launches: allowed
+change:   7 Install \"hello\" (x2) from a file (Wait, started 3 minutes ago)
+waiting:  for 2 processes to exit, since today at 21:57 UTC (2 minutes ago)
+
+The refresh waits for these processes to exit (it never stops them):
+PID   User          Started         Command
+4242  alice (1000)  10 minutes ago  /snap/hello/x1/bin/hold --window 'my file'
+4250  1000          10 minutes ago  [hold] (another user's command line: hidden by /proc's hidepid)
+"
+        );
+    }
+
+    #[test]
+    fn snap_status_without_a_change() {
+        let idle = SnapStatus {
+            change: None,
+            waiting: None,
+            processes: vec![],
+            ..blocked()
+        };
+        let out = snap_status(&idle, &clock(), Paint::default());
+        assert!(out.contains("change:   none in progress\n"), "{out}");
+        assert!(
+            out.ends_with("\nNo process of hello is running: a refresh would not wait.\n"),
+            "{out}"
+        );
+        let running = SnapStatus {
+            processes: vec![process(9, Some("bob"), Some(&[]))],
+            ..idle.clone()
+        };
+        let out = snap_status(&running, &clock(), Paint::default());
+        assert!(
+            out.contains("A refresh would wait for these processes to exit"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("9    bob (1000)  10 minutes ago  [hold]\n"),
+            "{out}"
+        );
+        let untracked = SnapStatus {
+            tracking: "none".into(),
+            ..idle.clone()
+        };
+        assert!(snap_status(&untracked, &clock(), Paint::default())
+            .contains("cannot be seen (tracking: none); a refresh does not wait for them"));
+        let critical = SnapStatus {
+            inhibited: true,
+            waiting: None,
+            ..blocked()
+        };
+        assert!(snap_status(&critical, &clock(), Paint::default())
+            .contains("launches: held back until change 7 leaves its critical section\n"));
+    }
+
+    #[test]
+    fn command_lines_are_quoted_and_harmless() {
+        for (arg, want) in [
+            ("plain-arg_1.0", "plain-arg_1.0"),
+            ("--opt=a,b", "--opt=a,b"),
+            ("two words", "'two words'"),
+            ("", "''"),
+            ("it's", r"'it'\''s'"),
+            ("$HOME", "'$HOME'"),
+            ("\x1b[2Jboom\n", r"'\u{1b}[2Jboom\n'"),
+        ] {
+            assert_eq!(shell_quote(arg), want, "{arg:?}");
+        }
     }
 }

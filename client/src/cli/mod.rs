@@ -1,10 +1,13 @@
 //! refreshctl: the command line of refreshd.
 
 pub mod args;
+mod boot;
 mod commands;
 pub mod exit;
 mod format;
 mod progress;
+
+use std::io::IsTerminal;
 
 use clap::Parser;
 
@@ -34,12 +37,14 @@ pub fn main() -> i32 {
     };
     let client = Client::new(cli.socket_path(std::env::var_os(args::SOCKET_ENV)));
     let clock = format::Clock::system();
-    match runtime.block_on(commands::run(cli.command, &client, &clock)) {
+    let paint = format::Paint::detect(std::io::stdout().is_terminal());
+    match runtime.block_on(commands::run(cli.command, &client, &clock, paint)) {
         Ok(()) => exit::SUCCESS,
         // Whoever read our output has gone; there is no one to tell.
         Err(err) if exit::is_broken_pipe(&err) => exit::FAILURE,
         Err(err) => {
-            eprintln!("error: {}", exit::one_line(&err));
+            let error = format::Paint::detect(std::io::stderr().is_terminal()).red("error:");
+            eprintln!("{error} {}", exit::one_line(&err));
             exit::exit_code(&err)
         }
     }

@@ -120,6 +120,13 @@ async fn fake() -> Fake {
                 }),
         )
         .route("/v1/changes", get(|| async { Json(Vec::<Change>::new()) }))
+        .route(
+            "/v1/snaps/{name}/status",
+            get(|UrlPath(name): UrlPath<String>| async move {
+                let msg = format!("snap {name:?} is not installed; refreshctl list shows what is");
+                (StatusCode::NOT_FOUND, Json(ErrorBody::new(ErrorKind::NotFound, msg)))
+            }),
+        )
         .route("/v1/refresh", get(refresh_plan).post(refresh_post))
         .layer(axum::middleware::from_fn_with_state(
             log.clone(),
@@ -235,7 +242,8 @@ async fn refreshctl(socket: &std::path::Path, args: &[&str]) -> (i32, String) {
         first_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
     });
-    match commands::run(cli.command, &client, &format::Clock::system()).await {
+    let clock = format::Clock::system();
+    match commands::run(cli.command, &client, &clock, format::Paint::default()).await {
         Ok(()) => (exit::SUCCESS, String::new()),
         Err(err) => (exit::exit_code(&err), exit::one_line(&err)),
     }
@@ -291,6 +299,15 @@ async fn exit_codes_of_commands() {
         (&fake.socket, &["abort", "4"], 0, ""),
         (&fake.socket, &["abort", "3"], 5, "change 3 is ready and cannot be aborted"),
         (&fake.socket, &["changes", "--all"], 0, ""),
+        (
+            &fake.socket,
+            &["status", "nope"],
+            1,
+            "snap \"nope\" is not installed; refreshctl list shows what is",
+        ),
+        (&fake.socket, &["remove", "hello", "--json"], 0, ""),
+        (&fake.socket, &["remove", "failing", "--json"], 1, "change 8 (Install"),
+        (&fake.socket, &["abort", "4", "--json"], 0, ""),
         (&fake.socket, &["list"], 1, "refreshd answered 405 Method Not Allowed"),
         (&missing, &["status"], 3, "cannot reach refreshd at "),
     ];
@@ -369,8 +386,36 @@ async fn refreshing_many_follows_every_change_and_says_what_was_skipped() {
             &["POST /v1/refresh"],
         ),
         (&["refresh", "--unhold"], 0, "", &["POST /v1/refresh"]),
+        // --json prints the changes once ready (or as they are, with --no-wait).
+        (
+            &["refresh", "--json"],
+            0,
+            "",
+            &["POST /v1/refresh", "GET /v1/changes/7/watch"],
+        ),
+        (
+            &["refresh", "a", "--json", "--no-wait"],
+            0,
+            "",
+            &["GET /v1/snaps/a", "POST /v1/snaps/a", "GET /v1/changes/7"],
+        ),
+        (
+            &["refresh", "failing", "b", "--json"],
+            1,
+            "change 8 (Install \"hello\" from file) failed",
+            &[
+                "POST /v1/refresh",
+                "GET /v1/changes/8/watch",
+                "GET /v1/changes/7/watch",
+            ],
+        ),
+        (
+            &["refresh", "--hold", "a", "--json"],
+            0,
+            "",
+            &["POST /v1/refresh"],
+        ),
         // Usage errors are found before anything is asked.
-        (&["refresh", "--json"], 2, "--json goes with --list", &[]),
         (
             &["refresh", "a", "b", "--channel", "beta"],
             2,

@@ -39,13 +39,8 @@ impl Peer {
     /// Allows root, and members of the admin group; refuses anyone else with a 403 that says
     /// what `what` needs.
     pub fn require_admin(&self, st: &ApiState, what: &str) -> Result<(), ApiError> {
-        if self.uid == 0 {
+        if self.is_admin(st) {
             return Ok(());
-        }
-        if let Some(gid) = st.admin_gid {
-            if self.gid == gid || user_in_group(self.uid, gid) {
-                return Ok(());
-            }
         }
         let who = match st.admin_gid {
             Some(g) => format!("root or membership of group {}", group_name(g)),
@@ -55,6 +50,14 @@ impl Peer {
             ErrorKind::Forbidden,
             format!("{what} requires {who}; try again with sudo"),
         ))
+    }
+
+    /// Root, or a member of the admin group.
+    pub fn is_admin(&self, st: &ApiState) -> bool {
+        self.uid == 0
+            || st
+                .admin_gid
+                .is_some_and(|gid| self.gid == gid || user_in_group(self.uid, gid))
     }
 }
 

@@ -3,8 +3,10 @@
 mod auth;
 mod changes;
 mod error;
+mod metrics;
 pub mod refresh;
 mod snaps;
+mod status;
 
 use std::sync::Arc;
 
@@ -53,10 +55,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 .layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/snaps/{name}", get(snaps::one).post(snaps::action))
+        .route("/v1/snaps/{name}/status", get(status::status))
         .route("/v1/refresh", get(refresh::plan).post(refresh::post))
         .route("/v1/changes", get(changes::list))
         .route("/v1/changes/{id}", get(changes::one).post(changes::action))
         .route("/v1/changes/{id}/watch", get(changes::watch))
+        .route("/v1/metrics", get(metrics::metrics))
         .fallback(|| async {
             ApiError::new(
                 ErrorKind::NotFound,

@@ -128,7 +128,7 @@ pub async fn one(State(st): St, Path(name): Path<String>) -> Result<Json<Snap>, 
     snap.map(Json).ok_or_else(|| not_installed(&name))
 }
 
-fn not_installed(name: &str) -> ApiError {
+pub(super) fn not_installed(name: &str) -> ApiError {
     ApiError::new(
         ErrorKind::NotFound,
         format!(

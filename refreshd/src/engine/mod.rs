@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::db::Db;
+use crate::metrics::Metrics;
 pub use status::{change_status, Event, Status};
 
 /// How long a task's log may grow; older lines are dropped.
@@ -167,6 +168,7 @@ struct Inner {
     /// last firing. A handler that parks on an event which fired while it ran (after it looked,
     /// before its Wait was committed) is woken at once: no lost wake-ups.
     events: Mutex<(u64, HashMap<String, u64>)>,
+    metrics: Metrics,
 }
 
 #[derive(Clone)]
@@ -198,12 +200,18 @@ impl Engine {
                 cancel: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 events: Mutex::new((0, HashMap::new())),
+                metrics: Metrics::default(),
             }),
         }
     }
 
     pub fn db(&self) -> &Db {
         &self.inner.db
+    }
+
+    /// What finished since the daemon started (docs/metrics.md).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// Ids of changes whose state changed, for watchers. A lagging receiver should re-read.
@@ -344,27 +352,32 @@ impl Engine {
         let inner = self.inner.clone();
         // Planning reads and writes under the database lock, so it cannot interleave with a
         // completion or an event; `running` is read inside for the same reason.
-        let (plans, ready) = self
+        let (plans, ready, refreshes) = self
             .inner
             .db
             .call(move |s| {
                 let running = inner.running.lock().unwrap().clone();
                 let mut plans = vec![];
                 let mut ready = vec![];
+                let mut refreshes = vec![];
                 for change in s.changes(Select::InProgress, None)? {
                     let plan = plan_change(s, &change, &running, now_ms())?;
                     if plan.ready {
                         s.set_change_ready(change.id, Some(now_ms()))?;
                         ready.push((change.id, plan.status));
+                        refreshes.extend(crate::metrics::refresh_outcome(s, &change, plan.status));
                     }
                     plans.push((change, plan));
                 }
                 if !ready.is_empty() {
                     s.prune(inner.prune, now_ms())?;
                 }
-                Ok::<_, refreshd_state::Error>((plans, ready))
+                Ok::<_, refreshd_state::Error>((plans, ready, refreshes))
             })
             .await?;
+        for (kind, outcome) in refreshes {
+            self.inner.metrics.finished(&kind, outcome);
+        }
         let mut deadline: Option<i64> = None;
         for (change, plan) in plans {
             if plan.changed {
@@ -474,6 +487,9 @@ impl Engine {
             })
             .await;
         self.inner.running.lock().unwrap().remove(&id);
+        if let Ok(Some(t)) = &res {
+            self.observe(t, phase).await;
+        }
         match res {
             Ok(Some(t)) => {
                 debug!(task = id, change = t.change_id, status = %t.status, "task step done");
@@ -483,6 +499,25 @@ impl Engine {
             Err(e) => error!(task = id, "cannot record task outcome: {e}"),
         }
         self.ensure();
+    }
+}
+
+impl Engine {
+    /// Records what a committed task step tells the metrics (after the commit: a step that
+    /// was not recorded was not observed either).
+    async fn observe(&self, t: &TaskRow, phase: Phase) {
+        if !crate::metrics::observes(t, phase) {
+            return;
+        }
+        let t = t.clone();
+        let seen = self
+            .inner
+            .db
+            .call(move |s| crate::metrics::observe_task(s, &t, phase))
+            .await;
+        if let Some(o) = seen {
+            self.inner.metrics.observe(o);
+        }
     }
 }
 

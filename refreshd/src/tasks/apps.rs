@@ -27,12 +27,14 @@ pub fn wait_for_apps(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outco
     let tr = &c.tracking;
     if phase == Phase::Undo {
         tr.lift(name)?;
+        c.inhibit.release(name);
         return Ok(Outcome::Done);
     }
     if tr.kind == Kind::None {
         // Launches can still be kept out; running apps cannot be seen. Never pretend.
         let at = unix_ns();
         tr.inhibit(name, t.change.id)?;
+        c.inhibit.hold(name);
         t.log(format!(
             "the apps of {name} cannot be tracked ({}): going on without waiting; critical section entered at={at}",
             tr.reason
@@ -45,6 +47,7 @@ pub fn wait_for_apps(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outco
     match check_empty(c, t, name)? {
         Empty::Yes(at) => {
             drop(lock);
+            c.inhibit.hold(name);
             t.log(format!(
                 "no process of {name} is left; critical section entered at={at}"
             ));
@@ -60,7 +63,9 @@ pub fn wait_for_apps(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outco
             drop(lock);
             // The refresh is pending: the app may prepare and exit (bounded; never fatal).
             super::hooks::refresh_pending(c, t, &ss)?;
-            Ok(wait_for(c, name, &procs))
+            // Logged-in users hear of it once (and with a reminder policy, again later).
+            let out = wait_for(c, name, &procs);
+            Ok(super::notices::pending(c, t, &ss, procs.len(), out))
         }
     }
 }
@@ -136,16 +141,20 @@ pub fn reenter(
         if !tr.is_inhibited(name) {
             tr.inhibit(name, t.change.id)?;
         }
+        c.inhibit.hold(name);
         return Ok(None);
     }
     let Some(lock) = tr.try_lock(name).context("cannot take the snap's lock")? else {
         return Ok(Some(lock_busy(name)));
     };
     if tr.is_inhibited(name) && tr.procs(name)?.is_empty() {
+        // Still inside: after a restart of refreshd the inhibitor is taken again.
+        c.inhibit.hold(name);
         return Ok(None);
     }
     match check_empty(c, t, name)? {
         Empty::Yes(_) => {
+            c.inhibit.hold(name);
             t.log(format!(
                 "re-entered the critical section of {name} (its marker was gone)"
             ));
@@ -176,7 +185,12 @@ pub fn lift_inhibition(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Out
     if phase == Phase::Do {
         let at = unix_ns();
         c.tracking.lift(&ss.instance)?;
+        c.inhibit.release(&ss.instance);
         t.log(format!("critical section left at={at}"));
+        super::notices::done(c, t, &ss);
+    } else {
+        // A later task failed: whoever heard it was updated hears that it was not.
+        super::notices::undone(c, t, &ss);
     }
     Ok(Outcome::Done)
 }

@@ -9,6 +9,7 @@ pub mod download;
 pub mod hooks;
 pub mod install;
 pub mod launchers;
+pub mod notices;
 pub mod remove;
 pub mod services;
 
@@ -54,6 +55,10 @@ pub struct Ctx {
     pub hook_timeout: std::time::Duration,
     /// How many revisions of a snap are kept, the current one included (`refreshd --retain`).
     pub retain: usize,
+    /// Desktop notifications of pending and finished refreshes (`refreshd --notify`).
+    pub notify: Arc<crate::notify::Notifier>,
+    /// Shutdown delay inhibitors held during critical sections (logind).
+    pub inhibit: Arc<crate::inhibit::Inhibitors>,
 }
 
 /// The data an install change carries (the change's `data`), shared by its tasks.

@@ -157,6 +157,7 @@ pub fn unit_text(l: &Layout, instance: &str, app_name: &str, app: &App) -> anyho
          [Unit]\n\
          Description=Service for snap application {instance}.{app_name}\n\
          X-Refreshd-Snap={instance}\n\
+         After=refreshd-boot.service\n\
          \n\
          [Service]"
     );
@@ -290,6 +291,25 @@ fn query(verb: &str, unit: &str) -> anyhow::Result<bool> {
     Ok(st.success())
 }
 
+/// Whether a unit has nothing running (inactive or failed; not activating, not deactivating).
+fn inactive(unit: &str) -> anyhow::Result<bool> {
+    let out = Command::new("systemctl")
+        .args([
+            "--no-ask-password",
+            "show",
+            "-p",
+            "ActiveState",
+            "--value",
+            unit,
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .context("cannot run systemctl")?;
+    let state = String::from_utf8_lossy(&out.stdout);
+    Ok(out.status.success() && matches!(state.trim(), "inactive" | "failed"))
+}
+
 /// What stop-services found and did, kept in its task's data: what undo restores and what
 /// start-services starts again.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -367,6 +387,13 @@ pub fn stop(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
                 t.set_data(serde_json::to_value(&rec)?);
             }
             for u in &units {
+                // At boot the services are ordered after refreshd-boot.service and wait with
+                // a queued start job; stopping an inactive unit would cancel that job, and the
+                // service would not come up after the refresh. A unit with nothing running is
+                // left alone: if it starts now, confine-hook holds it until the section ends.
+                if !removing && !rec.active.contains(u) && inactive(u)? {
+                    continue;
+                }
                 systemctl(&["stop", u])?;
                 if removing {
                     systemctl(&["disable", u])?;
@@ -517,6 +544,7 @@ mod tests {
              [Unit]\n\
              Description=Service for snap application svc.daemon\n\
              X-Refreshd-Snap=svc\n\
+             After=refreshd-boot.service\n\
              \n\
              [Service]\n\
              Type=simple\n\

@@ -1,0 +1,81 @@
+//! `GET /v1/metrics`: the Prometheus text exposition (docs/metrics.md), open to every local
+//! user like every `GET`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use refreshd_state::now_ms;
+
+use super::status::{clock_ticks, stat_fields};
+use super::{ApiError, ApiState};
+use crate::metrics::ProcessInfo;
+
+/// The content type of the text format Prometheus scrapes.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub async fn metrics(State(st): State<Arc<ApiState>>) -> Result<Response, ApiError> {
+    let gauges = st
+        .engine
+        .db()
+        .call(|s| crate::metrics::gauges(s, now_ms()))
+        .await?;
+    let process = ProcessInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        tracking: st.ctx.tracking.kind.as_str().to_owned(),
+        start_time: st.started.as_millisecond() as f64 / 1000.0,
+        ..own_figures()
+    };
+    let body = st.engine.metrics().render(&gauges, &process);
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response())
+}
+
+/// CPU time, resident memory and open descriptors of this process, from /proc/self.
+fn own_figures() -> ProcessInfo {
+    let cpu_seconds = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let f = stat_fields(&s);
+            // utime and stime: fields 14 and 15.
+            let utime: u64 = f.get(11)?.parse().ok()?;
+            let stime: u64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) as f64 / clock_ticks() as f64)
+        });
+    let resident_bytes = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let kb: u64 = s
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()?;
+            Some(kb * 1024)
+        });
+    // The directory's own descriptor, open while it is read, is not counted.
+    let open_fds = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count().saturating_sub(1) as u64);
+    ProcessInfo {
+        cpu_seconds,
+        resident_bytes,
+        open_fds,
+        ..ProcessInfo::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_figures_are_read() {
+        let p = own_figures();
+        assert!(p.cpu_seconds.is_some_and(|c| c >= 0.0), "{p:?}");
+        assert!(p.resident_bytes.is_some_and(|r| r > 1024 * 1024), "{p:?}");
+        assert!(p.open_fds.is_some_and(|n| n >= 3), "{p:?}");
+    }
+}
