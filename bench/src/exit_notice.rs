@@ -303,7 +303,7 @@ fn record(fd: OwnedFd, stop: &AtomicBool, seen: &Mutex<Vec<(String, u128)>>) {
 /// The `i`-th of `n` phases spread evenly over [0, 1), in a shuffled order (so that a drift of
 /// the machine over the run does not line up with the phase).
 pub(crate) fn phase(i: usize, n: usize) -> f64 {
-    let k = if n % 5 == 0 { i } else { (i * 5) % n };
+    let k = if n.is_multiple_of(5) { i } else { (i * 5) % n };
     (k as f64 + 0.5) / n as f64
 }
 

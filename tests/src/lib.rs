@@ -748,20 +748,37 @@ pub fn watch_until(root: &Path, id: u64, pred: impl Fn(&Value) -> bool) -> Value
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Read on a thread of its own: a state that never comes ends the wait at the deadline with
+    // the last state seen (for the caller's assertion), not at the test runner's timeout, where
+    // no guard would run.
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { return };
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + WATCH_LIMIT;
     let mut last = Value::Null;
-    for l in lines {
-        let v: Value = serde_json::from_str(&l.unwrap()).unwrap();
-        if pred(&v) || v["ready"] == true {
-            last = v;
+    while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        let v: Value = serde_json::from_str(&l).unwrap();
+        let stop = pred(&v) || v["ready"] == true;
+        last = v;
+        if stop {
             break;
         }
-        last = v;
     }
     let _ = child.kill();
     let _ = child.wait();
     last
 }
+
+/// How long [`watch_until`] waits for the state it is asked for.
+pub const WATCH_LIMIT: std::time::Duration = std::time::Duration::from_secs(150);
 
 /// The task of `kind` in a change snapshot.
 pub fn task<'a>(change: &'a Value, kind: &str) -> &'a Value {

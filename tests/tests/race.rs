@@ -94,7 +94,7 @@ fn race(tag: &str, secs: u64, daemon_args: &[&str]) -> usize {
             while !stop.load(Ordering::Relaxed) {
                 // A cheap deterministic mix: mostly short lives, every fifth a long one.
                 n += 1;
-                let secs = if (n + i as u64) % 5 == 0 {
+                let secs = if (n + i as u64).is_multiple_of(5) {
                     format!("0.{}", 1 + (n * 7 + i as u64) % 4) // 0.1 .. 0.4 s
                 } else {
                     format!("0.0{}", (n * 3 + i as u64) % 4) // 0 .. 0.03 s

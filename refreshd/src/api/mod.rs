@@ -7,6 +7,7 @@ mod metrics;
 pub mod refresh;
 mod snaps;
 mod status;
+pub(crate) use status::hidepid;
 
 use std::sync::Arc;
 

@@ -215,7 +215,7 @@ fn start_ms(stat: &str, sys: &System) -> Option<i64> {
 }
 
 /// Whether /proc (the last mount on /proc in `mountinfo`) hides other users' processes.
-fn hidepid(mountinfo: &[u8]) -> bool {
+pub(crate) fn hidepid(mountinfo: &[u8]) -> bool {
     let text = String::from_utf8_lossy(mountinfo);
     let mut hidden = false;
     for line in text.lines() {

@@ -203,8 +203,11 @@ fn plural(n: usize) -> String {
     }
 }
 
-/// `pid 42 (user alice): sleep 100; ...` for the first few processes.
+/// `pid 42 (user alice): sleep 100; ...` for the first few processes. The reason is readable by
+/// every user through the API, so where /proc hides other users' processes (`hidepid`) the
+/// command lines are left out, as `refreshctl status NAME` does.
 fn describe(procs: &[u32]) -> String {
+    let hidden = crate::api::hidepid(&std::fs::read("/proc/self/mountinfo").unwrap_or_default());
     let mut out = String::new();
     for (i, pid) in procs.iter().take(5).enumerate() {
         if i > 0 {
@@ -234,7 +237,11 @@ fn describe(procs: &[u32]) -> String {
                     .unwrap_or_else(|| uid.to_string())
             })
             .unwrap_or_else(|| "?".to_owned());
-        let cmd: String = cmd.chars().take(80).collect();
+        let cmd: String = if hidden {
+            "(command line hidden: /proc has hidepid)".to_owned()
+        } else {
+            cmd.chars().take(80).collect()
+        };
         let _ = write!(out, "pid {pid} (user {user}): {cmd}");
     }
     if procs.len() > 5 {
