@@ -78,7 +78,6 @@ pub fn stage(dest: &Path) {
 /// A systemd world with refreshd installed by `make install` and its socket enabled.
 pub struct Installed {
     pub sd: Systemd,
-    _staged: tempfile::TempDir,
 }
 
 impl Installed {
@@ -92,11 +91,10 @@ impl Installed {
             .expect("staging dir");
         stage(staged.path());
         let sd = Systemd::boot(opts).unwrap_or_else(|e| panic!("{e:#}"));
-        let w = Installed {
-            sd,
-            _staged: staged,
-        };
-        w.copy_in();
+        let w = Installed { sd };
+        // The staged tree is not needed once inside: it goes now, not at the end of the test.
+        w.copy_in(staged.path());
+        drop(staged);
         w.sd.run_ok(&["mkdir", "-p", STORE]);
         w.sd.write_file(
             "/etc/default/refreshd",
@@ -120,19 +118,15 @@ impl Installed {
             "a reboot needs the disk of the first boot"
         );
         let sd = Systemd::boot(opts).unwrap_or_else(|e| panic!("{e:#}"));
-        let staged = tempfile::tempdir().expect("tempdir");
-        Installed {
-            sd,
-            _staged: staged,
-        }
+        Installed { sd }
     }
 
     /// Streams the staged tree into the instance's root: a checkout under /tmp is not visible
     /// inside (the instance has a /tmp of its own).
-    fn copy_in(&self) {
+    fn copy_in(&self, staged: &Path) {
         let tar = Command::new("tar")
             .arg("-C")
-            .arg(self._staged.path())
+            .arg(staged)
             .args(["-cf", "-", "."])
             .output()
             .expect("tar");

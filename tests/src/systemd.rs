@@ -1144,6 +1144,54 @@ fn glob_match(pat: &str, name: &str) -> bool {
     m(pat.as_bytes(), name.as_bytes())
 }
 
+/// An interactive app started inside through its launcher (`/snap/bin/NAME`), held until
+/// released. The app must print `started PID` first and exit after reading a line.
+pub struct RunningApp {
+    child: Child,
+    /// The app's pid inside.
+    pub pid: u32,
+}
+
+impl RunningApp {
+    pub fn launch(sd: &Systemd, snap: &str) -> RunningApp {
+        let mut child = sd
+            .command(&[&format!("/snap/bin/{snap}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        io::BufRead::read_line(
+            &mut io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let pid = line
+            .strip_prefix("started ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the app said {line:?}"));
+        RunningApp { child, pid }
+    }
+
+    /// Sends `note` (the app saves it) and waits for the app to exit successfully.
+    pub fn release(mut self, note: &str) {
+        let mut stdin = self.child.stdin.take().unwrap();
+        writeln!(stdin, "{note}").unwrap();
+        drop(stdin);
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+impl Drop for RunningApp {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::glob_match;

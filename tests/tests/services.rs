@@ -7,12 +7,12 @@
 //! - a failure injected at every task of a refresh leaves the old revision current, its data
 //!   intact, its services running and launches let in.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use refreshd_tests::systemd::{self, BootOpts, Systemd};
+use refreshd_tests::systemd::{self, BootOpts, RunningApp, Systemd};
 use refreshd_tests::*;
 use serde_json::Value;
 
@@ -286,41 +286,6 @@ impl World {
     }
 }
 
-/// An interactive app started through its launcher inside, held until released.
-struct RunningApp {
-    child: Child,
-    pid: u32,
-}
-
-impl RunningApp {
-    fn launch(w: &World) -> RunningApp {
-        let mut child =
-            w.sd.command(&[&format!("/snap/bin/{SNAP}")])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let pid = line
-            .strip_prefix("started ")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("the app said {line:?}"));
-        RunningApp { child, pid }
-    }
-
-    /// Lets the app save `note` and exit.
-    fn release(mut self, note: &str) {
-        let mut stdin = self.child.stdin.take().unwrap();
-        writeln!(stdin, "{note}").unwrap();
-        drop(stdin);
-        assert!(self.child.wait().unwrap().success());
-    }
-}
-
 #[test]
 fn refresh_with_services_under_systemd() {
     if !can_run() {
@@ -336,7 +301,7 @@ fn refresh_with_services_under_systemd() {
     let (_, _, keeper_pid) = w.service(KEEPER);
     let (_, _, svc_pid) = w.service(SVC);
 
-    let app = RunningApp::launch(&w);
+    let app = RunningApp::launch(&w.sd, SNAP);
     assert_eq!(w.publish("2.0"), 2);
     w.ctl_ok(&["refresh", SNAP, "--no-wait"]);
     let id = w.newest_change();
@@ -489,7 +454,7 @@ fn failed_refresh_leaves_services_running() {
             "{kind}: the inhibition was lifted"
         );
         // Launches work again.
-        let app = RunningApp::launch(&w);
+        let app = RunningApp::launch(&w.sd, SNAP);
         app.release(kind);
         println!("failure at {kind}: undone, services running from revision 1");
     }

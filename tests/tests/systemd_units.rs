@@ -11,13 +11,11 @@
 //! - a refresh still waiting at shutdown is applied at the next boot by refreshd-boot.service,
 //!   before user sessions are allowed and before the snap's service starts.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use refreshd_tests::installed::{task_status, Installed, STORE};
-use refreshd_tests::systemd::{self, BootOpts};
+use refreshd_tests::systemd::{self, BootOpts, RunningApp};
 use refreshd_tests::*;
 
 const SNAP: &str = "unitapp";
@@ -88,49 +86,6 @@ fn current(w: &Installed) -> String {
     w.sd.run_ok(&["readlink", &format!("/snap/{SNAP}/current")])
         .trim()
         .to_owned()
-}
-
-/// An app started through its launcher inside, held until released.
-struct RunningApp {
-    child: Child,
-    pid: u32,
-}
-
-impl RunningApp {
-    fn launch(w: &Installed) -> RunningApp {
-        let mut child =
-            w.sd.command(&[&format!("/snap/bin/{SNAP}")])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let pid = line
-            .strip_prefix("started ")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("the app said {line:?}"));
-        RunningApp { child, pid }
-    }
-
-    fn release(mut self, note: &str) {
-        let mut stdin = self.child.stdin.take().unwrap();
-        writeln!(stdin, "{note}").unwrap();
-        drop(stdin);
-        assert!(self.child.wait().unwrap().success());
-    }
-}
-
-impl Drop for RunningApp {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 fn waiting_for(pids: &[u32]) -> impl Fn(&serde_json::Value) -> bool + '_ {
@@ -242,7 +197,7 @@ fn units_verify_and_run_a_refresh_with_socket_activation() {
     );
 
     install(&w);
-    let app = RunningApp::launch(&w);
+    let app = RunningApp::launch(&w.sd, SNAP);
     let id = refresh_waiting(&w, &[app.pid]);
     let mut watch = w.watch(id);
     // STATUS= follows the change (at most a second later; systemd has no event for it).
@@ -314,7 +269,7 @@ fn restarting_refreshd_mid_refresh_loses_nothing() {
     }
     let w = boot();
     install(&w);
-    let first = RunningApp::launch(&w);
+    let first = RunningApp::launch(&w.sd, SNAP);
     let id = refresh_waiting(&w, &[first.pid]);
     let mut watch = w.watch(id);
     assert!(watch.until(waiting_for(&[first.pid])));
@@ -337,7 +292,7 @@ fn restarting_refreshd_mid_refresh_loses_nothing() {
     // daemon, which the watch's reconnection starts through the socket.
     w.sd.run_ok(&["systemctl", "stop", "refreshd.service"]);
     assert_eq!(w.sd.show("refreshd.socket", "ActiveState"), "active");
-    let second = RunningApp::launch(&w);
+    let second = RunningApp::launch(&w.sd, SNAP);
     assert!(
         watch.until(|c| task_status(c, "wait-for-apps") == "Wait"),
         "after the restarts the refresh does not wait: {}",
@@ -391,7 +346,7 @@ fn a_pending_refresh_is_applied_at_boot_before_logins_and_services() {
     let id = {
         let w = Installed::boot(with_disk(), &format!("--store {STORE}"));
         install(&w);
-        let app = RunningApp::launch(&w);
+        let app = RunningApp::launch(&w.sd, SNAP);
         let id = refresh_waiting(&w, &[app.pid]);
         // The next boot must not need the store: the revision is downloaded.
         let change = w.ctl_json(&["tasks", &id.to_string(), "--json"]);
