@@ -26,26 +26,89 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-/// Runs `make TARGET... VARS` in the repository for the debug build the tests use.
-pub fn make(args: &[&str]) -> Output {
-    let bin_dir = crate::bin("refreshd")
+/// The build the tests run (TARGET_DIR and PROFILE for the Makefile): where `bin` finds it.
+pub struct Build {
+    pub target: PathBuf,
+    pub profile: String,
+}
+
+pub fn build() -> Build {
+    let built = crate::bin("refreshd")
         .parent()
         .expect("binaries live in a directory")
         .to_owned();
-    let target_dir = bin_dir
-        .parent()
-        .expect("target/debug has a parent")
-        .to_owned();
-    Command::new("make")
-        .arg("--no-print-directory")
+    Build {
+        target: built
+            .parent()
+            .expect("target/PROFILE has a parent")
+            .to_owned(),
+        profile: built
+            .file_name()
+            .expect("a profile directory")
+            .to_string_lossy()
+            .into_owned(),
+    }
+}
+
+/// `make -C REPO GOAL VAR=VALUE...`, optionally as `user`, with nothing inherited from the
+/// environment that could change what make does.
+pub fn make(goal: &str, vars: &[(&str, &Path)], user: Option<&crate::TestUser>) -> Output {
+    let mut cmd = match user {
+        Some(u) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={}", u.uid))
+                .arg(format!("--regid={}", u.gid))
+                .arg("--clear-groups")
+                .arg("make");
+            c
+        }
+        None => Command::new("make"),
+    };
+    cmd.arg("--no-print-directory")
         .arg("-C")
         .arg(repo_root())
-        .args(args)
-        .arg("PROFILE=debug")
-        .arg(format!("TARGET_DIR={}", target_dir.display()))
-        .stdin(Stdio::null())
-        .output()
-        .expect("running make")
+        .arg(goal);
+    for (name, value) in vars {
+        let mut arg = std::ffi::OsString::from(format!("{name}="));
+        arg.push(value.as_os_str());
+        cmd.arg(arg);
+    }
+    for var in [
+        "MAKEFLAGS",
+        "MFLAGS",
+        "MAKELEVEL",
+        "DESTDIR",
+        "PREFIX",
+        "PROFILE",
+        "ASSETS",
+        "TARGET_DIR",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.stdin(Stdio::null()).output().expect("running make")
+}
+
+/// `make assets` (as root) then `make install DESTDIR=dest` (as `user` if given) of the tests'
+/// build, with the generated pages in `assets`; returns the install's output. Panics if
+/// `make assets` fails.
+pub fn assets_and_install(assets: &Path, dest: &Path, user: Option<&crate::TestUser>) -> Output {
+    let b = build();
+    let profile = PathBuf::from(&b.profile);
+    let mut vars = vec![
+        ("PROFILE", profile.as_path()),
+        ("TARGET_DIR", b.target.as_path()),
+        ("ASSETS", assets),
+    ];
+    let out = make("assets", &vars, None);
+    assert!(
+        out.status.success(),
+        "make assets failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    vars.push(("DESTDIR", dest));
+    make("install", &vars, user)
 }
 
 /// `make assets` and `make install DESTDIR=dest` of the debug build; panics with make's output.
@@ -55,24 +118,13 @@ pub fn stage(dest: &Path) {
         .prefix("refreshd-assets-")
         .tempdir()
         .expect("assets dir");
-    let assets = format!("ASSETS={}", assets.path().display());
-    for args in [
-        vec!["assets".to_owned(), assets.clone()],
-        vec![
-            "install".to_owned(),
-            format!("DESTDIR={}", dest.display()),
-            assets.clone(),
-        ],
-    ] {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = make(&args);
-        assert!(
-            out.status.success(),
-            "make {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let out = assets_and_install(assets.path(), dest, None);
+    assert!(
+        out.status.success(),
+        "make install failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A systemd world with refreshd installed by `make install` and its socket enabled.

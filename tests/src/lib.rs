@@ -55,6 +55,27 @@ pub fn skip(why: &str) {
     }
 }
 
+/// The usual prerequisites of a test that builds snaps as root: mksquashfs, root (`why` says
+/// what root is for) and each `(program, Debian package)`. False, with a skip saying what is
+/// missing, when one is not there.
+pub fn root_with(why: &str, programs: &[(&str, &str)]) -> bool {
+    if !mksquashfs_available() {
+        skip("mksquashfs not installed (squashfs-tools)");
+        return false;
+    }
+    if !is_root() {
+        skip(&format!("needs root: {why}"));
+        return false;
+    }
+    for (program, package) in programs {
+        if find_program(program).is_none() {
+            skip(&format!("{program} not installed ({package})"));
+            return false;
+        }
+    }
+    true
+}
+
 /// A scratch root directory (`DIR/root`) with room beside it for the test's own files (logs,
 /// snap files). Unmounts whatever is mounted below it before deleting it.
 pub struct Root {
@@ -779,6 +800,18 @@ pub fn watch_until(root: &Path, id: u64, pred: impl Fn(&Value) -> bool) -> Value
 
 /// How long [`watch_until`] waits for the state it is asked for.
 pub const WATCH_LIMIT: std::time::Duration = std::time::Duration::from_secs(150);
+
+/// The log lines of the task of `kind` in a change snapshot.
+pub fn task_log(change: &Value, kind: &str) -> Vec<String> {
+    task(change, kind)["log"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// The task of `kind` in a change snapshot.
 pub fn task<'a>(change: &'a Value, kind: &str) -> &'a Value {

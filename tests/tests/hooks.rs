@@ -16,15 +16,7 @@ use std::time::{Duration, Instant};
 use refreshd_tests::*;
 
 fn prerequisites() -> bool {
-    if !mksquashfs_available() {
-        skip("mksquashfs not installed (squashfs-tools)");
-        return false;
-    }
-    if !is_root() {
-        skip("needs root: hooks run as root, apps are tracked in cgroups");
-        return false;
-    }
-    true
+    root_with("hooks run as root, apps are tracked in cgroups", &[])
 }
 
 /// The tracking tests' `hold`: runs until told to exit on its stdin.
@@ -76,20 +68,8 @@ fn data_current(r: &Path, name: &str) -> String {
         .to_string()
 }
 
-/// The log lines of the task of `kind`.
-fn log(change: &Value, kind: &str) -> Vec<String> {
-    task(change, kind)["log"]
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn logged(change: &Value, kind: &str, needle: &str) -> bool {
-    log(change, kind).iter().any(|l| l.contains(needle))
+    task_log(change, kind).iter().any(|l| l.contains(needle))
 }
 
 /// `key=value` lines into a map.
@@ -277,7 +257,7 @@ fn pre_refresh_runs_from_the_old_revision_and_post_refresh_from_the_new() {
             "pre-refresh hook: pre-refresh of x1 done"
         ),
         "{:?}",
-        log(&ch, "pre-refresh-hook")
+        task_log(&ch, "pre-refresh-hook")
     );
     assert!(
         logged(
@@ -286,7 +266,7 @@ fn pre_refresh_runs_from_the_old_revision_and_post_refresh_from_the_new() {
             "post-refresh hook: post-refresh of x2 done"
         ),
         "{:?}",
-        log(&ch, "post-refresh-hook")
+        task_log(&ch, "post-refresh-hook")
     );
 }
 
@@ -334,7 +314,7 @@ fn a_failing_pre_refresh_hook_undoes_the_refresh() {
             "pre-refresh hook: checking whether refuser may be refreshed"
         ),
         "{:?}",
-        log(&ch, "pre-refresh-hook")
+        task_log(&ch, "pre-refresh-hook")
     );
     assert!(logged(
         &ch,
@@ -387,7 +367,7 @@ fn a_failing_post_refresh_hook_undoes_the_whole_refresh() {
     assert!(
         logged(&ch, "pre-refresh-hook", "has no pre-refresh hook"),
         "{:?}",
-        log(&ch, "pre-refresh-hook")
+        task_log(&ch, "pre-refresh-hook")
     );
     // It ran with x2 live, and everything up to it was undone.
     assert_eq!(
@@ -620,7 +600,7 @@ fn refresh_pending_hook_lets_the_app_save_its_state_and_exit() {
         runs, "x1 -> x2\n",
         "the refresh-pending hook ran exactly once"
     );
-    let lines = log(&done, "wait-for-apps");
+    let lines = task_log(&done, "wait-for-apps");
     assert_eq!(
         lines
             .iter()
@@ -663,7 +643,7 @@ fn refresh_pending_trouble_is_not_fatal(tag: &str, hook: &str, args: &[&str], wa
     let id = start_refresh(r, &b2);
     let pending = watch_until(r, id, |c| task(c, "wait-for-apps")["status"] == "Wait");
     assert_eq!(pending["status"], "Wait", "{pending}");
-    let lines = log(&pending, "wait-for-apps");
+    let lines = task_log(&pending, "wait-for-apps");
     assert!(
         lines.iter().any(|l| l.contains(want)
             && l.contains("not fatal: the refresh goes on waiting for the apps")),

@@ -8,30 +8,11 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
+use refreshd_tests::installed;
 use refreshd_tests::*;
-
-/// Where the Makefile is and where cargo put the build the tests run against.
-struct Repo {
-    dir: PathBuf,
-    target: PathBuf,
-    profile: String,
-}
-
-fn repo() -> Repo {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace above the tests crate")
-        .to_path_buf();
-    let built = bin("xtask").parent().unwrap().to_path_buf();
-    Repo {
-        dir,
-        target: built.parent().unwrap().to_path_buf(),
-        profile: built.file_name().unwrap().to_string_lossy().into_owned(),
-    }
-}
 
 /// What the install step needs besides the build; `None` (and a skip) when one is missing.
 fn tools_present() -> bool {
@@ -44,45 +25,6 @@ fn tools_present() -> bool {
         }
     }
     true
-}
-
-/// `make -C REPO GOAL VAR=VALUE...`, optionally as a user, with nothing inherited that could
-/// change what make does.
-fn make(repo: &Repo, goal: &str, vars: &[(&str, &Path)], user: Option<&TestUser>) -> Output {
-    let mut cmd = match user {
-        Some(u) => {
-            let mut c = Command::new("setpriv");
-            c.arg(format!("--reuid={}", u.uid))
-                .arg(format!("--regid={}", u.gid))
-                .arg("--clear-groups")
-                .arg("make");
-            c
-        }
-        None => Command::new("make"),
-    };
-    cmd.arg("--no-print-directory")
-        .arg("-C")
-        .arg(&repo.dir)
-        .arg(goal);
-    for (name, value) in vars {
-        let mut arg = std::ffi::OsString::from(format!("{name}="));
-        arg.push(value.as_os_str());
-        cmd.arg(arg);
-    }
-    for var in [
-        "MAKEFLAGS",
-        "MFLAGS",
-        "MAKELEVEL",
-        "DESTDIR",
-        "PREFIX",
-        "PROFILE",
-        "ASSETS",
-        "TARGET_DIR",
-        "CARGO_TARGET_DIR",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.output().expect("run make")
 }
 
 fn show(out: &Output) -> String {
@@ -164,30 +106,10 @@ fn install_puts_everything_in_place_man_and_completion_work_uninstall_removes_it
     if !tools_present() {
         return;
     }
-    let repo = repo();
     let scratch = scratch(&format!("install-{}", std::process::id()));
     let assets = scratch.path().join("assets");
     let dest = scratch.path().join("dest");
-    let profile = PathBuf::from(&repo.profile);
-
-    let out = make(
-        &repo,
-        "assets",
-        &[
-            ("PROFILE", &profile),
-            ("TARGET_DIR", &repo.target),
-            ("ASSETS", &assets),
-        ],
-        None,
-    );
-    assert!(out.status.success(), "make assets: {}", show(&out));
-    let vars = [
-        ("PROFILE", profile.as_path()),
-        ("TARGET_DIR", &repo.target),
-        ("ASSETS", &assets),
-        ("DESTDIR", &dest),
-    ];
-    let out = make(&repo, "install", &vars, None);
+    let out = installed::assets_and_install(&assets, &dest, None);
     assert!(out.status.success(), "make install: {}", show(&out));
 
     // Exactly these files, with these modes; confine-hook setuid, and root's when we are root.
@@ -205,7 +127,10 @@ fn install_puts_everything_in_place_man_and_completion_work_uninstall_removes_it
         put("usr/lib/refreshd/refreshd-notify".into(), 0o755);
     }
     let mut units = Vec::new();
-    for e in fs::read_dir(repo.dir.join("systemd")).into_iter().flatten() {
+    for e in fs::read_dir(installed::repo_root().join("systemd"))
+        .into_iter()
+        .flatten()
+    {
         let p = e.unwrap().path();
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         if name.ends_with(".service") || name.ends_with(".socket") {
@@ -425,7 +350,7 @@ fn install_puts_everything_in_place_man_and_completion_work_uninstall_removes_it
     );
 
     // uninstall removes every file install put there (directories may stay).
-    let out = make(&repo, "uninstall", &vars, None);
+    let out = installed::make("uninstall", &[("DESTDIR", &dest)], None);
     assert!(out.status.success(), "make uninstall: {}", show(&out));
     let left = files_under(&dest);
     assert!(
@@ -444,19 +369,19 @@ fn install_without_a_build_fails_in_one_line_and_installs_nothing() {
     if !tools_present() {
         return;
     }
-    let repo = repo();
+    let build = installed::build();
     let scratch = scratch(&format!("install-unbuilt-{}", std::process::id()));
     let dest = scratch.path().join("dest");
     let assets = scratch.path().join("assets");
     let profile = format!("unbuilt{}", std::process::id());
     let vars = [
         ("PROFILE", Path::new(&profile)),
-        ("TARGET_DIR", &repo.target),
+        ("TARGET_DIR", &build.target),
         ("ASSETS", &assets),
         ("DESTDIR", &dest),
     ];
     for goal in ["install", "assets"] {
-        let out = make(&repo, goal, &vars, None);
+        let out = installed::make(goal, &vars, None);
         assert!(
             !out.status.success(),
             "make {goal} succeeded: {}",
@@ -468,7 +393,7 @@ fn install_without_a_build_fails_in_one_line_and_installs_nothing() {
         assert_contains(
             lines[0],
             &[
-                &format!("{}/{profile}/", repo.target.display()),
+                &format!("{}/{profile}/", build.target.display()),
                 &format!("run `make PROFILE={profile}` first"),
             ],
             &format!("make {goal}'s error"),
@@ -501,33 +426,13 @@ fn install_as_a_user_into_destdir_keeps_the_setuid_bit_and_says_it_is_not_root()
         skip("cannot create a user (useradd)");
         return;
     };
-    let repo = repo();
     let scratch = scratch(&format!("install-user-{}", std::process::id()));
     fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let assets = scratch.path().join("assets");
     let dest = scratch.path().join("dest");
     fs::create_dir(&dest).unwrap();
     std::os::unix::fs::chown(&dest, Some(user.uid), Some(user.gid)).unwrap();
-    let profile = PathBuf::from(&repo.profile);
-    let out = make(
-        &repo,
-        "assets",
-        &[
-            ("PROFILE", &profile),
-            ("TARGET_DIR", &repo.target),
-            ("ASSETS", &assets),
-        ],
-        None,
-    );
-    assert!(out.status.success(), "make assets: {}", show(&out));
-
-    let vars = [
-        ("PROFILE", profile.as_path()),
-        ("TARGET_DIR", &repo.target),
-        ("ASSETS", &assets),
-        ("DESTDIR", &dest),
-    ];
-    let out = make(&repo, "install", &vars, Some(&user));
+    let out = installed::assets_and_install(&assets, &dest, Some(&user));
     if !out.status.success() && text(&out.stderr).contains("Permission denied") {
         skip("the repository or its build is not readable by other users");
         return;
@@ -560,7 +465,7 @@ fn install_as_a_user_into_destdir_keeps_the_setuid_bit_and_says_it_is_not_root()
         "files not owned by {}: {files:?}",
         user.name
     );
-    let out = make(&repo, "uninstall", &vars, Some(&user));
+    let out = installed::make("uninstall", &[("DESTDIR", &dest)], Some(&user));
     assert!(out.status.success(), "make uninstall: {}", show(&out));
     assert!(files_under(&dest).is_empty(), "make uninstall left files");
 }

@@ -24,16 +24,10 @@ const PYTHON: &str = "/usr/bin/python3";
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn prerequisites() -> bool {
-    if !mksquashfs_available() {
-        skip("mksquashfs not installed (squashfs-tools)");
-        return false;
-    }
-    if !is_root() {
-        skip("needs root: real users, cgroups and a setuid launcher");
-        return false;
-    }
-    if find_program("dbus-daemon").is_none() {
-        skip("dbus-daemon not installed (dbus-daemon)");
+    if !root_with(
+        "real users, cgroups and a setuid launcher",
+        &[("dbus-daemon", "dbus-daemon")],
+    ) {
         return false;
     }
     let gi = Command::new(PYTHON)
@@ -326,17 +320,6 @@ fn refresh_until_waiting(r: &Path, file: &Path) -> u64 {
     id
 }
 
-fn log(change: &Value, kind: &str) -> Vec<String> {
-    task(change, kind)["log"]
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn daemon(r: &Path, args: &[&str]) -> Daemon {
     Daemon::start_with(
         r,
@@ -403,7 +386,7 @@ fn a_pending_refresh_is_told_once_and_its_end_once() {
     assert!(d.stop().success());
     let d = Daemon::start(r);
     let again = watch_for(r, id, |c| {
-        log(c, "wait-for-apps")
+        task_log(c, "wait-for-apps")
             .iter()
             .any(|l| l.contains("told already that told is pending: not again"))
     })
@@ -414,7 +397,7 @@ fn a_pending_refresh_is_told_once_and_its_end_once() {
         )
     });
     assert!(
-        log(&again, "wait-for-apps")
+        task_log(&again, "wait-for-apps")
             .iter()
             .any(|l| l.contains(&format!("{} (uid {})", alice.name, alice.uid))),
         "{again}"
@@ -433,7 +416,7 @@ fn a_pending_refresh_is_told_once_and_its_end_once() {
     );
     assert_eq!(second["uid"], alice.uid, "{second}");
     assert!(
-        log(&done, "lift-inhibition")
+        task_log(&done, "lift-inhibition")
             .iter()
             .any(|l| l.contains("telling") && l.contains(&alice.name)),
         "{done}"
@@ -510,12 +493,12 @@ fn hostile_or_broken_sessions_get_nothing_and_hold_up_nothing() {
         "2.0",
     );
     let pending = watch_for(r, id, |c| {
-        log(c, "wait-for-apps")
+        task_log(c, "wait-for-apps")
             .iter()
             .any(|l| l.contains("telling"))
     })
     .unwrap_or_else(|c| panic!("no one was told: {c}"));
-    let told = log(&pending, "wait-for-apps")
+    let told = task_log(&pending, "wait-for-apps")
         .into_iter()
         .find(|l| l.contains("telling"))
         .unwrap_or_else(|| panic!("{pending}"));
@@ -576,7 +559,7 @@ fn notify_none_sends_nothing() {
     assert_eq!(done["status"], "Done", "{done}");
     for kind in ["wait-for-apps", "lift-inhibition"] {
         assert!(
-            !log(&done, kind).iter().any(|l| l.contains("telling")),
+            !task_log(&done, kind).iter().any(|l| l.contains("telling")),
             "{done}"
         );
     }

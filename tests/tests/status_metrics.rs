@@ -12,19 +12,10 @@ use std::time::Instant;
 use refreshd_tests::*;
 
 fn prerequisites() -> bool {
-    if !mksquashfs_available() {
-        skip("mksquashfs not installed (squashfs-tools)");
-        return false;
-    }
-    if !is_root() {
-        skip("needs root: real users, cgroups and a setuid launcher");
-        return false;
-    }
-    if find_program("curl").is_none() {
-        skip("curl not installed (curl)");
-        return false;
-    }
-    true
+    root_with(
+        "real users, cgroups and a setuid launcher",
+        &[("curl", "curl")],
+    )
 }
 
 fn user(tag: &str) -> TestUser {

@@ -9,15 +9,7 @@ use std::path::Path;
 use refreshd_tests::*;
 
 fn prerequisites() -> bool {
-    if !mksquashfs_available() {
-        skip("mksquashfs not installed (squashfs-tools)");
-        return false;
-    }
-    if !is_root() {
-        skip("needs root: cgroups and a setuid launcher");
-        return false;
-    }
-    true
+    root_with("cgroups and a setuid launcher", &[])
 }
 
 /// Installs x1 of the `tracked` snap in `root` (with a daemon that is stopped again) and returns
