@@ -227,6 +227,11 @@ pub struct Daemon {
 pub struct DaemonOpts<'a> {
     pub failpoints: Option<&'a str>,
     pub extra_args: Vec<String>,
+    /// A command the daemon runs under, which must exec its arguments (`unshare -m ...`,
+    /// `faketime ...`): the pid stays the daemon's.
+    pub wrapper: Vec<String>,
+    /// Extra environment for the daemon.
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -238,10 +243,18 @@ impl Daemon {
     pub fn start_with(root: &Path, opts: DaemonOpts<'_>) -> Daemon {
         install_hook(root);
         let log = root.parent().unwrap().join("refreshd.log");
-        let mut cmd = Command::new(bin("refreshd"));
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin("refreshd"));
+                c
+            }
+            None => Command::new(bin("refreshd")),
+        };
         cmd.arg("--root").arg(root).args(&opts.extra_args);
         cmd.env("RUST_LOG", "info")
-            .env_remove("REFRESHD_FAILPOINTS");
+            .env_remove("REFRESHD_FAILPOINTS")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)));
         if let Some(fp) = opts.failpoints {
             cmd.env("REFRESHD_FAILPOINTS", fp);
         }

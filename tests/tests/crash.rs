@@ -316,6 +316,7 @@ fn store_opts<'a>(store: &Path, failpoints: Option<&'a str>) -> DaemonOpts<'a> {
     DaemonOpts {
         failpoints,
         extra_args: vec!["--store".into(), store.to_str().unwrap().into()],
+        ..Default::default()
     }
 }
 

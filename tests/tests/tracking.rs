@@ -289,6 +289,7 @@ fn lost_exit_events_are_caught_by_the_backstop() {
             DaemonOpts {
                 failpoints: Some("lose-events"),
                 extra_args: vec!["--tracking".into(), backend.into()],
+                ..Default::default()
             },
         );
         let status = ctl_json(r, &["status", "--json"]);
