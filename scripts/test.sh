@@ -22,6 +22,7 @@ command -v make >/dev/null || need_pkgs+=(make)
 command -v man >/dev/null || need_pkgs+=(man-db)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 command -v dbus-daemon >/dev/null || need_pkgs+=(dbus-daemon)
+command -v faketime >/dev/null || need_pkgs+=(faketime)
 /usr/bin/python3 -c "import gi" 2>/dev/null || need_pkgs+=(python3-gi)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
@@ -52,3 +53,5 @@ echo "== skipped: $n"
 sort -u "$skips" | sed 's/^/   /'
 echo "== benchmarks, smoke run (every section runs; debug-build figures mean nothing)"
 bash scripts/bench.sh --smoke
+echo "== fuzzing (${FUZZ_SECONDS:-60} s per target)"
+bash scripts/fuzz.sh

@@ -428,6 +428,12 @@ pub struct InstallQuery {
     pub instance_name: Option<String>,
 }
 
+/// Whether `key` is an acceptable `Idempotency-Key` header value: 1 to 128 printable ASCII
+/// characters, no space (the daemon's check, here so it can be fuzzed without the daemon).
+pub fn valid_idempotency_key(key: &[u8]) -> bool {
+    !key.is_empty() && key.len() <= 128 && key.iter().all(|b| (0x21..0x7f).contains(b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

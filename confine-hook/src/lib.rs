@@ -29,6 +29,13 @@ mod root;
 mod runctl;
 mod sys;
 
+/// The pure parts of a launch, for the fuzz targets in fuzz/ (not an interface).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::args::{parse, Target};
+    pub use crate::env::{allowed, build, reroot_home, Env, SnapVars, MAX_VALUE, PATH};
+}
+
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};

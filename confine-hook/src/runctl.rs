@@ -148,18 +148,57 @@ fn exists(runctl: &Dir, m: &CString) -> Result<bool> {
 /// as it wakes (the kernel then finishes that mark in the background while the launch goes
 /// on), and the instance itself stays open until `execve` closes it (`O_CLOEXEC`), by which
 /// time there is nothing left to wait for.
-pub struct Waiter(std::fs::File);
+///
+/// `None`: no inotify to be had (`EMFILE`, `ENFILE`, `ENOMEM`: the user's instances are used
+/// up); the launch then looks for the marker every [`POLL`] instead. It still waits: a launch
+/// never goes on while the marker exists.
+pub struct Waiter(Option<std::fs::File>);
+
+/// How often a launch without inotify looks whether the refresh is over.
+const POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Out of inotify instances or watches: a limit, not a fault of the launch.
+fn exhausted(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOSPC)
+    )
+}
 
 impl Waiter {
+    /// The instance is charged to the caller (`uid` as the effective uid while it is made),
+    /// not to root: waiting launches of any user must not use up root's inotify instances
+    /// (`fs.inotify.max_user_instances`), which root's services need.
+    fn new(uid: sys::Uid) -> Result<Waiter> {
+        let made = sys::with_euid(uid, sys::inotify_init)
+            .map_err(|e| fail!("cannot wait for the refresh (switching uid): {e}"))?;
+        match made {
+            Ok(fd) => Ok(Waiter(Some(std::fs::File::from(fd)))),
+            Err(e) if exhausted(&e) => Ok(Waiter(None)),
+            Err(e) => Err(fail!("cannot wait for the refresh: {e}")),
+        }
+    }
+
+    /// Polls until the inhibited marker is gone, when inotify cannot be had.
+    fn poll_gone(runctl: &Dir, m: &CString) -> Result<()> {
+        while exists(runctl, m)? {
+            std::thread::sleep(POLL);
+        }
+        Ok(())
+    }
+
     /// Blocks (no polling) until the inhibited marker is gone: a watch on runctl, a re-check
     /// after adding it (a removal before the watch existed is not missed), then reads.
     fn wait_gone(&mut self, runctl: &Dir, name: &[u8]) -> Result<()> {
         let m = marker(name, Marker::Inhibited);
+        let Some(ino) = &self.0 else {
+            return Self::poll_gone(runctl, &m);
+        };
         // Watch the directory we hold open, not a path that could be swapped.
         let path =
             CString::new(format!("/proc/self/fd/{}", runctl.as_fd().as_raw_fd())).expect("no NUL");
-        let wd = sys::inotify_add_watch(
-            self.0.as_fd(),
+        let wd = match sys::inotify_add_watch(
+            ino.as_fd(),
             &path,
             libc::IN_DELETE
                 | libc::IN_MOVED_FROM
@@ -167,13 +206,16 @@ impl Waiter {
                 | libc::IN_CREATE
                 | libc::IN_DELETE_SELF
                 | libc::IN_MOVE_SELF,
-        )
-        .map_err(|e| {
-            fail!(
-                "cannot watch {} for the end of the refresh: {e}",
-                show(runctl.path())
-            )
-        })?;
+        ) {
+            Ok(wd) => wd,
+            Err(e) if exhausted(&e) => return Self::poll_gone(runctl, &m),
+            Err(e) => {
+                return Err(fail!(
+                    "cannot watch {} for the end of the refresh: {e}",
+                    show(runctl.path())
+                ))
+            }
+        };
         let mut buf = [0u8; 4096];
         let waited = loop {
             match exists(runctl, &m) {
@@ -181,14 +223,14 @@ impl Waiter {
                 Ok(true) => {}
                 Err(e) => break Err(e),
             }
-            match (&self.0).read(&mut buf) {
+            match (&*ino).read(&mut buf) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => break Err(fail!("cannot wait for the refresh: {e}")),
             }
         };
         // Best effort: a failure only means the close at exec may take a little longer.
-        let _ = sys::inotify_rm_watch(self.0.as_fd(), wd);
+        let _ = sys::inotify_rm_watch(ino.as_fd(), wd);
         waited
     }
 }
@@ -224,9 +266,7 @@ pub fn lock_when_not_inhibited(
         }
         let w = match waiter {
             Some(w) => w,
-            None => waiter.insert(Waiter(std::fs::File::from(
-                sys::inotify_init().map_err(|e| fail!("cannot wait for the refresh: {e}"))?,
-            ))),
+            None => waiter.insert(Waiter::new(uid)?),
         };
         w.wait_gone(runctl, name)?;
     }

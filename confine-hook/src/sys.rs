@@ -106,6 +106,23 @@ pub fn setresuid(uid: Uid) -> io::Result<()> {
     Ok(())
 }
 
+/// Runs `f` with the effective uid `uid` (real and saved uids unchanged), then restores the
+/// effective uid. An error when either switch fails: the caller must not go on then.
+pub fn with_euid<T>(uid: Uid, f: impl FnOnce() -> T) -> io::Result<T> {
+    let saved = geteuid();
+    if saved == uid {
+        return Ok(f());
+    }
+    // -1: leave unchanged.
+    let keep = libc::uid_t::MAX;
+    // SAFETY: plain integer arguments.
+    cerr(unsafe { libc::setresuid(keep, uid.0, keep) })?;
+    let out = f();
+    // SAFETY: plain integer arguments; the saved uid (root) allows switching back.
+    cerr(unsafe { libc::setresuid(keep, saved.0, keep) })?;
+    Ok(out)
+}
+
 /// `setuid(2)`: used only to prove that regaining root fails after the drop.
 pub fn setuid(uid: Uid) -> io::Result<()> {
     // SAFETY: plain integer argument.

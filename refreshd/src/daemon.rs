@@ -56,7 +56,8 @@ pub struct Args {
     #[arg(long)]
     pub extract: bool,
     /// How to know when a snap's processes are gone (auto: the v1 freezer with the release
-    /// agent, else polling it, else cgroup v2).
+    /// agent, else polling it, else cgroup v2, else the apps' environment in /proc; none: do
+    /// not wait for running apps).
     #[arg(long, value_enum, default_value = "auto")]
     pub tracking: tracking::Choice,
     /// The release agent binary registered on the v1 freezer hierarchy (default: next to
@@ -67,6 +68,10 @@ pub struct Args {
     /// serving the store layout (docs/store.md).
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
+    /// How long the store may stay silent (connecting, answering, or in the middle of a
+    /// download) before an attempt is given up and retried (10s, 2m); docs/store.md.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = refreshd_snap::text::parse_duration)]
+    pub store_timeout: Duration,
     /// Interval of the polling fallback, in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub poll_interval_ms: u64,
@@ -265,7 +270,7 @@ impl Daemon {
             .with_context(|| format!("cannot open {}", layout.state_db().display()))?;
         let store = match &args.store {
             Some(url) => Some(Arc::new(
-                refreshd_store::Store::open(url)
+                refreshd_store::Store::open_with(url, store_config(args.store_timeout))
                     .with_context(|| format!("cannot use the store {url}"))?,
             )),
             None => None,
@@ -372,6 +377,16 @@ impl Daemon {
 }
 
 /// One daemon per root: an exclusive lock held for the daemon's life, with its pid inside.
+/// The store client's settings: `--store-timeout` bounds every wait on the store; connecting
+/// never waits longer than the client's default either.
+fn store_config(timeout: Duration) -> refreshd_store::StoreConfig {
+    let timeout = timeout.max(Duration::from_secs(1));
+    let mut config = refreshd_store::StoreConfig::default();
+    config.connect_timeout = config.connect_timeout.min(timeout);
+    config.read_timeout = timeout;
+    config
+}
+
 fn lock_root(layout: &Layout) -> anyhow::Result<Flock<File>> {
     let path = layout.daemon_lock();
     let f = fs::OpenOptions::new()
@@ -452,7 +467,13 @@ fn recover(ctx: &Ctx, state: &mut State) -> anyhow::Result<()> {
         {
             // Still owned: rewritten with this daemon's pid and boot, so waiting launchers do
             // not say refreshd is gone.
-            Some(change) => tr.inhibit(&name, change)?,
+            // A failure (a full run directory) leaves the old marker, which still inhibits:
+            // only its pid and boot are stale, not a reason to refuse to start.
+            Some(change) => {
+                if let Err(e) = tr.inhibit(&name, change) {
+                    warn!(snap = %name, "{e}");
+                }
+            }
             None => {
                 info!(snap = %name, "lifting an inhibition no unfinished change owns");
                 tr.lift(&name)?;

@@ -56,18 +56,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 pub fn symlink_atomic(target: &Path, link: &Path) -> io::Result<()> {
     let tmp = tmp_path(link);
     let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp)?;
+    std::os::unix::fs::symlink(target, &tmp).map_err(at("create", &tmp))?;
     if let Err(e) = fs::rename(&tmp, link) {
         let _ = fs::remove_file(&tmp);
-        return Err(e);
+        return Err(at("replace", link)(e));
     }
-    sync_parent(link)
+    sync_parent(link).map_err(at("flush the directory of", link))
+}
+
+/// An I/O error that names what it was doing and where: these helpers' errors reach people
+/// (task errors) through `?`, and a bare "Operation not permitted" says nothing.
+fn at<'a>(op: &'a str, path: &'a Path) -> impl FnOnce(io::Error) -> io::Error + 'a {
+    move |e| io::Error::new(e.kind(), format!("cannot {op} {}: {e}", path.display()))
 }
 
 /// Removes a file or symlink; absent is fine.
 pub fn remove_file_if_exists(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(at("remove", path)(e)),
         _ => Ok(()),
     }
 }
@@ -76,9 +82,9 @@ pub fn remove_file_if_exists(path: &Path) -> io::Result<()> {
 pub fn remove_tree_if_exists(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(at("read the metadata of", path)(e)),
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(at("remove", path)),
+        Ok(_) => fs::remove_file(path).map_err(at("remove", path)),
     }
 }
 
@@ -91,7 +97,7 @@ pub fn remove_dir_if_empty(path: &Path) -> io::Result<()> {
         {
             Ok(())
         }
-        r => r,
+        r => r.map_err(at("remove", path)),
     }
 }
 

@@ -32,6 +32,8 @@ pub enum Error {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("state database {path} is damaged ({detail}); refreshd leaves it as it is: restore it from a backup, or move it aside to start with no snaps recorded")]
+    Damaged { path: PathBuf, detail: String },
     #[error("state database has schema version {found}, newer than the {supported} this refreshd knows; run a newer refreshd")]
     TooNew { found: u32, supported: u32 },
     #[error("snap {snap:?} has change {change} in progress")]
@@ -47,6 +49,30 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The database's filesystem refuses it (ENOSPC, EIO, EROFS; a read that fails under a
+    /// running daemon can look like a damaged page too): nothing the caller can do but fix the
+    /// disk.
+    pub fn is_storage_failure(&self) -> bool {
+        use rusqlite::ErrorCode::*;
+        matches!(
+            self,
+            Error::Sqlite(e) if matches!(
+                e.sqlite_error_code(),
+                Some(DiskFull | SystemIoFailure | ReadOnly | CannotOpen | DatabaseCorrupt)
+            )
+        )
+    }
+}
+
+/// SQLite's verdict that a file is not a sound database (as opposed to one it cannot reach).
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
 
 /// Task status. The allowed transitions between them are the engine's business (one table in
 /// `refreshd::engine::status`); the store only persists them.
@@ -262,7 +288,29 @@ impl State {
             path: path.to_owned(),
             source,
         })?;
-        Self::setup(conn, crate::schema::SCHEMA_VERSION)
+        let damaged = |detail: String| Error::Damaged {
+            path: path.to_owned(),
+            detail,
+        };
+        // Damage found now stops the daemon before it acts on half a state; found later, it
+        // would fail changes midway. The check reads every page: the database is small.
+        let checked = Self::setup(conn, crate::schema::SCHEMA_VERSION).and_then(|st| {
+            let verdict: String = st.conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+            Ok((st, verdict))
+        });
+        match checked {
+            Ok((st, verdict)) if verdict == "ok" => Ok(st),
+            // The first problem it names (a list of them can be long).
+            Ok((_, verdict)) => Err(damaged(
+                verdict
+                    .lines()
+                    .find(|l| !l.trim().is_empty() && !l.starts_with("***"))
+                    .unwrap_or("quick_check failed")
+                    .to_owned(),
+            )),
+            Err(Error::Sqlite(e)) if is_damage(&e) => Err(damaged(e.to_string())),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn open_in_memory() -> Result<State> {

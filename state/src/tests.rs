@@ -449,3 +449,27 @@ fn settings_are_kept_across_reopen_and_migration() {
     );
     assert_eq!(st.setting("other").unwrap(), None);
 }
+
+#[test]
+fn a_damaged_database_is_refused_and_left_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let mut st = State::open(&path).unwrap();
+        for i in 0..20 {
+            st.create_change(&install_change(&format!("s{i}")), None)
+                .unwrap();
+        }
+    }
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 8192);
+    let n = bytes.len();
+    for (i, b) in bytes[4096..n].iter_mut().enumerate() {
+        *b = (i * 13 + 1) as u8;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let err = State::open(&path).err().expect("a damaged database opened");
+    assert!(matches!(err, Error::Damaged { .. }), "{err}");
+    assert!(err.to_string().contains("backup"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+}

@@ -20,6 +20,8 @@ pub(crate) struct HttpSource {
     agent: ureq::Agent,
     /// Without a trailing `/`.
     base: String,
+    /// The longest an index's body may take to arrive, in all.
+    index_budget: Duration,
 }
 
 impl HttpSource {
@@ -56,6 +58,7 @@ impl HttpSource {
         Ok(HttpSource {
             agent: ureq::Agent::new_with_config(agent_config),
             base,
+            index_budget: config.read_timeout,
         })
     }
 
@@ -74,7 +77,17 @@ impl HttpSource {
 
     pub(crate) fn index(&self, name: &str) -> Result<Option<Vec<u8>>, Failure> {
         let url = self.index_url(name);
-        let resp = self.agent.get(&url).call().map_err(|e| classify(&url, e))?;
+        let resp = self
+            .agent
+            .get(&url)
+            .config()
+            // An index is small (at most 16 MiB, a few KiB in practice): a server that drips
+            // it a byte at a time, never silent for `read_timeout`, must not hold the caller
+            // (an API request) for ever.
+            .timeout_recv_body(Some(self.index_budget))
+            .build()
+            .call()
+            .map_err(|e| classify(&url, e))?;
         match resp.status().as_u16() {
             200 => {
                 let body = resp

@@ -17,11 +17,12 @@
 //! about (`revisions.3.path`). Unknown keys are ignored at every level, and kept by
 //! [`publish`](crate::publish) when it rewrites the file.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 
 use refreshd_snap::{validate_snap_name, validate_version};
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::error::{quote, Error, Result};
@@ -30,6 +31,11 @@ use crate::error::{quote, Error, Result};
 pub const FORMAT: u64 = 1;
 /// The largest index read; real ones are a few KiB.
 pub const MAX_INDEX_SIZE: u64 = 16 * 1024 * 1024;
+/// The most JSON values (objects, arrays, strings, numbers, ... at any depth) an index may
+/// hold: about 40,000 revisions. Each parsed value costs memory many times its bytes (16 MiB
+/// of `0,` would take hundreds of MiB), so this, not the size alone, bounds the memory and
+/// time an index can cost.
+pub const MAX_INDEX_VALUES: u64 = 250_000;
 /// The largest blob an index may declare.
 pub const MAX_BLOB_SIZE: u64 = 8 * 1024 * 1024 * 1024;
 /// The longest blob path an index may declare.
@@ -242,11 +248,16 @@ pub(crate) fn parse_json(name: &str, bytes: &[u8]) -> Result<Value> {
             limit: MAX_INDEX_SIZE,
         });
     }
-    let strict: Strict = serde_json::from_slice(bytes).map_err(|e| Error::IndexJson {
-        name: name.to_owned(),
-        detail: crate::error::one_line(&e.to_string()),
-    })?;
-    Ok(strict.0)
+    let budget = Cell::new(MAX_INDEX_VALUES);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = StrictSeed(&budget)
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| Error::IndexJson {
+            name: name.to_owned(),
+            detail: crate::error::one_line(&e.to_string()),
+        })?;
+    Ok(value)
 }
 
 /// A new, empty index of `name`.
@@ -457,18 +468,28 @@ fn field_key(key: &str) -> String {
     }
 }
 
-/// A JSON value that refuses duplicate keys at any depth.
-struct Strict(Value);
+/// A JSON value that refuses duplicate keys at any depth, and more than the values left in
+/// its budget (shared by every value of one file).
+struct StrictSeed<'b>(&'b Cell<u64>);
 
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
+impl<'de> DeserializeSeed<'de> for StrictSeed<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Value, D::Error> {
+        let left = self.0.get();
+        if left == 0 {
+            return Err(de::Error::custom(format_args!(
+                "more than {MAX_INDEX_VALUES} values"
+            )));
+        }
+        self.0.set(left - 1);
+        d.deserialize_any(StrictVisitor(self.0))
     }
 }
 
-struct StrictVisitor;
+struct StrictVisitor<'b>(&'b Cell<u64>);
 
-impl<'de> Visitor<'de> for StrictVisitor {
+impl<'de> Visitor<'de> for StrictVisitor<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -500,7 +521,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Value, A::Error> {
         let mut out = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
+        while let Some(v) = seq.next_element_seed(StrictSeed(self.0))? {
             out.push(v);
         }
         Ok(Value::Array(out))
@@ -508,7 +529,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            let Strict(v) = map.next_value()?;
+            let v = map.next_value_seed(StrictSeed(self.0))?;
             if out.contains_key(&key) {
                 return Err(de::Error::custom(format_args!(
                     "duplicate key {}",
@@ -599,6 +620,28 @@ mod tests {
             assert!(msg.contains("revisions.3.path"), "{msg}");
             assert!(matches!(e, Error::Index { ref field, .. } if field == "revisions.3.path"));
         }
+    }
+
+    #[test]
+    fn the_number_of_values_is_bounded() {
+        // Under the size limit, but each `0` would become a value of 32 bytes or more.
+        let good = index_with("3", "blobs/hello_3.snap");
+        let n = MAX_INDEX_VALUES as usize;
+        let text = format!(
+            "{},\"junk\":[0{}]}}",
+            &good[..good.len() - 1],
+            ",0".repeat(n)
+        );
+        let msg = SnapIndex::parse("hello", text.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(&format!("more than {n} values")), "{msg}");
+        let fits = format!(
+            "{},\"junk\":[0{}]}}",
+            &good[..good.len() - 1],
+            ",0".repeat(n / 2)
+        );
+        assert!(SnapIndex::parse("hello", fits.as_bytes()).is_ok());
     }
 
     #[test]

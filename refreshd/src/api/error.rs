@@ -52,6 +52,15 @@ impl From<refreshd_state::Error> for ApiError {
                 ErrorKind::Conflict,
                 format!("Idempotency-Key {key:?} was already used for a {request} request; use a fresh key"),
             ),
+            e if e.is_storage_failure() => {
+                tracing::error!("request failed: state database: {e}");
+                ApiError::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "refreshd cannot use its state database var/lib/refreshd/state.db ({e}): the filesystem holding it is full, failing or read-only; free space or repair it, then try again (after an I/O error, restart refreshd)"
+                    ),
+                )
+            }
             other => ApiError::internal(other),
         }
     }

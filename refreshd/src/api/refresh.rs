@@ -41,6 +41,8 @@ struct Candidate {
     hold: Option<HoldUntil>,
     /// The snap's unfinished change.
     busy: Option<ChangeId>,
+    /// The revisions kept here and their sha3-384.
+    kept: Vec<(String, String)>,
 }
 
 impl Candidate {
@@ -185,7 +187,12 @@ async fn candidates(st: &ApiState, names: &[String]) -> Result<Vec<Candidate>, A
                     .map(|r| r.version)
                     .unwrap_or_default();
                 let busy = s.change_in_progress_for(&row.name)?;
-                found.push((row, current, version, busy));
+                let kept = s
+                    .revisions(&row.name)?
+                    .into_iter()
+                    .map(|r| (r.revision, r.sha3_384))
+                    .collect::<Vec<_>>();
+                found.push((row, current, version, busy, kept));
             }
             Ok::<_, refreshd_state::Error>((found, missing))
         })
@@ -206,7 +213,7 @@ async fn candidates(st: &ApiState, names: &[String]) -> Result<Vec<Candidate>, A
         ));
     }
     let mut out = vec![];
-    for (row, current, version, busy) in rows {
+    for (row, current, version, busy, kept) in rows {
         let instance: InstanceName = row
             .name
             .parse()
@@ -224,6 +231,7 @@ async fn candidates(st: &ApiState, names: &[String]) -> Result<Vec<Candidate>, A
             named,
             hold,
             busy,
+            kept,
         });
     }
     Ok(out)
@@ -270,15 +278,27 @@ async fn look_up(st: &ApiState, cands: &[&Candidate]) -> Result<Vec<Looked>, Api
                 Ok(entry) => entry,
                 Err(e) => return Looked::Note(c.note(NoteKind::Error, format!("{n}: {e}"))),
             };
+            let replay = c
+                .kept
+                .iter()
+                .find(|(r, sha)| *r == entry.revision.to_string() && *sha != entry.sha3_384);
+            if let Some((_, sha)) = replay {
+                return Looked::Note(c.note(
+                    NoteKind::Error,
+                    format!("{n}: {}", super::snaps::replayed(n, &entry, sha)),
+                ));
+            }
             match c.current.parse::<Revision>() {
                 Ok(Revision::Store(cur)) if entry.revision == cur => Looked::Note(c.note(
                     NoteKind::UpToDate,
                     format!("{n}: up to date (revision {cur} is the newest in channel {channel})"),
                 )),
+                // Not quietly up to date: a channel that went back is the store's mistake or
+                // a rollback attack, and this snap no longer follows it.
                 Ok(Revision::Store(cur)) if entry.revision < cur => Looked::Note(c.note(
-                    NoteKind::UpToDate,
+                    NoteKind::Error,
                     format!(
-                        "{n}: the store offers revision {}, older than the installed {cur}; not an update",
+                        "{n}: the store offers revision {}, older than the installed {cur}; not an update (reverting is a separate, explicit action)",
                         entry.revision
                     ),
                 )),

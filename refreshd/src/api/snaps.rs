@@ -149,7 +149,7 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
         )
     };
     let s = v.to_str().map_err(|_| bad())?;
-    if s.is_empty() || s.len() > 128 || !s.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+    if !refreshd_client::types::valid_idempotency_key(s.as_bytes()) {
         return Err(bad());
     }
     Ok(Some(s.to_owned()))
@@ -356,7 +356,7 @@ pub async fn action(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    peer.require_admin(&st, "removing snaps")?;
+    peer.require_admin(&st, "removing, refreshing or reverting snaps")?;
     let act: SnapAction = super::json_body(&body, r#"{"action": "remove"}"#)?;
     let key = idempotency_key(&headers)?;
     if act.action == SnapActionKind::Revert {
@@ -466,7 +466,9 @@ async fn store_change(
     let index = tokio::task::spawn_blocking(move || s2.snap(&sn))
         .await
         .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::new(ErrorKind::Unavailable, e.to_string()))?
+        // Not `unavailable`: that asks clients to retry (refreshd shutting down), and a store
+        // that cannot be reached was already retried; a bad index is no better the next time.
+        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?
         .ok_or_else(|| {
             ApiError::new(
                 ErrorKind::NotFound,
@@ -479,6 +481,15 @@ async fn store_change(
             format!("snap {snap_name} has no revision in channel {channel} of the store"),
         )
     })?;
+    let (n, rev) = (instance.as_str().to_owned(), entry.revision.to_string());
+    let kept = st.engine.db().call(move |s| s.revision(&n, &rev)).await?;
+    if let Some(kept) = kept.filter(|k| k.sha3_384 != entry.sha3_384) {
+        return Err(ApiError::bad_request(replayed(
+            name,
+            &entry,
+            &kept.sha3_384,
+        )));
+    }
     let previous = row.as_ref().and_then(|r| r.current.clone());
     if let Some(Revision::Store(cur)) = previous.as_deref().and_then(|p| p.parse().ok()) {
         if entry.revision == cur {
@@ -509,6 +520,18 @@ async fn store_change(
         .await?;
     st.engine.ensure();
     Ok(accepted(created.id()))
+}
+
+/// Why a store revision whose number is kept here with other content is refused: a revision
+/// never changes, so it is a replay, a tampered index, or a republished number.
+pub(super) fn replayed(name: &str, entry: &refreshd_store::Entry, kept_sha3: &str) -> String {
+    format!(
+        "the store offers revision {} of {name} with other content than the revision {} kept here (sha3-384 {}... against {}...); refused: a revision never changes, so the store's operator must publish a new revision",
+        entry.revision,
+        entry.revision,
+        &entry.sha3_384[..16.min(entry.sha3_384.len())],
+        &kept_sha3[..16.min(kept_sha3.len())]
+    )
 }
 
 /// The setup of a change that installs (`previous` None) or refreshes `instance` to the store

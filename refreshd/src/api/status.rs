@@ -20,7 +20,6 @@ use refreshd_state::Select;
 use super::changes::change_json;
 use super::{ApiError, ApiState, Peer};
 use crate::metrics::{wait_started, waiting_for_apps};
-use crate::tracking::Kind;
 
 type St = State<Arc<ApiState>>;
 
@@ -74,11 +73,7 @@ pub async fn status(
     let n = name.clone();
     let (processes, inhibited) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
         let tr = &ctx.tracking;
-        let pids = if tr.kind == Kind::None {
-            vec![]
-        } else {
-            tr.procs(&n)?
-        };
+        let pids = tr.procs(&n)?;
         let hidden = hidepid(&std::fs::read("/proc/self/mountinfo").unwrap_or_default());
         let sys = System::read();
         // One look-up per owner, however many processes they have.

@@ -32,6 +32,8 @@ pub use status::{change_status, Event, Status};
 const MAX_LOG_LINES: usize = 30;
 /// The longest a retrying task waits between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long a task whose outcome could not be recorded waits before it runs again.
+const RECORD_RETRY: Duration = Duration::from_secs(5);
 
 /// Which half of a handler to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +171,9 @@ struct Inner {
     /// before its Wait was committed) is woken at once: no lost wake-ups.
     events: Mutex<(u64, HashMap<String, u64>)>,
     metrics: Metrics,
+    /// The monotonic and the wall clock at the last pass: a wall clock set back between passes
+    /// moves the stored deadlines back with it (see [`Engine::clock_set_back`]).
+    clock: Mutex<(std::time::Instant, i64)>,
 }
 
 #[derive(Clone)]
@@ -201,6 +206,7 @@ impl Engine {
                 tracker: TaskTracker::new(),
                 events: Mutex::new((0, HashMap::new())),
                 metrics: Metrics::default(),
+                clock: Mutex::new((std::time::Instant::now(), now_ms())),
             }),
         }
     }
@@ -296,13 +302,13 @@ impl Engine {
                 Err(e) => {
                     // The database failed under us; try again shortly rather than spin.
                     error!("engine pass failed: {e}");
-                    Some(now_ms() + 1000)
+                    Some(self.pass_time() + 1000)
                 }
             };
             let sleep = async {
                 match deadline {
                     Some(at) => {
-                        let ms = (at - now_ms()).max(0) as u64;
+                        let ms = (at - self.pass_time()).max(0) as u64;
                         tokio::time::sleep(Duration::from_millis(ms)).await
                     }
                     None => std::future::pending().await,
@@ -331,12 +337,20 @@ impl Engine {
         self.inner
             .db
             .call(move |s| {
-                s.prune(policy, now_ms())?;
+                let now = now_ms();
+                s.prune(policy, now)?;
                 let mut woken = vec![];
                 for c in s.changes(Select::InProgress, None)? {
                     for mut t in s.tasks(c.id)? {
                         if t.status == Status::Wait {
                             wake(&mut t);
+                            woken.push(t);
+                        } else if t.wait_until.is_some_and(|at| {
+                            at > now.saturating_add(MAX_BACKOFF.as_millis() as i64)
+                        }) {
+                            // No retry is that far off: the clock was set back while the
+                            // daemon was down. Run it now rather than in a year.
+                            t.wait_until = Some(now);
                             woken.push(t);
                         }
                     }
@@ -350,12 +364,16 @@ impl Engine {
     /// task becomes runnable by the clock (retry backoff, timed wait).
     async fn pass(&self) -> refreshd_state::Result<Option<i64>> {
         let inner = self.inner.clone();
+        let back = self.clock_set_back();
         // Planning reads and writes under the database lock, so it cannot interleave with a
         // completion or an event; `running` is read inside for the same reason.
         let (plans, ready, refreshes) = self
             .inner
             .db
             .call(move |s| {
+                if back > 0 {
+                    shift_deadlines(s, back)?;
+                }
                 let running = inner.running.lock().unwrap().clone();
                 let mut plans = vec![];
                 let mut ready = vec![];
@@ -486,17 +504,28 @@ impl Engine {
                 Ok(Some(t))
             })
             .await;
+        if let Err(e) = &res {
+            // The state cannot be written (disk full, I/O error): the task is still Doing on
+            // disk, and the next pass would run it again at once, over and over. It stays
+            // marked running for a while instead; whatever it did is redone (handlers are
+            // idempotent) once its outcome can be recorded.
+            error!(
+                task = id,
+                "cannot record task outcome: {e}; trying the task again in {}s",
+                RECORD_RETRY.as_secs()
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(RECORD_RETRY) => {}
+                _ = self.inner.cancel.cancelled() => {}
+            }
+        }
         self.inner.running.lock().unwrap().remove(&id);
         if let Ok(Some(t)) = &res {
             self.observe(t, phase).await;
         }
-        match res {
-            Ok(Some(t)) => {
-                debug!(task = id, change = t.change_id, status = %t.status, "task step done");
-                let _ = self.inner.changed.send(t.change_id);
-            }
-            Ok(None) => {}
-            Err(e) => error!(task = id, "cannot record task outcome: {e}"),
+        if let Ok(Some(t)) = res {
+            debug!(task = id, change = t.change_id, status = %t.status, "task step done");
+            let _ = self.inner.changed.send(t.change_id);
         }
         self.ensure();
     }
@@ -519,6 +548,50 @@ impl Engine {
             self.inner.metrics.observe(o);
         }
     }
+}
+
+impl Engine {
+    /// How far (ms) the wall clock was set back since the last pass, beyond a second of
+    /// slack; 0 if it was not. Deadlines are stored in wall time (they survive a restart), so
+    /// without this a clock set back by a year would hold every retry and timed wait for a
+    /// year. A clock set forward needs nothing: deadlines fall due early, and each is only a
+    /// "look again".
+    /// The wall time as the last pass saw it, advanced by the monotonic clock: a sleep until a
+    /// deadline is measured with it, so a clock set back just after a pass cannot turn a short
+    /// sleep into a year (the next pass sees the jump and moves the deadlines).
+    fn pass_time(&self) -> i64 {
+        let (mono, wall) = *self.inner.clock.lock().unwrap();
+        wall.saturating_add(mono.elapsed().as_millis() as i64)
+    }
+
+    fn clock_set_back(&self) -> i64 {
+        let (mono, wall) = (std::time::Instant::now(), now_ms());
+        let mut last = self.inner.clock.lock().unwrap();
+        let elapsed = mono.duration_since(last.0).as_millis() as i64;
+        let back = last.1.saturating_add(elapsed).saturating_sub(wall);
+        *last = (mono, wall);
+        if back > 1000 {
+            warn!("the wall clock was set back by {back} ms; moving task deadlines back with it");
+            back
+        } else {
+            0
+        }
+    }
+}
+
+/// Moves every unfinished task's deadline (retry, timed wait) `back` ms earlier, so that it
+/// keeps the distance from now it had before the clock was set back.
+fn shift_deadlines(s: &mut refreshd_state::State, back: i64) -> refreshd_state::Result<()> {
+    let mut moved = vec![];
+    for c in s.changes(Select::InProgress, None)? {
+        for mut t in s.tasks(c.id)? {
+            if let Some(at) = t.wait_until {
+                t.wait_until = Some(at.saturating_sub(back));
+                moved.push(t);
+            }
+        }
+    }
+    s.save_tasks(&moved)
 }
 
 /// What one pass decided for one change.

@@ -31,7 +31,9 @@ pub fn wait_for_apps(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outco
         return Ok(Outcome::Done);
     }
     if tr.kind == Kind::None {
-        // Launches can still be kept out; running apps cannot be seen. Never pretend.
+        // Tracking turned off (`--tracking none`): launches can still be kept out; running
+        // apps cannot be seen. Never pretend.
+        verify_blob(c, &ss)?;
         let at = unix_ns();
         tr.inhibit(name, t.change.id)?;
         c.inhibit.hold(name);
@@ -41,12 +43,32 @@ pub fn wait_for_apps(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outco
         ));
         return Ok(Outcome::Done);
     }
+    // Hashed again when the snap looks idle, before the lock (launches are not held up by it):
+    // once per entry, not at every wake of a long wait.
+    // A failed task is not undone: an inhibition this change wrote (refresh-pending-behavior
+    // block, or just now) goes with the error.
+    let verify = || {
+        verify_blob(c, &ss).or_else(|e| {
+            if tr.inhibition_owner(name) == Some(t.change.id) {
+                tr.lift(name)?;
+            }
+            Err(e)
+        })
+    };
+    let verified = tr.procs(name).is_ok_and(|p| p.is_empty());
+    if verified {
+        verify()?;
+    }
     let Some(lock) = tr.try_lock(name).context("cannot take the snap's lock")? else {
-        return Ok(lock_busy(name));
+        return Ok(lock_busy(name, t.task.retry_count));
     };
     match check_empty(c, t, name)? {
         Empty::Yes(at) => {
             drop(lock);
+            if !verified {
+                // Went idle between the two looks.
+                verify()?;
+            }
             c.inhibit.hold(name);
             t.log(format!(
                 "no process of {name} is left; critical section entered at={at}"
@@ -68,6 +90,23 @@ pub fn wait_for_apps(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outco
             Ok(super::notices::pending(c, t, &ss, procs.len(), out))
         }
     }
+}
+
+/// The blob was verified when it came; a wait may be long, and it is on disk all that time. It
+/// is hashed again before the critical section is entered (outside it: launches still run), so
+/// a blob changed, truncated or corrupted since is never switched to.
+fn verify_blob(c: &Ctx, ss: &SnapSetup) -> anyhow::Result<()> {
+    let blob = c.layout.blob(&ss.instance, &ss.revision);
+    let (hash, size) = crate::blob::sha3_file(&blob)
+        .with_context(|| format!("cannot read {} to verify it again", blob.display()))?;
+    if hash != ss.sha3_384 || size != ss.size {
+        anyhow::bail!(
+            "{} changed on disk since it was verified (sha3-384 or size differ: {size} bytes, {} expected); the refresh is undone: refresh again to fetch it afresh",
+            blob.display(),
+            ss.size
+        );
+    }
+    Ok(())
 }
 
 /// Under the snap's lock: arms the running marker (so the release agent has something to
@@ -95,10 +134,14 @@ enum Empty {
     No(Vec<u32>),
 }
 
-fn lock_busy(name: &str) -> Outcome {
+/// A launcher holds the lock for microseconds, but one its user stopped (SIGSTOP) holds it until
+/// resumed or killed: the retries back off (20 ms doubling to 5 s), so a user cannot make every
+/// refresh of the snap write the state and the log 50 times a second.
+fn lock_busy(name: &str, retries: u32) -> Outcome {
+    let delay = std::time::Duration::from_millis(20u64 << retries.min(8));
     Outcome::Retry {
         reason: format!("a launch of {name} holds the snap's lock"),
-        after: Some(std::time::Duration::from_millis(20)),
+        after: Some(delay.min(std::time::Duration::from_secs(5))),
     }
 }
 
@@ -108,7 +151,8 @@ fn wait_for(c: &Ctx, name: &str, procs: &[u32]) -> Outcome {
     let tr = &c.tracking;
     // No deadline of its own: a timer per waiting refresh would wake an idle daemon once a
     // minute per refresh (docs/performance.md, the idle daemon).
-    let until = (tr.kind == Kind::V1Poll)
+    let until = tr
+        .polled
         .then(|| refreshd_state::now_ms() + tr.poll_interval.as_millis() as i64);
     tr.parked.notify_one();
     Outcome::Wait {
@@ -145,7 +189,7 @@ pub fn reenter(
         return Ok(None);
     }
     let Some(lock) = tr.try_lock(name).context("cannot take the snap's lock")? else {
-        return Ok(Some(lock_busy(name)));
+        return Ok(Some(lock_busy(name, t.task.retry_count)));
     };
     if tr.is_inhibited(name) && tr.procs(name)?.is_empty() {
         // Still inside: after a restart of refreshd the inhibitor is taken again.

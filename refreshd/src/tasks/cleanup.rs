@@ -272,7 +272,8 @@ fn remove_leftovers(
     let l = &c.layout;
     let mut note = |path: &Path, r: anyhow::Result<()>| {
         if let Err(e) = r {
-            problems.push(format!("cannot remove {}: {e:#}", path.display()));
+            let e = e.context(format!("cannot remove {}", path.display()));
+            problems.push(super::error_line(&e));
         }
     };
     let payload = l.rev_dir(instance, rev);

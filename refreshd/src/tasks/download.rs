@@ -50,6 +50,10 @@ pub fn download(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     }
     let mut last = std::time::Instant::now();
     let mut progress = |done: u64, total: u64| {
+        crate::engine::failpoint::hit_at("mid-download", done);
+        if done > 0 && done < total {
+            crate::engine::failpoint::pause("mid-download");
+        }
         // Recorded a few times a second, not per chunk: each record is a commit.
         if last.elapsed().as_millis() >= 200 || done == total {
             last = std::time::Instant::now();
@@ -78,6 +82,13 @@ pub fn download(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
             reason: e.to_string(),
             after: None,
         }),
-        Err(e) => Ok(Outcome::Failed(e.to_string())),
+        Err(e) => {
+            // A failed download is not undone (only done tasks are): its partial goes now, or
+            // a disk it filled would stay full for everything else on it, state.db included.
+            if let Ok(p) = refreshd_store::partial_path(&blob) {
+                let _ = fsutil::remove_file_if_exists(&p);
+            }
+            Ok(Outcome::Failed(e.to_string()))
+        }
     }
 }

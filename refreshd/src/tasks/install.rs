@@ -206,8 +206,11 @@ pub fn setup_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome>
                     .mode(0o755)
                     .create(&d)?;
             }
+            // Entries copied over all the directories, for the crash tests' cut points.
+            let mut entries = 0;
             for (dir, user) in data_dirs(c, name) {
-                copy_revision(t, &dir, ss.previous.as_deref(), &ss.revision, user)?;
+                let prev = ss.previous.as_deref();
+                copy_revision(t, &dir, prev, &ss.revision, user, &mut entries)?;
             }
         }
         Phase::Undo => {
@@ -232,6 +235,7 @@ fn copy_revision(
     old: Option<&str>,
     new: &str,
     user: Option<refreshd_copydata::UserTree>,
+    entries: &mut u64,
 ) -> anyhow::Result<()> {
     let dst = dir.join(new);
     if fs::symlink_metadata(&dst).is_ok() {
@@ -253,13 +257,17 @@ fn copy_revision(
         user,
         ..Default::default()
     };
+    sweep_copy_temporaries(dir, new, &opts);
     let mut last = std::time::Instant::now();
     let started = std::time::Instant::now();
     // With a pre-copy staged, only what changed since is copied now; without, all of it.
     let staging = staging_for(dir, new);
+    let base = *entries;
     let stats = refreshd_copydata::finish(&src, &staging, &dst, &opts, &mut |p| {
+        *entries = base + p.entries;
+        crate::engine::failpoint::hit_at("mid-copy:setup-data", *entries);
         if p.entries > 0 {
-            crate::engine::failpoint::hit("mid-copy:setup-data");
+            crate::engine::failpoint::pause("mid-copy:setup-data");
         }
         if last.elapsed().as_millis() >= 250 {
             last = std::time::Instant::now();
@@ -290,6 +298,22 @@ fn copy_revision(
     Ok(())
 }
 
+/// Removes what a crash in the middle of a full copy to `DIR/NEW` left beside it
+/// (`.NEW.refreshd-tmp-PID-N`). The start-up sweep does not go into users' trees, so the
+/// re-run of the copy does, through `discard`: safe in a hostile tree, and it removes only a
+/// private directory of root's (a user's directory by that name is left alone).
+fn sweep_copy_temporaries(dir: &Path, new: &str, opts: &refreshd_copydata::Options) {
+    let prefix = format!(".{new}{}-", fsutil::TMP_MARK);
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            match refreshd_copydata::discard(&e.path(), opts) {
+                Ok(_) => tracing::info!(path = %e.path().display(), "removed an interrupted copy"),
+                Err(err) => tracing::warn!(path = %e.path().display(), "left alone: {err}"),
+            }
+        }
+    }
+}
+
 /// Where the pre-copy of `DIR/NEW` is staged (beside it: same filesystem, so it can be renamed).
 fn staging_for(dir: &Path, new: &str) -> PathBuf {
     dir.join(format!(".{new}.refreshd-staging"))
@@ -315,6 +339,8 @@ pub fn precopy_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcom
     let Some(old) = ss.previous.as_deref() else {
         return Ok(Outcome::Done);
     };
+    // Entries copied over all the directories, for the crash tests' cut points.
+    let mut entries = 0;
     for (dir, user) in data_dirs(c, &ss.instance) {
         let (src, staging) = (dir.join(old), staging_for(&dir, &ss.revision));
         let opts = refreshd_copydata::Options {
@@ -327,10 +353,10 @@ pub fn precopy_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcom
                     continue;
                 }
                 let started = std::time::Instant::now();
+                let base = entries;
                 let mut progress = |p: refreshd_copydata::Progress| {
-                    if p.entries > 0 {
-                        crate::engine::failpoint::hit("mid-copy:precopy-data");
-                    }
+                    entries = base + p.entries;
+                    crate::engine::failpoint::hit_at("mid-copy:precopy-data", entries);
                 };
                 match refreshd_copydata::precopy(&src, &staging, &opts, &mut progress) {
                     Ok(st) => t.log(format!(

@@ -121,8 +121,30 @@ struct FnHandler {
 
 impl Handler for FnHandler {
     fn run(&self, task: &TaskCtx, phase: Phase) -> Outcome {
-        (self.f)(&self.ctx, task, phase).unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")))
+        (self.f)(&self.ctx, task, phase).unwrap_or_else(|e| Outcome::Failed(error_line(&e)))
     }
+}
+
+/// An error and its causes on one line, each said once: errors that quote their cause in
+/// their own message (`cannot open X: EIO`) would otherwise repeat it (`...: EIO: EIO`), and a
+/// context that its cause already begins with (`cannot remove X` over `cannot remove X: EIO`)
+/// would say it twice.
+pub(crate) fn error_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    let mut last = 0;
+    for cause in e.chain().map(ToString::to_string) {
+        if msg.ends_with(&cause) {
+            continue;
+        }
+        if cause.starts_with(&msg[last..]) {
+            msg.truncate(last);
+        } else if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        last = msg.len();
+        msg.push_str(&cause);
+    }
+    msg
 }
 
 /// Every task kind this daemon knows, with its handler.

@@ -241,7 +241,9 @@ fn plan(sessions: &[Session], told: &BTreeMap<String, Told>, now: i64, every: Op
             (Some(r), every) => {
                 p.already.push(s.clone());
                 if let Some(e) = every {
-                    p.next_reminder = min(p.next_reminder, due(r.at, e));
+                    // A clock set back since they were told must not put the reminder off by
+                    // as much: count from now at the latest.
+                    p.next_reminder = min(p.next_reminder, due(r.at.min(now), e));
                 }
             }
         }

@@ -36,6 +36,9 @@ pub enum Choice {
     #[value(name = "v1-poll")]
     V1Poll,
     V2,
+    /// No cgroups: find apps by their environment in /proc (what `auto` falls back to).
+    Environ,
+    /// Do not track: refreshes go on without waiting for running apps.
     None,
 }
 
@@ -44,6 +47,7 @@ pub enum Kind {
     V1,
     V1Poll,
     V2,
+    Environ,
     None,
 }
 
@@ -53,6 +57,7 @@ impl Kind {
             Kind::V1 => "v1",
             Kind::V1Poll => "v1-poll",
             Kind::V2 => "v2",
+            Kind::Environ => "environ",
             Kind::None => "none",
         }
     }
@@ -80,10 +85,18 @@ pub struct Tracking {
     /// `UNIFIED/PARENT`, when a cgroup2 hierarchy is mounted.
     pub v2: Option<PathBuf>,
     pub runctl: PathBuf,
+    /// `ROOT/snap`: with no hierarchy (`environ`), a snap's processes are found by the `SNAP`
+    /// variable confine-hook gives them, which lies under it.
+    snaps: PathBuf,
     pub poll_interval: Duration,
     /// Told when a refresh parks waiting for apps: the backstop timer runs only while one
     /// waits, so a daemon with nothing waiting never wakes by itself.
     pub parked: tokio::sync::Notify,
+    /// Waiting refreshes look again every `poll_interval`: `v1-poll`, or no inotify to be had.
+    pub polled: bool,
+    /// The event backends' inotify instance, made (with its first watch) at start so that a
+    /// failure can still choose polling; the watcher takes it.
+    pub(crate) inotify: std::sync::Mutex<Option<inotify::Inotify>>,
 }
 
 pub struct Options {
@@ -115,28 +128,41 @@ impl Tracking {
             v1: None,
             v2: None,
             runctl,
+            snaps: layout.snaps_dir(),
             poll_interval: opts.poll_interval,
             parked: tokio::sync::Notify::new(),
+            polled: false,
+            inotify: std::sync::Mutex::new(None),
         };
         // Parents are made now, so launchers only ever create leaves.
+        let mut unusable = vec![];
         if let Some(p) = &v1 {
             match cgroups::make_v1_parent(p) {
                 Ok(()) => t.v1 = Some(p.clone()),
-                Err(e) => warn!("cannot use the freezer hierarchy at {}: {e}", p.display()),
+                Err(e) => unusable.push(format!(
+                    "cannot use the freezer hierarchy at {}: {e}",
+                    p.display()
+                )),
             }
         }
         if let Some(p) = &v2 {
             match fs::DirBuilder::new().recursive(true).create(p) {
                 Ok(()) => t.v2 = Some(p.clone()),
-                Err(e) => warn!("cannot use the cgroup2 hierarchy at {}: {e}", p.display()),
+                Err(e) => unusable.push(format!(
+                    "cannot use the cgroup2 hierarchy at {}: {e}",
+                    p.display()
+                )),
             }
+        }
+        for why in &unusable {
+            warn!("{why}");
         }
         let v2_or_none = |t: &Tracking| match &t.v2 {
             Some(p) => (
                 Kind::V2,
                 format!("cgroup v2: cgroup.events under {}", p.display()),
             ),
-            None => (Kind::None, "no usable cgroup2 hierarchy".to_owned()),
+            None => (Kind::Environ, "no usable cgroup2 hierarchy".to_owned()),
         };
         let v1_agent = |t: &Tracking| {
             match (&t.v1, &mounts.freezer) {
@@ -150,11 +176,12 @@ impl Tracking {
                     format!("cgroup v1 freezer at {}, polled every {:?}: release agent unavailable: {why}", p.display(), opts.poll_interval),
                 ),
             },
-            _ => (Kind::None, "the cgroup v1 freezer hierarchy is not available".to_owned()),
+            _ => (Kind::Environ, "the cgroup v1 freezer hierarchy is not available".to_owned()),
         }
         };
         let (kind, reason) = match opts.choice {
             Choice::None => (Kind::None, "tracking disabled (--tracking none)".to_owned()),
+            Choice::Environ => (Kind::Environ, "--tracking environ".to_owned()),
             Choice::V2 => v2_or_none(&t),
             Choice::V1 => v1_agent(&t),
             Choice::V1Poll => match &t.v1 {
@@ -167,7 +194,7 @@ impl Tracking {
                     ),
                 ),
                 None => (
-                    Kind::None,
+                    Kind::Environ,
                     "the cgroup v1 freezer hierarchy is not available".to_owned(),
                 ),
             },
@@ -177,17 +204,69 @@ impl Tracking {
         };
         t.kind = kind;
         t.reason = reason;
+        if t.kind == Kind::Environ && !unusable.is_empty() {
+            // Mounted but not usable (read-only, say): say so, not just "not available".
+            t.reason = format!("{} ({})", t.reason, unusable.join("; "));
+        }
+        // `none` finds processes by their environment in /proc, which has no events.
+        t.polled = matches!(t.kind, Kind::V1Poll | Kind::Environ);
+        if t.kind == Kind::Environ {
+            t.reason = format!(
+                "{}: apps are found by their environment in /proc, polled every {:?}",
+                t.reason, opts.poll_interval
+            );
+        }
+        if matches!(t.kind, Kind::V1 | Kind::V2) {
+            // Out of inotify instances or watches (EMFILE, ENOSPC: the per-user limits, which
+            // another process of the same user may have used up): poll rather than refuse to
+            // start or sleep until the backstop.
+            match t.watch() {
+                Ok(ino) => *t.inotify.lock().unwrap() = Some(ino),
+                Err(e) => {
+                    warn!(
+                        "cannot watch for apps exiting ({e}); polling every {:?} instead",
+                        opts.poll_interval
+                    );
+                    if t.kind == Kind::V1 {
+                        t.kind = Kind::V1Poll;
+                    }
+                    t.polled = true;
+                    t.reason = format!(
+                        "{}, polled every {:?}: inotify unavailable: {e}",
+                        t.reason, opts.poll_interval
+                    );
+                }
+            }
+        }
         if t.kind == Kind::V1 {
             // Stays registered while the daemon is stopped: the agent keeps the markers true.
             register_runctl(layout, &t.runctl)?;
         }
-        fsutil::write_atomic(
-            &t.runctl.join(refreshd_runctl::TRACKING_FILE),
-            format!("{}\n", t.kind.as_str()).as_bytes(),
-            0o644,
-        )?;
+        // For people and tests only: a full run directory (which a user may be able to fill
+        // where /run/lock is part of it) must not keep the daemon from starting.
+        let file = t.runctl.join(refreshd_runctl::TRACKING_FILE);
+        if let Err(e) =
+            fsutil::write_atomic(&file, format!("{}\n", t.kind.as_str()).as_bytes(), 0o644)
+        {
+            warn!("cannot write {}: {e}", file.display());
+        }
         info!(backend = t.kind.as_str(), "tracking apps: {}", t.reason);
         Ok(t)
+    }
+
+    /// The inotify instance and the backend's first watch: `runctl` for v1, the cgroup2
+    /// parent for v2 (the watcher adds the groups' `cgroup.events`).
+    fn watch(&self) -> io::Result<inotify::Inotify> {
+        let ino = inotify::Inotify::init()?;
+        match (self.kind, &self.v2) {
+            (Kind::V1, _) => ino.watches().add(
+                &self.runctl,
+                inotify::WatchMask::DELETE | inotify::WatchMask::MOVED_FROM,
+            )?,
+            (_, Some(parent)) => ino.watches().add(parent, inotify::WatchMask::CREATE)?,
+            _ => return Ok(ino),
+        };
+        Ok(ino)
     }
 
     fn marker(&self, name: &str, m: Marker) -> PathBuf {
@@ -226,8 +305,12 @@ impl Tracking {
         }
     }
 
-    /// Every process of the snap, from the kernel (union over the hierarchies).
+    /// Every process of the snap, from the kernel (union over the hierarchies; with `environ`,
+    /// the processes whose environment names the snap).
     pub fn procs(&self, name: &str) -> io::Result<Vec<u32>> {
+        if self.kind == Kind::Environ {
+            return procs_by_environment(&self.snaps.join(name));
+        }
         let mut all = vec![];
         for g in self.groups(name) {
             match fs::read_to_string(g.join("cgroup.procs")) {
@@ -253,11 +336,18 @@ impl Tracking {
             std::process::id(),
             boot.trim()
         );
-        fsutil::write_atomic(
-            &self.marker(name, Marker::Inhibited),
-            body.as_bytes(),
-            0o644,
-        )
+        let path = self.marker(name, Marker::Inhibited);
+        fsutil::write_atomic(&path, body.as_bytes(), 0o644).map_err(|e| {
+            // Said in full: it ends the refresh before its critical section, and the caller
+            // should know where space is missing.
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot write the inhibition marker {}: {e}; launches could not be held back, so the refresh stops before its critical section: free space there and refresh again",
+                    path.display()
+                ),
+            )
+        })
     }
 
     /// Removes the inhibition marker: waiting launches go on.
@@ -298,6 +388,15 @@ impl Tracking {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&m)
             .map(drop)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot create {}: {e}; free space there and try again",
+                        m.display()
+                    ),
+                )
+            })
     }
 
     pub fn disarm(&self, name: &str) -> io::Result<()> {
@@ -366,6 +465,33 @@ impl Tracking {
         }
         let _ = self.disarm(name);
     }
+}
+
+/// Without a cgroup hierarchy: the processes whose environment carries `SNAP=SNAP_DIR/REV`,
+/// which confine-hook gives every app and children inherit. Best effort: a process that
+/// clears its environment, or a launch between its check of the inhibition and its `execve`,
+/// is not seen (docs/runctl-protocol.md, `none`). Processes that vanish mid-scan are skipped.
+fn procs_by_environment(snap_dir: &Path) -> io::Result<Vec<u32>> {
+    let mut want = b"SNAP=".to_vec();
+    want.extend_from_slice(snap_dir.as_os_str().as_encoded_bytes());
+    want.push(b'/');
+    let mut found = vec![];
+    for entry in fs::read_dir("/proc")? {
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if env.split(|&b| b == 0).any(|var| var.starts_with(&want)) {
+            found.push(pid);
+        }
+    }
+    Ok(found)
 }
 
 /// Sets the freezer hierarchy's release agent to ours, unless another one owns it.

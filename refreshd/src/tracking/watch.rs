@@ -18,20 +18,20 @@ pub fn spawn_watcher(
     engine: Engine,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Made at start with the first watch; none when polled (`Tracking::setup` says why).
+    let Some(ino) = t.inotify.lock().unwrap().take() else {
+        return Ok(());
+    };
     match t.kind {
         Kind::V1 => {
-            let ino = Inotify::init()?;
-            ino.watches()
-                .add(&t.runctl, WatchMask::DELETE | WatchMask::MOVED_FROM)?;
             tokio::spawn(backstop(t.clone(), engine.clone(), shutdown.clone()));
             tokio::spawn(watch_v1(t, ino, engine, shutdown));
         }
         Kind::V2 => {
-            let ino = Inotify::init()?;
             tokio::spawn(backstop(t.clone(), engine.clone(), shutdown.clone()));
             tokio::spawn(watch_v2(t, ino, engine, shutdown));
         }
-        Kind::V1Poll | Kind::None => {}
+        Kind::V1Poll | Kind::Environ | Kind::None => {}
     }
     Ok(())
 }
