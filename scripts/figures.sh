@@ -20,7 +20,10 @@ while [ $# -gt 0 ]; do
 done
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# The suite's nextest profile kills a test after 5 minutes; a long crash matrix is meant to be long.
+config=$(mktemp)
+trap 'rm -f "$log" "$config"' EXIT
+printf '%s\n' '[profile.default]' 'slow-timeout = { period = "300s" }' > "$config"
 cargo build --workspace --bins --quiet
 suites=()
 for t in crash crash_matrix fs_faults kernel_faults store_attacks hostile; do
@@ -28,7 +31,7 @@ for t in crash crash_matrix fs_faults kernel_faults store_attacks hostile; do
 done
 # Every test's output is kept, passing or not, so the figures lines reach the log.
 env ${iterations:+CRASH_MATRIX_ITERATIONS=$iterations} \
-  cargo nextest run -p refreshd-tests "${suites[@]}" --no-fail-fast \
+  cargo nextest run --config-file "$config" -p refreshd-tests "${suites[@]}" --no-fail-fast \
   --success-output immediate --failure-output immediate 2>&1 | tee "$log" |
   grep -E '^ *figures:|^ *(PASS|FAIL|SKIP) |Summary' || true
 if [ "$fuzz" = 1 ]; then
@@ -43,6 +46,8 @@ grep -E '^ *figures: ' "$log" | awk '
     area = $2; sub(/:$/, "", area)
     for (i = 3; i <= NF; i++) {
       n = split($i, kv, "=")
+      # A bare word names a part of the area (the fuzz target).
+      if (n == 1) { area = area " " $i; continue }
       if (n != 2 || kv[2] !~ /^[0-9]+$/ || kv[1] == "seed") continue
       key = area SUBSEP kv[1]
       if (!(key in sum)) order[++count] = key

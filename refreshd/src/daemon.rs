@@ -376,7 +376,6 @@ impl Daemon {
     }
 }
 
-/// One daemon per root: an exclusive lock held for the daemon's life, with its pid inside.
 /// The store client's settings: `--store-timeout` bounds every wait on the store; connecting
 /// never waits longer than the client's default either.
 fn store_config(timeout: Duration) -> refreshd_store::StoreConfig {
@@ -387,6 +386,7 @@ fn store_config(timeout: Duration) -> refreshd_store::StoreConfig {
     config
 }
 
+/// One daemon per root: an exclusive lock held for the daemon's life, with its pid inside.
 fn lock_root(layout: &Layout) -> anyhow::Result<Flock<File>> {
     let path = layout.daemon_lock();
     let f = fs::OpenOptions::new()

@@ -551,11 +551,6 @@ impl Engine {
 }
 
 impl Engine {
-    /// How far (ms) the wall clock was set back since the last pass, beyond a second of
-    /// slack; 0 if it was not. Deadlines are stored in wall time (they survive a restart), so
-    /// without this a clock set back by a year would hold every retry and timed wait for a
-    /// year. A clock set forward needs nothing: deadlines fall due early, and each is only a
-    /// "look again".
     /// The wall time as the last pass saw it, advanced by the monotonic clock: a sleep until a
     /// deadline is measured with it, so a clock set back just after a pass cannot turn a short
     /// sleep into a year (the next pass sees the jump and moves the deadlines).
@@ -564,6 +559,11 @@ impl Engine {
         wall.saturating_add(mono.elapsed().as_millis() as i64)
     }
 
+    /// How far (ms) the wall clock was set back since the last pass, beyond a second of
+    /// slack; 0 if it was not. Deadlines are stored in wall time (they survive a restart), so
+    /// without this a clock set back by a year would hold every retry and timed wait for a
+    /// year. A clock set forward needs nothing: deadlines fall due early, and each is only a
+    /// "look again".
     fn clock_set_back(&self) -> i64 {
         let (mono, wall) = (std::time::Instant::now(), now_ms());
         let mut last = self.inner.clock.lock().unwrap();

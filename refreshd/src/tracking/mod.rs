@@ -208,7 +208,7 @@ impl Tracking {
             // Mounted but not usable (read-only, say): say so, not just "not available".
             t.reason = format!("{} ({})", t.reason, unusable.join("; "));
         }
-        // `none` finds processes by their environment in /proc, which has no events.
+        // `environ` finds processes by their environment in /proc, which has no events.
         t.polled = matches!(t.kind, Kind::V1Poll | Kind::Environ);
         if t.kind == Kind::Environ {
             t.reason = format!(
