@@ -774,27 +774,10 @@ pub fn logged_at(change: &Value, kind: &str, needle: &str) -> Option<u128> {
 /// Follows `refreshctl watch ID --json` until `pred` holds for a change snapshot (or the change
 /// is ready); returns that snapshot. Event-driven: the daemon pushes every state change.
 pub fn watch_until(root: &Path, id: u64, pred: impl Fn(&Value) -> bool) -> Value {
-    let mut child = Command::new(bin("refreshctl"))
-        .arg("--root")
-        .arg(root)
-        .args(["watch", &id.to_string(), "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     // Read on a thread of its own: a state that never comes ends the wait at the deadline with
     // the last state seen (for the caller's assertion), not at the test runner's timeout, where
     // no guard would run.
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines() {
-            let Ok(l) = l else { return };
-            if tx.send(l).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut child, rx) = watch_lines(root, id);
     let deadline = std::time::Instant::now() + WATCH_LIMIT;
     let mut last = Value::Null;
     while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
@@ -809,6 +792,91 @@ pub fn watch_until(root: &Path, id: u64, pred: impl Fn(&Value) -> bool) -> Value
     let _ = child.kill();
     let _ = child.wait();
     last
+}
+
+/// Starts `refreshctl watch ID --json` (the daemon pushes every state of the change) and returns
+/// it with its lines, read on a thread of their own so that the caller can wait for one with a
+/// deadline. The caller kills the child.
+pub fn watch_lines(root: &Path, id: u64) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(bin("refreshctl"))
+        .arg("--root")
+        .arg(root)
+        .args(["watch", &id.to_string(), "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Starts a daemon that parks a refresh in its critical section (the inhibition marker written,
+/// `lift-inhibition` parked by a failpoint), asks it for the revision of snap `name` in file
+/// `b`, and returns once the refresh is parked there: the daemon and the change.
+pub fn refresh_held_in_section(root: &Path, name: &str, b: &Path) -> (Daemon, u64) {
+    let d = Daemon::start_with(
+        root,
+        DaemonOpts {
+            failpoints: Some("park-do:lift-inhibition"),
+            ..Default::default()
+        },
+    );
+    let out = ctl(root, &["install", b.to_str().unwrap(), "--no-wait"]);
+    assert!(out.status.success(), "refresh: {}", text(&out.stderr));
+    let id = newest_change(root);
+    watch_until(root, id, |c| task(c, "lift-inhibition")["status"] == "Wait");
+    assert!(root
+        .join(format!("run/refreshd/runctl/snap.{name}.inhibited"))
+        .exists());
+    (d, id)
+}
+
+/// The element of the JSON array `list` whose `key` is `want`; panics, showing the list, when
+/// there is none.
+pub fn find_in<T: std::fmt::Display>(list: &Value, key: &str, want: T) -> Value
+where
+    Value: PartialEq<T>,
+{
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e[key] == want)
+        .unwrap_or_else(|| panic!("no {key} {want} in {list}"))
+        .clone()
+}
+
+/// `len` bytes of xorshift64 noise from state `x` (not 0): incompressible, reproducible.
+pub fn noise(len: usize, mut x: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Makes `user`'s home inside the root (where the app's per-user data goes), owned by the user,
+/// under a parent others may enter; returns it.
+pub fn user_home(root: &Path, user: &TestUser) -> PathBuf {
+    let home = nix::unistd::User::from_name(&user.name)
+        .unwrap()
+        .unwrap()
+        .dir;
+    let home = root.join(home.strip_prefix("/").unwrap());
+    fs::create_dir_all(&home).unwrap();
+    fs::set_permissions(home.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&home, Some(user.uid), Some(user.gid)).unwrap();
+    home
 }
 
 /// How long [`watch_until`] waits for the state it is asked for.

@@ -42,14 +42,7 @@ enum Kind {
     Remove,
 }
 
-const INSTALL_FILE_TASKS: &[&str] = &[
-    "prepare",
-    "mount",
-    "setup-data",
-    "link",
-    "launchers",
-    "start-services",
-];
+/// An install from a file has the same tasks without `download`.
 const INSTALL_STORE_TASKS: &[&str] = &[
     "download",
     "prepare",
@@ -85,7 +78,7 @@ impl Kind {
     /// task added to a chain cannot go uncut.
     fn tasks(self) -> &'static [&'static str] {
         match self {
-            Kind::InstallFile => INSTALL_FILE_TASKS,
+            Kind::InstallFile => &INSTALL_STORE_TASKS[1..],
             Kind::InstallStore => INSTALL_STORE_TASKS,
             Kind::RefreshDir | Kind::RefreshHttp => REFRESH_TASKS,
             Kind::Revert => REVERT_TASKS,
@@ -141,6 +134,20 @@ struct Cut {
 }
 
 impl Cut {
+    /// A cut with no second kill, no fault, not in the download, the pre-copy kept.
+    fn new(class: Class, first: String, at: (usize, bool), entering: bool) -> Cut {
+        Cut {
+            class,
+            first,
+            second: None,
+            fault: false,
+            at,
+            entering,
+            download_at: None,
+            lose_precopy: false,
+        }
+    }
+
     fn label(&self) -> String {
         match &self.second {
             Some(s) => format!("{} then {s}", self.first),
@@ -156,30 +163,25 @@ fn boundary_cuts(kind: Kind) -> Vec<Cut> {
     let mut cuts = vec![];
     for (i, t) in tasks.iter().enumerate() {
         for when in ["before-do", "after-do"] {
-            cuts.push(Cut {
-                class: Class::Boundary,
-                first: format!("{when}:{t}"),
-                second: None,
-                fault: false,
-                at: (i, false),
-                entering: when == "before-do",
-                download_at: None,
-                lose_precopy: false,
-            });
+            cuts.push(Cut::new(
+                Class::Boundary,
+                format!("{when}:{t}"),
+                (i, false),
+                when == "before-do",
+            ));
         }
     }
     let last = tasks[tasks.len() - 1];
     for (i, t) in tasks[..tasks.len() - 1].iter().enumerate() {
         for when in ["before-undo", "after-undo"] {
             cuts.push(Cut {
-                class: Class::Boundary,
-                first: format!("fail-do:{last},{when}:{t}"),
-                second: None,
                 fault: true,
-                at: (i, true),
-                entering: when == "before-undo",
-                download_at: None,
-                lose_precopy: false,
+                ..Cut::new(
+                    Class::Boundary,
+                    format!("fail-do:{last},{when}:{t}"),
+                    (i, true),
+                    when == "before-undo",
+                )
             });
         }
     }
@@ -851,17 +853,17 @@ impl Matrix {
                 // inside the full copy that replaces it.
                 let (sys, home) = self.entries();
                 return Cut {
-                    class: Class::RandomCopy,
-                    first: "before-do:setup-data".into(),
                     second: Some(format!(
                         "mid-copy:setup-data@{}",
                         self.rng.range(1, sys + home)
                     )),
-                    fault: false,
-                    at: (self.kind.index("setup-data").unwrap(), false),
-                    entering: true,
-                    download_at: None,
                     lose_precopy: true,
+                    ..Cut::new(
+                        Class::RandomCopy,
+                        "before-do:setup-data".into(),
+                        (self.kind.index("setup-data").unwrap(), false),
+                        true,
+                    )
                 };
             }
         }
@@ -882,29 +884,24 @@ impl Matrix {
                 } else {
                     "setup-data"
                 };
-                Cut {
-                    class: Class::RandomCopy,
-                    first: format!("mid-copy:{task}@{n}"),
-                    second: None,
-                    fault: false,
-                    at: (self.kind.index(task).unwrap(), false),
-                    entering: true,
-                    download_at: None,
-                    lose_precopy: false,
-                }
+                Cut::new(
+                    Class::RandomCopy,
+                    format!("mid-copy:{task}@{n}"),
+                    (self.kind.index(task).unwrap(), false),
+                    true,
+                )
             }
             Class::RandomDownload => {
                 // The blob published next is this cut's; its size is about the payload's.
                 let b = self.rng.range(1, HTTP_PAYLOAD as u64 - 1);
                 Cut {
-                    class: Class::RandomDownload,
-                    first: format!("mid-download@{b}"),
-                    second: None,
-                    fault: false,
-                    at: (0, false),
-                    entering: true,
                     download_at: Some(b),
-                    lose_precopy: false,
+                    ..Cut::new(
+                        Class::RandomDownload,
+                        format!("mid-download@{b}"),
+                        (0, false),
+                        true,
+                    )
                 }
             }
             _ => {
@@ -1037,32 +1034,23 @@ fn matrix(kind: Kind) {
     m.report();
 }
 
-#[test]
-fn crash_matrix_install_file() {
-    matrix(Kind::InstallFile);
+/// One test per kind, each running the whole matrix for it.
+macro_rules! matrix_tests {
+    ($($test:ident => $kind:ident,)*) => {
+        $(
+            #[test]
+            fn $test() {
+                matrix(Kind::$kind);
+            }
+        )*
+    };
 }
 
-#[test]
-fn crash_matrix_install_store() {
-    matrix(Kind::InstallStore);
-}
-
-#[test]
-fn crash_matrix_refresh_dir_store() {
-    matrix(Kind::RefreshDir);
-}
-
-#[test]
-fn crash_matrix_refresh_http() {
-    matrix(Kind::RefreshHttp);
-}
-
-#[test]
-fn crash_matrix_revert() {
-    matrix(Kind::Revert);
-}
-
-#[test]
-fn crash_matrix_remove() {
-    matrix(Kind::Remove);
+matrix_tests! {
+    crash_matrix_install_file => InstallFile,
+    crash_matrix_install_store => InstallStore,
+    crash_matrix_refresh_dir_store => RefreshDir,
+    crash_matrix_refresh_http => RefreshHttp,
+    crash_matrix_revert => Revert,
+    crash_matrix_remove => Remove,
 }

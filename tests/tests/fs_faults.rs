@@ -165,15 +165,7 @@ fn payload_snap(out: &Path, name: &str, version: &str, payload: usize) {
         "#!/bin/sh\necho \"hello from $SNAP_NAME $SNAP_REVISION\"\n",
         0o755,
     );
-    let mut x = 0x9e3779b97f4a7c15u64 ^ version.len() as u64;
-    let bytes: Vec<u8> = (0..payload)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let bytes = noise(payload, 0x9e3779b97f4a7c15u64 ^ version.len() as u64);
     fs::write(src.dir.path().join("payload"), bytes).unwrap();
     src.build(out);
 }
@@ -225,10 +217,7 @@ fn reached(go: &Path) -> PathBuf {
 fn answers(r: &Path, d: &Daemon) {
     let out = ctl(r, &["changes", "--all", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid()), None).is_ok(),
-        "refreshd died"
-    );
+    assert!(alive(d), "refreshd died");
 }
 
 fn integrity(r: &Path) -> String {
@@ -267,6 +256,121 @@ fn refresh_done(r: &Path, name: &str) -> Value {
     ch
 }
 
+/// A scratch root named after `tag`, with an empty directory store.
+fn root_with_store(tag: &str) -> (Root, PathBuf) {
+    let root = Root::new(tag);
+    let store = new_store(&root);
+    (root, store)
+}
+
+/// Starts a daemon on `store`, installs `name` from it and stops the daemon.
+fn install_from(r: &Path, store: &Path, name: &str, extract: bool) {
+    let _d = Daemon::start_with(r, opts(store, None, extract));
+    let out = ctl(r, &["install", name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// `name` 1.0 and 2.0 (tracking snaps) published to `store`, 1.0 installed.
+fn tracking_installed(root: &Root, store: &Path, name: &str) {
+    for v in ["1.0", "2.0"] {
+        let blob = root.aux(&format!("{name}-{v}.snap"));
+        tracking_snap(&blob, name, v, false);
+        refreshd_store::publish(store, &blob, "stable").unwrap();
+        if v == "1.0" {
+            install_from(root.path(), store, name, false);
+        }
+    }
+}
+
+/// `name` 1.0 (a hello snap) installed from a file by the daemon returned.
+fn hello_installed(root: &Root, name: &str) -> Daemon {
+    let r = root.path();
+    let file = root.aux(&format!("{name}.snap"));
+    hello_snap(&file, name, "1.0");
+    let d = Daemon::start(r);
+    let out = ctl(r, &["install", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    d
+}
+
+/// Starts a daemon whose failpoint `point` pauses the work, asks it to refresh `name` and
+/// returns once the refresh has reached the pause: the daemon, and the file that lets it go on.
+fn refresh_paused_at(
+    root: &Root,
+    store: &Path,
+    name: &str,
+    point: &str,
+    extract: bool,
+) -> (Daemon, PathBuf) {
+    let r = root.path();
+    let go = root.aux("go");
+    let fp = format!("pause:{point}={}", go.display());
+    let d = Daemon::start_with(r, opts(store, Some(&fp), extract));
+    let out = ctl(r, &["refresh", name, "--no-wait"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_file(&reached(&go));
+    (d, go)
+}
+
+/// Launches `NAME.hold` and asks for a refresh of `name`; returns once the refresh waits for
+/// the app.
+fn refresh_waiting_for_app(r: &Path, name: &str) -> (App, u64) {
+    let app = App::launch(r, &format!("{name}.hold"));
+    let out = ctl(r, &["refresh", name, "--no-wait"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = newest_change(r);
+    let ch = watch_until(r, id, |c| task(c, "wait-for-apps")["status"] == "Wait");
+    assert_eq!(task(&ch, "wait-for-apps")["status"], "Wait", "{ch}");
+    (app, id)
+}
+
+/// Follows change `id` to its end: it failed, in its task `kind`. Returns the change and its
+/// error line of `summary`; `what` labels the printed error.
+fn failed_in(r: &Path, id: u64, kind: &str, summary: &str, what: &str) -> (Value, String) {
+    let ch = watch_until_ready(r, id);
+    assert_eq!(ch["status"], "Error", "{what}: {ch}");
+    assert_eq!(task(&ch, kind)["status"], "Error", "{ch}");
+    println!("{what}: {}", ch["error"]);
+    let err = failed_line(&ch, summary);
+    (ch, err)
+}
+
+/// `rev` is current, and it is what the launcher runs.
+fn runs(r: &Path, name: &str, rev: &str) {
+    assert_eq!(current(r, name), Path::new(rev));
+    assert_eq!(launch(r, name), format!("hello from {name} {rev}"));
+}
+
+fn not_inhibited(r: &Path, name: &str) {
+    assert!(!r
+        .join(format!("run/refreshd/runctl/snap.{name}.inhibited"))
+        .exists());
+}
+
+/// A file of the revision's data.
+fn precious(r: &Path, name: &str, rev: &str) -> PathBuf {
+    r.join(format!("var/snap/{name}/{rev}/precious"))
+}
+
+fn alive(d: &Daemon) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid()), None).is_ok()
+}
+
+/// What the data file `f{i}` holds.
+fn numbered(i: u32) -> String {
+    format!("{i}").repeat(500)
+}
+
+/// The data files `f0`..`f99` in `dir` hold what was written.
+fn files_intact(dir: &Path) {
+    for i in 0..100 {
+        assert_eq!(
+            fs::read_to_string(dir.join(format!("f{i}"))).unwrap(),
+            numbered(i)
+        );
+    }
+}
+
 /// EIO under the snap's data directory in the middle of copy-data (the XFS holding
 /// `var/snap/NAME` is shut down): the refresh fails naming the path and the I/O error, the old
 /// revision stays current and launches, the daemon answers; once the filesystem is mounted again
@@ -276,68 +380,39 @@ fn eio_in_data_dir_during_copy_data() {
     if !prerequisites(XFS) {
         return;
     }
-    let root = Root::new("fsf-eio-data");
+    let (root, store) = root_with_store("fsf-eio-data");
     let r = root.path();
     let name = "fsfdata";
-    let store = new_store(&root);
     let mut xfs = LoopFs::new(&root, "data", "xfs", 320, &r.join("var/snap").join(name));
     publish(&root, &store, name, "1.0", 0);
-    {
-        let _d = Daemon::start_with(r, opts(&store, None, false));
-        let out = ctl(r, &["install", name]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-    }
+    install_from(r, &store, name, false);
     let data = r.join(format!("var/snap/{name}/1"));
     for i in 0..100 {
-        fs::write(data.join(format!("f{i}")), format!("{i}").repeat(500)).unwrap();
+        fs::write(data.join(format!("f{i}")), numbered(i)).unwrap();
     }
     nix::unistd::sync();
     publish(&root, &store, name, "2.0", 0);
-    let go = root.aux("go");
-    let fp = format!("pause:mid-copy:setup-data={}", go.display());
-    let d = Daemon::start_with(r, opts(&store, Some(&fp), false));
-    let out = ctl(r, &["refresh", name, "--no-wait"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    wait_file(&reached(&go));
+    let (d, go) = refresh_paused_at(&root, &store, name, "mid-copy:setup-data", false);
     xfs.shut_down();
     fs::write(&go, "").unwrap();
-    let id = newest_change(r);
-    let ch = watch_until_ready(r, id);
-    assert_eq!(ch["status"], "Error", "{ch}");
-    assert_eq!(task(&ch, "setup-data")["status"], "Error", "{ch}");
-    println!("eio data: {}", ch["error"]);
-    let err = failed_line(&ch, "Set up data");
+    let (_, err) = failed_in(r, newest_change(r), "setup-data", "Set up data", "eio data");
     assert!(
         err.contains(&format!("var/snap/{name}")),
         "names the path: {err}"
     );
     assert!(err.contains("Input/output error"), "says EIO: {err}");
-    assert_eq!(current(r, name), Path::new("1"));
-    assert_eq!(launch(r, name), format!("hello from {name} 1"));
-    assert!(!r
-        .join(format!("run/refreshd/runctl/snap.{name}.inhibited"))
-        .exists());
+    runs(r, name, "1");
+    not_inhibited(r, name);
     answers(r, &d);
 
     // The filesystem back: unmounted (nothing of refreshd holds it) and mounted again.
     xfs.unmount();
     xfs.mount();
-    for i in 0..100 {
-        assert_eq!(
-            fs::read_to_string(data.join(format!("f{i}"))).unwrap(),
-            format!("{i}").repeat(500)
-        );
-    }
+    files_intact(&data);
     refresh_done(r, name);
-    assert_eq!(current(r, name), Path::new("2"));
+    runs(r, name, "2");
     let new = r.join(format!("var/snap/{name}/2"));
-    for i in 0..100 {
-        assert_eq!(
-            fs::read_to_string(new.join(format!("f{i}"))).unwrap(),
-            format!("{i}").repeat(500)
-        );
-    }
-    assert_eq!(launch(r, name), format!("hello from {name} 2"));
+    files_intact(&new);
     drop(d);
     assert_eq!(integrity(r), "ok");
     figures(1);
@@ -351,10 +426,9 @@ fn eio_in_blobs_dir_during_download() {
     if !prerequisites(XFS) {
         return;
     }
-    let root = Root::new("fsf-eio-blobs");
+    let (root, store) = root_with_store("fsf-eio-blobs");
     let r = root.path();
     let name = "fsfblobs";
-    let store = new_store(&root);
     let mut xfs = LoopFs::new(
         &root,
         "blobs",
@@ -363,25 +437,12 @@ fn eio_in_blobs_dir_during_download() {
         &r.join("var/lib/refreshd/blobs"),
     );
     publish(&root, &store, name, "1.0", 0);
-    {
-        let _d = Daemon::start_with(r, opts(&store, None, true));
-        let out = ctl(r, &["install", name]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-    }
+    install_from(r, &store, name, true);
     publish(&root, &store, name, "2.0", 2 << 20);
-    let go = root.aux("go");
-    let fp = format!("pause:mid-download={}", go.display());
-    let d = Daemon::start_with(r, opts(&store, Some(&fp), true));
-    let out = ctl(r, &["refresh", name, "--no-wait"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    wait_file(&reached(&go));
+    let (d, go) = refresh_paused_at(&root, &store, name, "mid-download", true);
     xfs.shut_down();
     fs::write(&go, "").unwrap();
-    let ch = watch_until_ready(r, newest_change(r));
-    assert_eq!(ch["status"], "Error", "{ch}");
-    assert_eq!(task(&ch, "download")["status"], "Error", "{ch}");
-    println!("eio blobs: {}", ch["error"]);
-    let err = failed_line(&ch, "Download");
+    let (ch, err) = failed_in(r, newest_change(r), "download", "Download", "eio blobs");
     assert!(
         err.contains(&format!("blobs/{name}_2.snap")),
         "names the file: {err}"
@@ -392,15 +453,13 @@ fn eio_in_blobs_dir_during_download() {
         "Hold",
         "nothing after it ran"
     );
-    assert_eq!(current(r, name), Path::new("1"));
-    assert_eq!(launch(r, name), format!("hello from {name} 1"));
+    runs(r, name, "1");
     answers(r, &d);
 
     xfs.unmount();
     xfs.mount();
     refresh_done(r, name);
-    assert_eq!(current(r, name), Path::new("2"));
-    assert_eq!(launch(r, name), format!("hello from {name} 2"));
+    runs(r, name, "2");
     let left: Vec<_> = fs::read_dir(r.join("var/lib/refreshd/blobs"))
         .unwrap()
         .flatten()
@@ -423,26 +482,16 @@ fn eio_in_state_dir_while_a_change_runs() {
     if !prerequisites(XFS) {
         return;
     }
-    let root = Root::new("fsf-eio-state");
+    let (root, store) = root_with_store("fsf-eio-state");
     let r = root.path();
     let name = "fsfstate";
-    let store = new_store(&root);
     let mut xfs = LoopFs::new(&root, "state", "xfs", 320, &r.join("var/lib/refreshd"));
     publish(&root, &store, name, "1.0", 0);
-    {
-        let _d = Daemon::start_with(r, opts(&store, None, true));
-        let out = ctl(r, &["install", name]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-    }
-    fs::write(r.join(format!("var/snap/{name}/1/precious")), "data").unwrap();
+    install_from(r, &store, name, true);
+    fs::write(precious(r, name, "1"), "data").unwrap();
     publish(&root, &store, name, "2.0", 0);
-    let go = root.aux("go");
-    let fp = format!("pause:mid-copy:setup-data={}", go.display());
-    let d = Daemon::start_with(r, opts(&store, Some(&fp), true));
-    let out = ctl(r, &["refresh", name, "--no-wait"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (d, go) = refresh_paused_at(&root, &store, name, "mid-copy:setup-data", true);
     let id = newest_change(r);
-    wait_file(&reached(&go));
     xfs.shut_down();
     fs::write(&go, "").unwrap();
     // The daemon is up; what must be written says it cannot be, in one line. (Reads may still
@@ -466,10 +515,7 @@ fn eio_in_state_dir_while_a_change_runs() {
         "{}",
         text(&out.stderr)
     );
-    assert!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid()), None).is_ok(),
-        "refreshd died"
-    );
+    assert!(alive(&d), "refreshd died");
     let st = d.stop();
     assert!(st.success(), "an orderly stop: {st:?}");
 
@@ -479,12 +525,8 @@ fn eio_in_state_dir_while_a_change_runs() {
     let d = Daemon::start_with(r, opts(&store, None, true));
     let ch = watch_until_ready(r, id);
     assert_eq!(ch["status"], "Done", "the change carries on: {ch}");
-    assert_eq!(current(r, name), Path::new("2"));
-    assert_eq!(
-        fs::read_to_string(r.join(format!("var/snap/{name}/2/precious"))).unwrap(),
-        "data"
-    );
-    assert_eq!(launch(r, name), format!("hello from {name} 2"));
+    runs(r, name, "2");
+    assert_eq!(fs::read_to_string(precious(r, name, "2")).unwrap(), "data");
     drop(d);
     assert_eq!(integrity(r), "ok");
     figures(1);
@@ -518,10 +560,9 @@ fn enospc_in_blobs_dir_during_download() {
     if !prerequisites(EXT4) {
         return;
     }
-    let root = Root::new("fsf-enospc-blobs");
+    let (root, store) = root_with_store("fsf-enospc-blobs");
     let r = root.path();
     let name = "fsffull";
-    let store = new_store(&root);
     let blobs = r.join("var/lib/refreshd/blobs");
     let _ext4 = LoopFs::new(&root, "blobs", "ext4", 16, &blobs);
     publish(&root, &store, name, "1.0", 0);
@@ -551,13 +592,11 @@ fn enospc_in_blobs_dir_during_download() {
         !blobs.join(format!("{name}_2.snap.partial")).exists(),
         "the partial is removed by the undo"
     );
-    assert_eq!(current(r, name), Path::new("1"));
-    assert_eq!(launch(r, name), format!("hello from {name} 1"));
+    runs(r, name, "1");
 
     fs::remove_file(&filler).unwrap();
     refresh_done(r, name);
-    assert_eq!(current(r, name), Path::new("2"));
-    assert_eq!(launch(r, name), format!("hello from {name} 2"));
+    runs(r, name, "2");
     figures(1);
 }
 
@@ -569,10 +608,9 @@ fn enospc_in_state_dir() {
     if !prerequisites(EXT4) {
         return;
     }
-    let root = Root::new("fsf-enospc-state");
+    let (root, store) = root_with_store("fsf-enospc-state");
     let r = root.path();
     let name = "fsfstfull";
-    let store = new_store(&root);
     let state = r.join("var/lib/refreshd");
     let _ext4 = LoopFs::new(&root, "state", "ext4", 16, &state);
     publish(&root, &store, name, "1.0", 0);
@@ -661,8 +699,7 @@ fn immutable_file_in_old_data_keeps_the_refresh_and_cleanup_is_retried() {
     println!("immutable: {log}");
     assert!(log.contains("left for the next cleanup"), "{log}");
     assert_eq!(log.matches("fsfimm/x1").count(), 1, "said once: {log}");
-    assert_eq!(current(r, name), Path::new("x3"));
-    assert_eq!(launch(r, name), format!("hello from {name} x3"));
+    runs(r, name, "x3");
     assert_eq!(fs::read_to_string(&locked).unwrap(), "cannot be removed");
 
     drop(guard);
@@ -682,24 +719,14 @@ fn immutable_snap_dir_fails_link_and_is_undone() {
     if !prerequisites(&[]) {
         return;
     }
-    let root = Root::new("fsf-immutable-link");
+    let (root, store) = root_with_store("fsf-immutable-link");
     let r = root.path();
     let name = "fsflink";
-    let store = new_store(&root);
     publish(&root, &store, name, "1.0", 0);
-    {
-        let _d = Daemon::start_with(r, opts(&store, None, false));
-        let out = ctl(r, &["install", name]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-    }
-    fs::write(r.join(format!("var/snap/{name}/1/precious")), "data").unwrap();
+    install_from(r, &store, name, false);
+    fs::write(precious(r, name, "1"), "data").unwrap();
     publish(&root, &store, name, "2.0", 0);
-    let go = root.aux("go");
-    let fp = format!("pause:mid-copy:setup-data={}", go.display());
-    let d = Daemon::start_with(r, opts(&store, Some(&fp), false));
-    let out = ctl(r, &["refresh", name, "--no-wait"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    wait_file(&reached(&go));
+    let (d, go) = refresh_paused_at(&root, &store, name, "mid-copy:setup-data", false);
     let Some(guard) = Immutable::set(&r.join(format!("snap/{name}"))) else {
         skip("chattr +i does not work on the test filesystem");
         return;
@@ -711,25 +738,19 @@ fn immutable_snap_dir_fails_link_and_is_undone() {
     let err = failed_line(&ch, "Make snap");
     assert!(err.contains(&format!("snap/{name}")), "{err}");
     assert!(err.contains("Operation not permitted"), "{err}");
-    assert_eq!(current(r, name), Path::new("1"));
+    runs(r, name, "1");
     assert_eq!(
         fs::read_link(r.join(format!("var/snap/{name}/current"))).unwrap(),
         Path::new("1")
     );
-    assert_eq!(launch(r, name), format!("hello from {name} 1"));
-    assert!(!r
-        .join(format!("run/refreshd/runctl/snap.{name}.inhibited"))
-        .exists());
+    not_inhibited(r, name);
     assert!(!r.join(format!("var/snap/{name}/2")).exists());
     answers(r, &d);
 
     drop(guard);
     refresh_done(r, name);
     assert_eq!(current(r, name), Path::new("2"));
-    assert_eq!(
-        fs::read_to_string(r.join(format!("var/snap/{name}/2/precious"))).unwrap(),
-        "data"
-    );
+    assert_eq!(fs::read_to_string(precious(r, name, "2")).unwrap(), "data");
     figures(1);
 }
 
@@ -741,51 +762,26 @@ fn read_only_data_fs_fails_setup_data_cleanly() {
     if !prerequisites(EXT4) {
         return;
     }
-    let root = Root::new("fsf-erofs");
+    let (root, store) = root_with_store("fsf-erofs");
     let r = root.path();
     let name = "fsfro";
-    let store = new_store(&root);
     let ext4 = LoopFs::new(&root, "data", "ext4", 32, &r.join("var/snap").join(name));
-    for v in ["1.0", "2.0"] {
-        let blob = root.aux(&format!("{name}-{v}.snap"));
-        tracking_snap(&blob, name, v, false);
-        refreshd_store::publish(&store, &blob, "stable").unwrap();
-        if v == "1.0" {
-            let _d = Daemon::start_with(r, opts(&store, None, false));
-            let out = ctl(r, &["install", name]);
-            assert!(out.status.success(), "{}", text(&out.stderr));
-        }
-    }
-    fs::write(r.join(format!("var/snap/{name}/1/precious")), "data").unwrap();
+    tracking_installed(&root, &store, name);
+    fs::write(precious(r, name, "1"), "data").unwrap();
     let d = Daemon::start_with(r, opts(&store, None, false));
-    let app = App::launch(r, &format!("{name}.hold"));
-    let out = ctl(r, &["refresh", name, "--no-wait"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let id = newest_change(r);
-    let ch = watch_until(r, id, |c| task(c, "wait-for-apps")["status"] == "Wait");
-    assert_eq!(task(&ch, "wait-for-apps")["status"], "Wait", "{ch}");
+    let (app, id) = refresh_waiting_for_app(r, name);
     ext4.remount("ro");
     app.release();
-    let ch = watch_until_ready(r, id);
-    assert_eq!(ch["status"], "Error", "{ch}");
-    assert_eq!(task(&ch, "setup-data")["status"], "Error", "{ch}");
-    println!("erofs: {}", ch["error"]);
-    let err = failed_line(&ch, "Set up data");
+    let (_, err) = failed_in(r, id, "setup-data", "Set up data", "erofs");
     assert!(err.contains("Read-only file system"), "{err}");
-    assert_eq!(current(r, name), Path::new("1"));
-    assert_eq!(launch(r, name), format!("hello from {name} 1"));
-    assert!(!r
-        .join(format!("run/refreshd/runctl/snap.{name}.inhibited"))
-        .exists());
+    runs(r, name, "1");
+    not_inhibited(r, name);
     answers(r, &d);
 
     ext4.remount("rw");
     refresh_done(r, name);
     assert_eq!(current(r, name), Path::new("2"));
-    assert_eq!(
-        fs::read_to_string(r.join(format!("var/snap/{name}/2/precious"))).unwrap(),
-        "data"
-    );
+    assert_eq!(fs::read_to_string(precious(r, name, "2")).unwrap(), "data");
     let left: Vec<String> = snapshot(&r.join(format!("var/snap/{name}")), &[])
         .into_iter()
         .map(|(p, _)| p)
@@ -841,14 +837,7 @@ fn damaged_state_db_refuses_start_and_is_left_alone() {
     for damage in ["garbage", "truncated"] {
         let root = Root::new("fsf-statedb");
         let r = root.path();
-        let name = "fsfdb";
-        let file = root.aux(&format!("{name}.snap"));
-        hello_snap(&file, name, "1.0");
-        {
-            let _d = Daemon::start(r);
-            let out = ctl(r, &["install", file.to_str().unwrap()]);
-            assert!(out.status.success(), "{}", text(&out.stderr));
-        }
+        drop(hello_installed(&root, "fsfdb"));
         let db = r.join("var/lib/refreshd/state.db");
         let mut bytes = fs::read(&db).unwrap();
         assert!(bytes.len() > 3 * 4096, "{}", bytes.len());
@@ -897,11 +886,7 @@ fn sigkill_leaves_wal_and_lock_and_both_recover() {
     let root = Root::new("fsf-wal");
     let r = root.path();
     let name = "fsfwal";
-    let file = root.aux(&format!("{name}.snap"));
-    hello_snap(&file, name, "1.0");
-    let d = Daemon::start(r);
-    let out = ctl(r, &["install", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let d = hello_installed(&root, name);
     let id = newest_change(r);
     assert!(killed_by_sigkill(d.kill()));
     let wal = r.join("var/lib/refreshd/state.db-wal");
@@ -935,27 +920,12 @@ fn blob_changed_while_waiting_is_refused() {
     }
     let mut n = 0;
     for damage in ["tampered", "truncated"] {
-        let root = Root::new("fsf-blob");
+        let (root, store) = root_with_store("fsf-blob");
         let r = root.path();
         let name = "fsfblob";
-        let store = new_store(&root);
-        for v in ["1.0", "2.0"] {
-            let blob = root.aux(&format!("{name}-{v}.snap"));
-            tracking_snap(&blob, name, v, false);
-            refreshd_store::publish(&store, &blob, "stable").unwrap();
-            if v == "1.0" {
-                let _d = Daemon::start_with(r, opts(&store, None, false));
-                let out = ctl(r, &["install", name]);
-                assert!(out.status.success(), "{}", text(&out.stderr));
-            }
-        }
+        tracking_installed(&root, &store, name);
         let d = Daemon::start_with(r, opts(&store, None, false));
-        let app = App::launch(r, &format!("{name}.hold"));
-        let out = ctl(r, &["refresh", name, "--no-wait"]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let id = newest_change(r);
-        let ch = watch_until(r, id, |c| task(c, "wait-for-apps")["status"] == "Wait");
-        assert_eq!(task(&ch, "wait-for-apps")["status"], "Wait", "{ch}");
+        let (app, id) = refresh_waiting_for_app(r, name);
         let blob = r.join(format!("var/lib/refreshd/blobs/{name}_2.snap"));
         let mut bytes = fs::read(&blob).unwrap();
         match damage {
@@ -978,21 +948,16 @@ fn blob_changed_while_waiting_is_refused() {
             f.write_all_at(&bytes, 0).unwrap();
         }
         app.release();
-        let ch = watch_until_ready(r, id);
-        assert_eq!(ch["status"], "Error", "{damage}: {ch}");
-        assert_eq!(task(&ch, "wait-for-apps")["status"], "Error", "{ch}");
-        println!("blob {damage}: {}", ch["error"]);
-        let err = failed_line(&ch, "Wait for the apps");
+        let what = format!("blob {damage}");
+        let (_, err) = failed_in(r, id, "wait-for-apps", "Wait for the apps", &what);
         assert!(err.contains(&blob.display().to_string()), "{err}");
         assert!(err.contains("changed on disk"), "{err}");
-        assert_eq!(current(r, name), Path::new("1"));
-        assert_eq!(launch(r, name), format!("hello from {name} 1"));
+        runs(r, name, "1");
         assert!(!blob.exists(), "the changed blob is removed by the undo");
         answers(r, &d);
 
         refresh_done(r, name);
-        assert_eq!(current(r, name), Path::new("2"));
-        assert_eq!(launch(r, name), format!("hello from {name} 2"));
+        runs(r, name, "2");
         n += 1;
     }
     figures(n);

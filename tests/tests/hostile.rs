@@ -26,6 +26,20 @@ fn prerequisites() -> bool {
     )
 }
 
+/// The start of every test here: the prerequisites, then one real user per tag; None (after
+/// saying why) when the machine cannot run the test.
+fn hostile_users<const N: usize>(tags: [&str; N]) -> Option<[TestUser; N]> {
+    if !prerequisites() {
+        return None;
+    }
+    let users = tags.map(TestUser::create);
+    if users.iter().any(Option::is_none) {
+        skip("useradd failed");
+        return None;
+    }
+    Some(users.map(Option::unwrap))
+}
+
 /// The hostile user's tools (see the module doc): `inotify`, `stoplock`, `argc0`, `as0`, `closed`,
 /// `race`, `fill`.
 const HELPER_C: &str = r#"/* Hostile helper run as an unprivileged user by tests/tests/hostile.rs. */
@@ -250,20 +264,6 @@ fn user_sh(user: &TestUser, dir: &Path, script: &str, args: &[&Path]) -> (bool, 
     (out.status.success(), text(&out.stderr))
 }
 
-/// The user's home under the root (`ROOT/home/NAME`), made and owned by the user.
-fn make_home(root: &Path, user: &TestUser) -> PathBuf {
-    let home = nix::unistd::User::from_name(&user.name)
-        .unwrap()
-        .unwrap()
-        .dir;
-    let home = root.join(home.strip_prefix("/").unwrap());
-    fs::create_dir_all(&home).unwrap();
-    fs::set_permissions(home.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
-    std::os::unix::fs::chown(&home, Some(user.uid), Some(user.gid)).unwrap();
-    fs::set_permissions(&home, fs::Permissions::from_mode(0o755)).unwrap();
-    home
-}
-
 /// A snap whose `probe` app writes who it runs as, its argv, its standard fds and its whole
 /// environment to the file named by its first argument; `hold` runs until told to exit
 /// (as in `tracking_snap`); `hello` says hello.
@@ -351,7 +351,8 @@ impl Probe {
 }
 
 /// Every variable an app may get: the caller's allow-list (confine-hook/src/env.rs) and the
-/// launcher's own.
+/// launcher's own. Written out here rather than taken from `confine_hook::fuzzing::allowed`, so
+/// the launcher is checked against an independent list, not against itself.
 fn allowed_var(name: &str) -> bool {
     const ALLOWED: &[&str] = &[
         "TERM",
@@ -569,11 +570,7 @@ fn curl_as(
 /// through refreshctl) and `admin_group_members_may_install`.
 #[test]
 fn every_mutating_endpoint_refuses_a_user() {
-    if !prerequisites() {
-        return;
-    }
-    let (Some(user), Some(admin)) = (TestUser::create("hapi"), TestUser::create("hadm")) else {
-        skip("useradd failed");
+    let Some([user, admin]) = hostile_users(["hapi", "hadm"]) else {
         return;
     };
     let mut tally = Tally::new("api");
@@ -815,18 +812,14 @@ fn never_within(
 /// confine-hook/tests/user.rs `user_cannot_touch_markers`.
 #[test]
 fn markers_and_the_lock_resist_a_user() {
-    if !prerequisites() {
-        return;
-    }
-    let Some(user) = TestUser::create("hmk") else {
-        skip("useradd failed");
+    let Some([user]) = hostile_users(["hmk"]) else {
         return;
     };
     let mut tally = Tally::new("markers");
     let root = Root::new("hostile-markers");
     let r = root.path();
     let helper = build_helper(&root);
-    let home = make_home(r, &user);
+    let home = user_home(r, &user);
     let (_d, b2) = installed(&root, "hmark", DaemonOpts::default());
     let app = App::launch_as(r, "hmark.hold", Some((user.uid, user.gid)));
     let id = start_refresh(r, &b2);
@@ -962,18 +955,14 @@ fn build_so(root: &Root, hits: &Path, what: &str, out: &Path) {
 /// `root_launch_is_tracked_marked_and_env_is_allowlisted`, and confine-hook/tests/user.rs.
 #[test]
 fn confine_hook_resists_crafted_argv_and_environment() {
-    if !prerequisites() {
-        return;
-    }
-    let Some(user) = TestUser::create("hcf") else {
-        skip("useradd failed");
+    let Some([user]) = hostile_users(["hcf"]) else {
         return;
     };
     let mut tally = Tally::new("confine-hook");
     let root = Root::new("hostile-hook");
     let r = root.path();
     let helper = build_helper(&root);
-    let home = make_home(r, &user);
+    let home = user_home(r, &user);
     let (_d, _) = installed(&root, "hprobe", DaemonOpts::default());
     let launcher = r.join("snap/bin/hprobe.probe");
     let hook = r.join(refreshd_runctl::HOOK_PATH);
@@ -1091,6 +1080,18 @@ fn confine_hook_resists_crafted_argv_and_environment() {
         Option<&'a str>,
     );
     let other_root = "/tmp/refreshd-elsewhere/root/snap/bin/hprobe.probe".to_owned();
+    // A case the launcher must refuse in one line containing `want`, with no environment.
+    let refused = |what, argv0: &str, program: &PathBuf, args: &[&str], want| -> Case {
+        let args = args.iter().map(|a| s(a)).collect();
+        (
+            what,
+            Some(s(argv0)),
+            program.clone(),
+            args,
+            vec![],
+            Some(want),
+        )
+    };
     let cases: Vec<Case> = vec![
         (
             "hostile environment",
@@ -1132,70 +1133,50 @@ fn confine_hook_resists_crafted_argv_and_environment() {
             hostile_env.clone(),
             None,
         ),
-        (
+        refused(
             "dot-dot",
-            Some(s("../../../usr/lib/refreshd/confine-hook")),
-            hook.clone(),
-            vec![s("hprobe.probe")],
-            vec![],
-            Some("\"..\""),
+            "../../../usr/lib/refreshd/confine-hook",
+            &hook,
+            &["hprobe.probe"],
+            "\"..\"",
         ),
-        (
+        refused(
             "dot-dot launcher",
-            Some(s("/snap/bin/../../etc/hprobe")),
-            launcher.clone(),
-            vec![],
-            vec![],
-            Some("\"..\""),
+            "/snap/bin/../../etc/hprobe",
+            &launcher,
+            &[],
+            "\"..\"",
         ),
-        (
-            "absent snap",
-            Some(s("nosuch.probe")),
-            hook.clone(),
-            vec![],
-            vec![],
-            Some("not installed"),
-        ),
-        (
+        refused("absent snap", "nosuch.probe", &hook, &[], "not installed"),
+        refused(
             "stop form",
-            Some(s("confine-hook")),
-            hook.clone(),
-            vec![s("--command=stop"), s("hprobe.probe")],
-            vec![],
-            Some("has no app"),
+            "confine-hook",
+            &hook,
+            &["--command=stop", "hprobe.probe"],
+            "has no app",
         ),
-        (
+        refused(
             "non-UTF-8",
-            Some(s("hprobe\u{fffd}")),
-            hook.clone(),
-            vec![],
-            vec![],
-            Some("not a valid app name"),
+            "hprobe\u{fffd}",
+            &hook,
+            &[],
+            "not a valid app name",
         ),
-        (
+        refused(
             "newline",
-            Some(s("hprobe\n.probe")),
-            hook.clone(),
-            vec![],
-            vec![],
-            Some("not a valid app name"),
+            "hprobe\n.probe",
+            &hook,
+            &[],
+            "not a valid app name",
         ),
-        (
+        refused(
             "100 KB argv[0]",
-            Some("h".repeat(100_000)),
-            hook.clone(),
-            vec![],
-            vec![],
-            Some("not a valid app name"),
+            &"h".repeat(100_000),
+            &hook,
+            &[],
+            "not a valid app name",
         ),
-        (
-            "empty argv[0]",
-            Some(s("")),
-            hook.clone(),
-            vec![],
-            vec![],
-            Some("not a valid app name"),
-        ),
+        refused("empty argv[0]", "", &hook, &[], "not a valid app name"),
     ];
     for (what, argv0, program, args, env, refusal) in &cases {
         let out = run(argv0.as_deref(), program, args, env);
@@ -1278,23 +1259,21 @@ fn confine_hook_resists_crafted_argv_and_environment() {
         "the error went into the lock"
     );
     tally.attempt(true);
-    let out = as_user(&user, &helper)
-        .args(["closed"])
-        .arg(&launcher)
-        .arg(&launcher)
-        .arg(&report)
-        .output()
-        .unwrap();
+    // The launcher run with fds 0, 1 and 2 closed.
+    let closed_launch = || {
+        as_user(&user, &helper)
+            .args(["closed"])
+            .arg(&launcher)
+            .arg(&launcher)
+            .arg(&report)
+            .output()
+            .unwrap()
+    };
+    let out = closed_launch();
     let _ = fs::remove_file(&report);
     assert!(out.status.success(), "closed fds, launch");
     // The probe wrote its report before the launch returned.
-    let out = as_user(&user, &helper)
-        .args(["closed"])
-        .arg(&launcher)
-        .arg(&launcher)
-        .arg(&report)
-        .output()
-        .unwrap();
+    let out = closed_launch();
     assert!(out.status.success());
     let p = Probe::read(&report);
     p.assert_user(user.uid, user.gid, "closed fds");
@@ -1436,19 +1415,15 @@ fn eventually(limit: Duration, cond: impl Fn() -> bool) -> bool {
 /// the refresh. Extends kernel_faults.rs `user_out_of_inotify_instances_waits_without_charging_root`.
 #[test]
 fn inotify_exhaustion_by_a_user_fails_safe() {
-    if !prerequisites() {
-        return;
-    }
-    let (Some(user), Some(other)) = (TestUser::create("hin"), TestUser::create("hio")) else {
-        skip("useradd failed");
+    let Some([user, other]) = hostile_users(["hin", "hio"]) else {
         return;
     };
     let mut tally = Tally::new("inotify");
     let root = Root::new("hostile-inotify");
     let r = root.path();
     let helper = build_helper(&root);
-    let home = make_home(r, &user);
-    let other_home = make_home(r, &other);
+    let home = user_home(r, &user);
+    let other_home = user_home(r, &other);
     let (d, id) = section_held_open(&root, "hino");
     let launcher = r.join("snap/bin/hino.probe");
     let marker = r.join("run/refreshd/runctl/snap.hino.inhibited");
@@ -1644,18 +1619,14 @@ fn assert_users_own_clean(dir: &Path, uid: u32, canary: &str) -> u64 {
 /// (the library alone) and tracking.rs `user_data_is_carried_over_safely` (static links).
 #[test]
 fn symlink_races_during_copy_data_leak_nothing() {
-    if !prerequisites() {
-        return;
-    }
-    let Some(user) = TestUser::create("hrc") else {
-        skip("useradd failed");
+    let Some([user]) = hostile_users(["hrc"]) else {
         return;
     };
     let mut tally = Tally::new("copy-data-race");
     let root = Root::new("hostile-race");
     let r = root.path();
     let helper = build_helper(&root);
-    let home = make_home(r, &user);
+    let home = user_home(r, &user);
     let go = root.aux("go");
     let fp = format!("pause:mid-copy:setup-data={}", go.display());
     let (_d, b2) = installed(
@@ -1845,11 +1816,7 @@ fn current(r: &Path, name: &str) -> String {
 /// waiting and the section still ends.
 #[test]
 fn a_full_run_dir_fails_safe() {
-    if !prerequisites() {
-        return;
-    }
-    let Some(user) = TestUser::create("hfl") else {
-        skip("useradd failed");
+    let Some([user]) = hostile_users(["hfl"]) else {
         return;
     };
     let mut tally = Tally::new("full-run");
@@ -1860,7 +1827,7 @@ fn a_full_run_dir_fails_safe() {
         return;
     }
     let helper = build_helper(&root);
-    let home = make_home(r, &user);
+    let home = user_home(r, &user);
     let (d, b2) = installed(&root, "hfill", DaemonOpts::default());
     let launcher = r.join("snap/bin/hfill.probe");
     let rep = home.join("report");

@@ -13,15 +13,7 @@ mod nginx;
 
 /// A snap with about 2 MB of incompressible payload, so a download can be cut in the middle.
 fn big_snap(out: &Path, version: &str, seed: u64) {
-    let mut x = seed | 1;
-    let noise: Vec<u8> = (0..2_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = noise(2_000_000, seed | 1);
     let src = SnapSrc::new(&format!(
         "name: webby\nversion: '{version}'\napps:\n  webby:\n    command: bin/hello\n"
     ))

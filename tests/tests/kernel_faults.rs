@@ -40,12 +40,17 @@ fn install_x1(root: &Root) -> PathBuf {
 
 /// Asks for x2 and returns the change once `wait-for-apps` is parked waiting for the app.
 fn refresh_parked(r: &Path, b2: &Path) -> u64 {
-    let out = ctl(r, &["install", b2.to_str().unwrap(), "--no-wait"]);
-    assert!(out.status.success(), "refresh: {}", text(&out.stderr));
-    let id = newest_change(r);
+    let id = refresh_to(r, b2);
     let c = watch_until(r, id, |c| task(c, "wait-for-apps")["status"] == "Wait");
     assert_eq!(task(&c, "wait-for-apps")["status"], "Wait", "{c}");
     id
+}
+
+/// Asks for the revision in file `b` without waiting; returns the change.
+fn refresh_to(r: &Path, b: &Path) -> u64 {
+    let out = ctl(r, &["install", b.to_str().unwrap(), "--no-wait"]);
+    assert!(out.status.success(), "refresh: {}", text(&out.stderr));
+    newest_change(r)
 }
 
 fn current(r: &Path) -> String {
@@ -57,14 +62,7 @@ fn current(r: &Path) -> String {
 
 /// The change has not gone ahead: not ready, the old revision current, no inhibition.
 fn assert_not_applied(r: &Path, id: u64, why: &str) {
-    let c = ctl_json(r, &["changes", "--all", "--json"]);
-    let c = c
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == id)
-        .unwrap_or_else(|| panic!("change {id} is gone: {c}"))
-        .clone();
+    let c = find_in(&ctl_json(r, &["changes", "--all", "--json"]), "id", id);
     assert_eq!(c["ready"], false, "{why}: the refresh went ahead: {c}");
     assert_eq!(current(r), "x1", "{why}: current moved under the app");
 }
@@ -73,23 +71,7 @@ fn assert_not_applied(r: &Path, id: u64, why: &str) {
 /// A change that stalls fails the test at `bound`, with its last state.
 fn done_within(r: &Path, id: u64, bound: Duration) -> Duration {
     let t0 = Instant::now();
-    let mut watch = Command::new(bin("refreshctl"))
-        .arg("--root")
-        .arg(r)
-        .args(["watch", &id.to_string(), "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = watch.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut watch, rx) = watch_lines(r, id);
     let mut c = Value::Null;
     while let Ok(l) = rx.recv_timeout(bound.saturating_sub(t0.elapsed())) {
         c = serde_json::from_str(&l).unwrap();
@@ -192,14 +174,19 @@ impl Drop for Launched {
     }
 }
 
-/// The launcher run in the daemon's mount namespace.
-fn launch_in_ns_of(d: &Daemon, r: &Path) -> Launched {
+/// The launcher, to be run in the daemon's mount namespace.
+fn launcher_in_ns_of(d: &Daemon, r: &Path) -> Command {
     let mut cmd = Command::new("nsenter");
     cmd.arg("--mount")
         .arg(format!("--target={}", d.pid()))
         .arg("--")
         .arg(r.join("snap/bin/tracked.hold"));
-    Launched::spawn(cmd)
+    cmd
+}
+
+/// The launcher run in the daemon's mount namespace.
+fn launch_in_ns_of(d: &Daemon, r: &Path) -> Launched {
+    Launched::spawn(launcher_in_ns_of(d, r))
 }
 
 /// Polls `cond` until it holds or `limit` passes (for states no event announces).
@@ -235,6 +222,20 @@ fn libfaketime() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// The environment that has libfaketime `lib` offset the wall clock (not the monotonic one) by
+/// what file `offset` says.
+fn faketime_env(lib: &Path, offset: &Path) -> Vec<(String, String)> {
+    vec![
+        ("LD_PRELOAD".into(), lib.display().to_string()),
+        (
+            "FAKETIME_TIMESTAMP_FILE".into(),
+            offset.display().to_string(),
+        ),
+        ("FAKETIME_NO_CACHE".into(), "1".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]
+}
+
 /// The wall clock jumps a year forward, then two years back, while a refresh waits for an app
 /// (with a deadline: `v1-poll`), while a hook runs under a timeout, and with a hold in place.
 /// Timeouts and backoff are monotonic; deadlines stored in wall time move back with the clock.
@@ -268,15 +269,7 @@ fn wall_clock_jumps_neither_expire_nor_stall_anything() {
             ]
             .map(String::from)
             .to_vec(),
-            env: vec![
-                ("LD_PRELOAD".into(), lib.display().to_string()),
-                (
-                    "FAKETIME_TIMESTAMP_FILE".into(),
-                    offset.display().to_string(),
-                ),
-                ("FAKETIME_NO_CACHE".into(), "1".into()),
-                ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
-            ],
+            env: faketime_env(&lib, &offset),
             ..Default::default()
         },
     );
@@ -300,22 +293,12 @@ fn wall_clock_jumps_neither_expire_nor_stall_anything() {
     let install_id = newest_change(r);
     let out = ctl(r, &["refresh", "--hold=2h", "tracked"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let hold_of = || {
-        ctl_json(r, &["list", "--json"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == "tracked")
-            .unwrap()["hold"]
-            .clone()
-    };
+    let hold_of = || find_in(&ctl_json(r, &["list", "--json"]), "name", "tracked")["hold"].clone();
     let hold = hold_of();
     assert!(hold.is_string(), "held: {hold}");
 
     let app = App::launch(r, "tracked.hold");
-    let out = ctl(r, &["install", b2.to_str().unwrap(), "--no-wait"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let id = newest_change(r);
+    let id = refresh_to(r, &b2);
     let common = r.join("var/snap/tracked/common");
     assert!(
         eventually(Duration::from_secs(30), || common
@@ -415,9 +398,7 @@ fn clock_set_back_while_the_daemon_is_down_does_not_stall_retries() {
     let mut holder = hold_lock(&lock);
     let _reap = Reap(holder.id() as i32);
     let d = Daemon::start(r);
-    let out = ctl(r, &["install", b2.to_str().unwrap(), "--no-wait"]);
-    assert!(out.status.success());
-    let id = newest_change(r);
+    let id = refresh_to(r, &b2);
     watch_until(r, id, |c| !task(c, "wait-for-apps")["retry"].is_null());
     assert!(d.stop().success());
     let offset = root.aux("faketime");
@@ -425,15 +406,7 @@ fn clock_set_back_while_the_daemon_is_down_does_not_stall_retries() {
     let d = Daemon::start_with(
         r,
         DaemonOpts {
-            env: vec![
-                ("LD_PRELOAD".into(), lib.display().to_string()),
-                (
-                    "FAKETIME_TIMESTAMP_FILE".into(),
-                    offset.display().to_string(),
-                ),
-                ("FAKETIME_NO_CACHE".into(), "1".into()),
-                ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
-            ],
+            env: faketime_env(&lib, &offset),
             ..Default::default()
         },
     );
@@ -654,19 +627,7 @@ fn section_held_open(tag: &str) -> (Root, Daemon, u64) {
         let _d = Daemon::start(r);
         install_x1(&root)
     };
-    let d = Daemon::start_with(
-        r,
-        DaemonOpts {
-            failpoints: Some("park-do:lift-inhibition"),
-            ..Default::default()
-        },
-    );
-    assert!(ctl(r, &["install", b2.to_str().unwrap(), "--no-wait"])
-        .status
-        .success());
-    let id = newest_change(r);
-    watch_until(r, id, |c| task(c, "lift-inhibition")["status"] == "Wait");
-    assert!(r.join(RUNCTL).join("snap.tracked.inhibited").exists());
+    let (d, id) = refresh_held_in_section(r, "tracked", &b2);
     (root, d, id)
 }
 
@@ -753,6 +714,16 @@ fn launcher_without_inotify_still_waits_for_the_lift() {
     figures(1, 1);
 }
 
+/// `prog` run as `user`, with no supplementary groups.
+fn as_user(user: &TestUser, prog: &Path) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .arg("--clear-groups")
+        .arg(prog);
+    cmd
+}
+
 /// A user who used up their own inotify instances (`fs.inotify.max_user_instances`, counted
 /// per user) launches during the critical section: the setuid launcher makes its instance as
 /// that user, not as root — so it cannot use up root's, which root's services need — finds
@@ -774,19 +745,9 @@ fn user_out_of_inotify_instances_waits_without_charging_root() {
     };
     let (root, d, id) = section_held_open("kf-user-noino");
     let r = root.path();
-    let home = nix::unistd::User::from_name(&user.name)
-        .unwrap()
-        .unwrap()
-        .dir;
-    let home = r.join(home.strip_prefix("/").unwrap());
-    fs::create_dir_all(&home).unwrap();
-    std::os::unix::fs::chown(&home, Some(user.uid), Some(user.gid)).unwrap();
+    user_home(r, &user);
     // The user's own processes hold every instance the user may have.
-    let mut hog = Command::new("setpriv")
-        .arg(format!("--reuid={}", user.uid))
-        .arg(format!("--regid={}", user.gid))
-        .arg("--clear-groups")
-        .arg(python)
+    let mut hog = as_user(&user, python)
         .arg("-c")
         .arg(
             "import ctypes,sys\nl=ctypes.CDLL(None)\nfds=[]\nwhile True:\n fd=l.inotify_init1(0)\n if fd<0: break\n fds.append(fd)\nprint(len(fds),flush=True)\nsys.stdin.read()\n",
@@ -803,18 +764,38 @@ fn user_out_of_inotify_instances_waits_without_charging_root() {
     let held: u32 = line.trim().parse().expect("the user's instance count");
     assert!(held > 0, "the user could make no inotify instance at all");
     println!("the user holds {held} inotify instances, all it may have");
-    let mut cmd = Command::new("setpriv");
-    cmd.arg(format!("--reuid={}", user.uid))
-        .arg(format!("--regid={}", user.gid))
-        .arg("--clear-groups")
-        .arg(r.join("snap/bin/tracked.hold"));
-    let mut launch = Launched::spawn(cmd);
+    let mut launch = Launched::spawn(as_user(&user, &r.join("snap/bin/tracked.hold")));
     let after = waits_without_inotify_then_starts(r, d, id, &mut launch);
     println!("user out of inotify instances: started {after:?} after the lift");
     launch.release();
     let _ = hog.kill();
     let _ = hog.wait();
     figures(1, 1);
+}
+
+/// A root whose daemon runs in a mount namespace of its own where `fault` (a shell command) was
+/// done to each cgroup mount: its tracking is `environ`. Returns the root, the daemon and why.
+fn environ_without(
+    mounts: &[PathBuf],
+    tag: &str,
+    what: &str,
+    fault: impl Fn(&Path) -> String,
+) -> (Root, Daemon, String) {
+    let root = Root::new(tag);
+    let r = root.path();
+    let script: Vec<String> = mounts.iter().map(|m| fault(m)).collect();
+    let d = Daemon::start_with(
+        r,
+        DaemonOpts {
+            wrapper: private_mounts(&script.join(" && ")),
+            extra_args: vec!["--extract".into()],
+            ..Default::default()
+        },
+    );
+    let (kind, why) = tracking_of(r);
+    println!("{what}: tracking {kind}: {why}");
+    assert_eq!(kind, "environ", "{why}");
+    (root, d, why)
 }
 
 /// The daemon's namespace has no freezer and no cgroup2 mount: it says `environ` and why. A launch
@@ -838,24 +819,11 @@ fn cgroup_fs_missing_or_read_only() {
     let mut handled = 0;
 
     // Missing.
-    let root = Root::new("kf-nocg");
+    let (root, d, why) = environ_without(&mounts, "kf-nocg", "missing", |m| {
+        format!("umount -l '{}'", m.display())
+    });
     let r = root.path();
-    let umounts: Vec<String> = mounts
-        .iter()
-        .map(|m| format!("umount -l '{}'", m.display()))
-        .collect();
-    let d = Daemon::start_with(
-        r,
-        DaemonOpts {
-            wrapper: private_mounts(&umounts.join(" && ")),
-            extra_args: vec!["--extract".into()],
-            ..Default::default()
-        },
-    );
     injected += 1;
-    let (kind, why) = tracking_of(r);
-    println!("missing: tracking {kind}: {why}");
-    assert_eq!(kind, "environ", "{why}");
     assert!(why.contains("no usable cgroup2 hierarchy"), "{why}");
     let b2 = install_x1(&root);
     let mut app = launch_in_ns_of(&d, r);
@@ -863,9 +831,7 @@ fn cgroup_fs_missing_or_read_only() {
     assert_eq!(rev, "x1");
     let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(!cg.contains("snap.tracked"), "{cg}");
-    let out = ctl(r, &["install", b2.to_str().unwrap(), "--no-wait"]);
-    assert!(out.status.success());
-    let id = newest_change(r);
+    let id = refresh_to(r, &b2);
     // No cgroup to read: the app is found by the SNAP variable confine-hook gave it, and the
     // refresh waits for it like any other.
     let waiting = watch_until(r, id, |ch| {
@@ -886,34 +852,17 @@ fn cgroup_fs_missing_or_read_only() {
     drop(root);
 
     // Read-only.
-    let root = Root::new("kf-rocg");
+    let (root, d, why) = environ_without(&mounts, "kf-rocg", "read-only", |m| {
+        format!("mount -o remount,bind,ro '{}'", m.display())
+    });
     let r = root.path();
-    let remounts: Vec<String> = mounts
-        .iter()
-        .map(|m| format!("mount -o remount,bind,ro '{}'", m.display()))
-        .collect();
-    let d = Daemon::start_with(
-        r,
-        DaemonOpts {
-            wrapper: private_mounts(&remounts.join(" && ")),
-            extra_args: vec!["--extract".into()],
-            ..Default::default()
-        },
-    );
     injected += 1;
-    let (kind, why) = tracking_of(r);
-    println!("read-only: tracking {kind}: {why}");
-    assert_eq!(kind, "environ", "{why}");
     assert!(
         why.contains("Read-only file system"),
         "status says why: {why}"
     );
     install_x1(&root);
-    let out = Command::new("nsenter")
-        .arg("--mount")
-        .arg(format!("--target={}", d.pid()))
-        .arg("--")
-        .arg(r.join("snap/bin/tracked.hold"))
+    let out = launcher_in_ns_of(&d, r)
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -1000,9 +949,7 @@ fn lock_holder_that_dies_releases_the_refresh() {
     let lock = r.join(RUNCTL).join("snap.tracked.lock");
     let mut holder = hold_lock(&lock);
     let _reap = Reap(holder.id() as i32);
-    let out = ctl(r, &["install", b2.to_str().unwrap(), "--no-wait"]);
-    assert!(out.status.success());
-    let id = newest_change(r);
+    let id = refresh_to(r, &b2);
     let c = watch_until(r, id, |c| {
         task(c, "wait-for-apps")["retry"]["reason"]
             .as_str()
@@ -1086,10 +1033,7 @@ fn markers_removed_by_hand() {
             ..Default::default()
         },
     );
-    assert!(ctl(r, &["install", b3.to_str().unwrap(), "--no-wait"])
-        .status
-        .success());
-    let id = newest_change(r);
+    let id = refresh_to(r, &b3);
     watch_until(r, id, |c| task(c, "link")["status"] == "Wait");
     let inhibited = runctl.join("snap.tracked.inhibited");
     assert!(inhibited.exists());

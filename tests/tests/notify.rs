@@ -272,24 +272,8 @@ fn install(r: &Path, file: &Path) {
 /// for a snapshot; `Err` with the last one seen if it does not within [`DEADLINE`] or the
 /// change is ready first.
 fn watch_for(r: &Path, id: u64, pred: impl Fn(&Value) -> bool) -> Result<Value, Value> {
-    let mut child = Command::new(bin("refreshctl"))
-        .arg("--root")
-        .arg(r)
-        .args(["watch", &id.to_string(), "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
+    let (child, rx) = watch_lines(r, id);
     let _child = Proc(Some(child));
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
     let end = Instant::now() + DEADLINE;
     let mut last = Value::Null;
     while let Ok(l) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {

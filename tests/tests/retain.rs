@@ -45,14 +45,7 @@ fn install(r: &Path, file: &Path) -> Value {
 
 /// The revisions on record, oldest first, and the current one.
 fn revisions(r: &Path, name: &str) -> (Vec<String>, String) {
-    let list = ctl_json(r, &["list", "--json"]);
-    let snap = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("{name} not listed: {list}"))
-        .clone();
+    let snap = find_in(&ctl_json(r, &["list", "--json"]), "name", name);
     let revs = snap["revisions"]
         .as_array()
         .unwrap()

@@ -22,17 +22,6 @@ fn user(tag: &str) -> TestUser {
     TestUser::create(tag).expect("useradd failed")
 }
 
-/// The user's home inside the root, where the app's per-user data goes.
-fn home(r: &Path, user: &TestUser) {
-    let home = nix::unistd::User::from_name(&user.name)
-        .unwrap()
-        .unwrap()
-        .dir;
-    let home = r.join(home.strip_prefix("/").unwrap());
-    fs::create_dir_all(&home).unwrap();
-    std::os::unix::fs::chown(&home, Some(user.uid), Some(user.gid)).unwrap();
-}
-
 /// `cmd` run as `user` (uid, gid), with no supplementary groups, as a login would.
 fn as_user(cmd: &Path, user: Option<(u32, u32)>) -> Command {
     match user {
@@ -159,7 +148,7 @@ fn status_names_what_blocks_a_refresh_and_metrics_count_it() {
     let root = Root::new(&format!("status-{}", std::process::id()));
     let r = root.path();
     let (alice, bob) = (user("sa"), user("sb"));
-    home(r, &alice);
+    user_home(r, &alice);
     let (b1, b2) = (root.aux("t1.snap"), root.aux("t2.snap"));
     tracking_snap(&b1, "tracked", "1.0", false);
     tracking_snap(&b2, "tracked", "2.0", false);

@@ -251,7 +251,7 @@ fn serve(mut s: TcpStream, sh: &Shared) {
     if !is_index {
         match mode {
             Mode::Longer { extra, length: l } => {
-                content.extend(noise(extra as usize, 99));
+                content.extend(noise(extra as usize, 99 | 1));
                 length = l;
             }
             Mode::Shorter { keep, length: l } => {
@@ -305,19 +305,6 @@ fn serve(mut s: TcpStream, sh: &Shared) {
     let _ = s.write_all(body);
 }
 
-/// Incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// A snap like [`tracking_snap`]'s (`NAME` says hello, `NAME.hold` runs until told), with
 /// `payload` bytes of noise so a download can be stopped in the middle.
 fn build_snap(out: &Path, name: &str, version: &str, payload: usize, seed: u64) {
@@ -330,7 +317,7 @@ fn build_snap(out: &Path, name: &str, version: &str, payload: usize, seed: u64) 
         "#!/bin/sh\necho \"started $$ $(date +%s%N) $SNAP_REVISION\"\nread line\necho \"exit $(date +%s%N)\"\n",
         0o755,
     );
-    fs::write(src.dir.path().join("payload"), noise(payload, seed)).unwrap();
+    fs::write(src.dir.path().join("payload"), noise(payload, seed | 1)).unwrap();
     src.build(out);
 }
 
@@ -357,6 +344,16 @@ impl World {
             daemon: None,
             seed: 1,
         }
+    }
+
+    /// A world whose daemon runs with `extra` arguments and has NAME 1.0 (with `payload` bytes
+    /// of noise) installed from the store.
+    fn installed(tag: &str, http: bool, name: &str, payload: usize, extra: &[&str]) -> World {
+        let mut w = World::new(tag, http);
+        w.publish(name, "1.0", payload);
+        w.start(extra);
+        ok(&ctl(w.r(), &["install", name]));
+        w
     }
 
     fn r(&self) -> &Path {
@@ -541,10 +538,13 @@ fn a_tampered_blob_is_refused_and_the_installed_revision_keeps_running() {
     }
     let (mut attacks, mut refusals) = (0, 0);
     for http in [false, true] {
-        let mut w = World::new(if http { "tamper-http" } else { "tamper-dir" }, http);
-        w.publish("tamper", "1.0", 64 * 1024);
-        w.start(&[]);
-        ok(&ctl(w.r(), &["install", "tamper"]));
+        let mut w = World::installed(
+            if http { "tamper-http" } else { "tamper-dir" },
+            http,
+            "tamper",
+            64 * 1024,
+            &[],
+        );
 
         // A first install of a tampered blob installs nothing.
         let fresh = w.publish("fresh", "1.0", 64 * 1024);
@@ -745,10 +745,7 @@ fn index_paths_that_leave_the_store_are_refused_before_any_request() {
         return;
     }
     let (mut attacks, mut refusals) = (0, 0);
-    let mut w = World::new("escape-http", true);
-    w.publish("esc", "1.0", 4096);
-    w.start(&[]);
-    ok(&ctl(w.r(), &["install", "esc"]));
+    let mut w = World::installed("escape-http", true, "esc", 4096, &[]);
     let e2 = w.publish("esc", "2.0", 4096);
     let good = w.index("esc");
     let changes = w.changes();
@@ -868,10 +865,7 @@ fn an_older_revision_is_no_update_unless_reverted_and_a_replay_is_refused() {
         return;
     }
     let (mut attacks, mut refusals) = (0, 0);
-    let mut w = World::new("older", false);
-    w.publish("old", "1.0", 4096);
-    w.start(&[]);
-    ok(&ctl(w.r(), &["install", "old"]));
+    let mut w = World::installed("older", false, "old", 4096, &[]);
     w.publish("old", "2.0", 4096);
     ok(&ctl(w.r(), &["refresh", "old"]));
     assert_eq!(w.current("old"), "2");
@@ -1027,10 +1021,7 @@ fn a_store_that_is_down_or_silent_is_reported_in_bounded_time() {
     if !can_run() {
         return;
     }
-    let mut w = World::new("down", true);
-    w.publish("down", "1.0", 4096);
-    w.start(&["--store-timeout", "2s"]);
-    ok(&ctl(w.r(), &["install", "down"]));
+    let mut w = World::installed("down", true, "down", 4096, &["--store-timeout", "2s"]);
     let app = App::launch(w.r(), "down.hold");
     w.publish("down", "2.0", 4096);
     let changes = w.changes();
@@ -1145,10 +1136,7 @@ fn a_stalled_download_is_retried_with_its_reason_and_resumes() {
     if !can_run() {
         return;
     }
-    let mut w = World::new("stall", true);
-    w.publish("stall", "1.0", 4096);
-    w.start(&["--store-timeout", "2s"]);
-    ok(&ctl(w.r(), &["install", "stall"]));
+    let mut w = World::installed("stall", true, "stall", 4096, &["--store-timeout", "2s"]);
     let app = App::launch(w.r(), "stall.hold");
     let e2 = w.publish("stall", "2.0", 2_000_000);
     let at = 1_000_000u64;
@@ -1216,10 +1204,7 @@ fn a_store_that_stays_broken_fails_the_refresh_in_one_line() {
     if !can_run() {
         return;
     }
-    let mut w = World::new("broken", true);
-    w.publish("broken", "1.0", 4096);
-    w.start(&["--store-timeout", "2s"]);
-    ok(&ctl(w.r(), &["install", "broken"]));
+    let mut w = World::installed("broken", true, "broken", 4096, &["--store-timeout", "2s"]);
     w.publish("broken", "2.0", 4096);
     w.server().set(Mode::Status {
         code: 503,
@@ -1264,10 +1249,7 @@ fn hostile_index_content_is_refused_in_one_line() {
     if !can_run() {
         return;
     }
-    let mut w = World::new("hostile", false);
-    w.publish("hostile", "1.0", 4096);
-    w.start(&[]);
-    ok(&ctl(w.r(), &["install", "hostile"]));
+    let mut w = World::installed("hostile", false, "hostile", 4096, &[]);
     w.publish("hostile", "2.0", 4096);
     let good = w.index("hostile");
     let good_text = serde_json::to_string(&good).unwrap();

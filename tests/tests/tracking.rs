@@ -193,21 +193,7 @@ fn launch_during_inhibition_waits_for_the_lift() {
     let r = root.path();
     let b2 = installed_with_update(&root);
     // Hold the critical section open: the refresh parks just before lifting the inhibition.
-    let d = Daemon::start_with(
-        r,
-        DaemonOpts {
-            failpoints: Some("park-do:lift-inhibition"),
-            ..Default::default()
-        },
-    );
-    assert!(ctl(r, &["install", b2.to_str().unwrap(), "--no-wait"])
-        .status
-        .success());
-    let id = newest_change(r);
-    watch_until(r, id, |c| task(c, "lift-inhibition")["status"] == "Wait");
-    assert!(r
-        .join("run/refreshd/runctl/snap.tracked.inhibited")
-        .exists());
+    let (d, id) = refresh_held_in_section(r, "tracked", &b2);
 
     // The launcher tells a terminal it waits: give it one, and read that line — the event
     // that it is blocked.
