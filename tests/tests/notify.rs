@@ -137,17 +137,6 @@ fn runtime_dir(r: &Path, user: &TestUser) -> PathBuf {
     dir
 }
 
-/// The user's home under the root, for launching apps as them.
-fn home(r: &Path, user: &TestUser) {
-    let home = nix::unistd::User::from_name(&user.name)
-        .unwrap()
-        .unwrap()
-        .dir;
-    let home = r.join(home.strip_prefix("/").unwrap());
-    fs::create_dir_all(&home).unwrap();
-    std::os::unix::fs::chown(&home, Some(user.uid), Some(user.gid)).unwrap();
-}
-
 /// A child killed (by its pid: it is ours) and reaped on drop.
 struct Proc(Option<Child>);
 
@@ -355,7 +344,7 @@ fn a_pending_refresh_is_told_once_and_its_end_once() {
     let session = Session::start(&root, &alice, true);
     // Bob is logged in without a desktop: a runtime directory, no bus.
     runtime_dir(r, &bob);
-    home(r, &alice);
+    user_home(r, &alice);
     let (b1, b2) = (build(&root, "told", "1.0"), build(&root, "told", "2.0"));
     let d = Daemon::start(r);
     install(r, &b1);
@@ -424,7 +413,7 @@ fn hostile_or_broken_sessions_get_nothing_and_hold_up_nothing() {
     let r = root.path();
     let alice = user("ha");
     let session = Session::start(&root, &alice, true);
-    home(r, &alice);
+    user_home(r, &alice);
 
     // Mallory's bus is a link to a socket that is not Mallory's.
     let mallory = user("hm");
@@ -532,7 +521,7 @@ fn notify_none_sends_nothing() {
     let r = root.path();
     let alice = user("oa");
     let session = Session::start(&root, &alice, true);
-    home(r, &alice);
+    user_home(r, &alice);
     let (b1, b2) = (build(&root, "quiet", "1.0"), build(&root, "quiet", "2.0"));
     let d = daemon(r, &["--notify", "none"]);
     install(r, &b1);
@@ -562,7 +551,7 @@ fn a_reminder_comes_at_most_once_per_interval() {
     let r = root.path();
     let alice = user("ra");
     let session = Session::start(&root, &alice, true);
-    home(r, &alice);
+    user_home(r, &alice);
     let (b1, b2) = (build(&root, "nudged", "1.0"), build(&root, "nudged", "2.0"));
     let d = daemon(r, &["--notify-reminder", "2s"]);
     install(r, &b1);
@@ -613,7 +602,7 @@ fn an_update_undone_after_the_notice_is_taken_back() {
     let r = root.path();
     let alice = user("ua");
     let session = Session::start(&root, &alice, true);
-    home(r, &alice);
+    user_home(r, &alice);
     let hold = "#!/bin/sh\necho \"started $$ $(date +%s%N) $SNAP_REVISION\"\nread line\necho \"exit $(date +%s%N)\"\n";
     let yaml = |v: &str| {
         format!("name: rolled\nversion: '{v}'\nsummary: Undo test\napps:\n  hold:\n    command: bin/hold\n")
@@ -669,7 +658,7 @@ fn a_user_who_logs_in_later_is_told_too() {
     let r = root.path();
     let (alice, carol) = (user("la"), user("lc"));
     let first = Session::start(&root, &alice, true);
-    home(r, &alice);
+    user_home(r, &alice);
     // The directory logind keeps the runtime directories in exists before anyone logs in.
     fs::create_dir_all(r.join("run/user")).unwrap();
     let (b1, b2) = (build(&root, "late", "1.0"), build(&root, "late", "2.0"));

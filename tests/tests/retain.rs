@@ -130,18 +130,12 @@ fn cleanup_log(ch: &Value) -> String {
 }
 
 /// A user whose home is under the root (owned by them), or None (skipped).
-fn user_home(r: &Path, tag: &str) -> Option<(TestUser, PathBuf)> {
+fn user_with_home(r: &Path, tag: &str) -> Option<(TestUser, PathBuf)> {
     let Some(user) = TestUser::create(tag) else {
         skip("useradd failed");
         return None;
     };
-    let home = nix::unistd::User::from_name(&user.name)
-        .unwrap()
-        .unwrap()
-        .dir;
-    let home = r.join(home.strip_prefix("/").unwrap());
-    fs::create_dir_all(&home).unwrap();
-    std::os::unix::fs::chown(&home, Some(user.uid), Some(user.gid)).unwrap();
+    let home = user_home(r, &user);
     Some((user, home))
 }
 
@@ -168,7 +162,7 @@ fn default_retain_discards_the_oldest_entirely() {
     }
     let root = Root::new("retain2");
     let r = root.path();
-    let Some((user, home)) = user_home(r, "ret") else {
+    let Some((user, home)) = user_with_home(r, "ret") else {
         return;
     };
     let name = "retained";

@@ -357,14 +357,7 @@ fn unprivileged_user_launches_but_cannot_touch_markers() {
     tracking_snap(&b1, "tracked", "1.0", false);
     let _d = Daemon::start(r);
     assert!(ctl(r, &["install", b1.to_str().unwrap()]).status.success());
-    // The user's home, re-rooted.
-    let home = nix::unistd::User::from_name(&user.name)
-        .unwrap()
-        .unwrap()
-        .dir;
-    let home = r.join(home.strip_prefix("/").unwrap());
-    fs::create_dir_all(&home).unwrap();
-    std::os::unix::fs::chown(&home, Some(user.uid), Some(user.gid)).unwrap();
+    let home = user_home(r, &user);
 
     let app = App::launch_as(r, "tracked.hold", Some((user.uid, user.gid)));
     let status = fs::read_to_string(format!("/proc/{}/status", app.pid)).unwrap();
