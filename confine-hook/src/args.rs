@@ -6,7 +6,10 @@
 //! - explicitly: `confine-hook [--command=stop] NAME[.APP] [-- ARGS...]` when `argv[0]`'s
 //!   basename is `confine-hook` (so a snap named `confine-hook` can only be launched this way).
 //!   `--command=stop` runs the app's `stop-command` instead (what a service unit's `ExecStop=`
-//!   calls).
+//!   calls);
+//! - `confine-hook --prepare-data NAME`: makes the caller's data directory of the current
+//!   revision ready, as a launch would, and starts nothing (what refreshd runs as each user
+//!   after a refresh).
 //!
 //! `NAME` is an instance name (`snap` or `snap_key`); a bare `NAME` launches the app named like
 //! the snap (instance `foo_bar` → app `foo`). Everything is checked with the runctl rules
@@ -22,8 +25,8 @@ use crate::error::{fail, show, Result};
 /// The basename under which the launcher is its own command.
 pub const SELF_NAME: &[u8] = b"confine-hook";
 
-const USAGE: &str =
-    "usage: confine-hook [--command=stop] NAME[.APP] [-- ARGS...] (or run a launcher in snap/bin)";
+const USAGE: &str = "usage: confine-hook [--command=stop] NAME[.APP] [-- ARGS...], or \
+                     confine-hook --prepare-data NAME (or run a launcher in snap/bin)";
 
 /// What to launch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +39,8 @@ pub struct Target {
     pub args: Vec<OsString>,
     /// Run the app's stop-command rather than the app.
     pub stop: bool,
+    /// Only make the caller's data directory of the current revision ready.
+    pub prepare_data: bool,
 }
 
 impl Target {
@@ -82,11 +87,18 @@ pub fn parse(argv: &[OsString]) -> Result<Target> {
     }
     let base = argv0.rsplit(|&c| c == b'/').next().unwrap_or(argv0);
     let mut stop = false;
+    let mut prepare_data = false;
     let (name, args) = if base == SELF_NAME {
         let mut first = 1;
         if argv.get(1).is_some_and(|a| a == "--command=stop") {
             stop = true;
             first = 2;
+        } else if argv.get(1).is_some_and(|a| a == "--prepare-data") {
+            prepare_data = true;
+            first = 2;
+            if argv.len() != 3 {
+                return Err(fail!("--prepare-data takes exactly one snap name; {USAGE}"));
+            }
         }
         let Some(name) = argv.get(first) else {
             return Err(fail!("no app named; {USAGE}"));
@@ -105,6 +117,12 @@ pub fn parse(argv: &[OsString]) -> Result<Target> {
     } else {
         (base, &argv[1..])
     };
+    if prepare_data && name.contains(&b'.') {
+        return Err(fail!(
+            "--prepare-data takes a snap name, not an app ({:?}); {USAGE}",
+            show(&name[..name.len().min(80)])
+        ));
+    }
     let (instance, app) = parse_name(name).ok_or_else(|| {
         fail!(
             "{:?} is not a valid app name: expected NAME or NAME.APP with a snap name (lowercase \
@@ -118,6 +136,7 @@ pub fn parse(argv: &[OsString]) -> Result<Target> {
         app,
         args: args.to_vec(),
         stop,
+        prepare_data,
     })
 }
 

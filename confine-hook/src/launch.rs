@@ -3,7 +3,7 @@
 
 use std::io::Read;
 
-use refreshd_runctl::{valid_snap_name, LAUNCH_DIR, LAUNCH_MAGIC};
+use refreshd_runctl::{valid_snap_name, DATA_FILE, LAUNCH_DIR, LAUNCH_MAGIC};
 
 use crate::error::{fail, show, Error, Result};
 use crate::root::{valid_revision, Dir, Root};
@@ -113,45 +113,99 @@ pub fn parse(text: &[u8]) -> std::result::Result<Launch, String> {
     Ok(l)
 }
 
-/// Reads `ROOT/LAUNCH_DIR/INSTANCE/REV/APP`, every directory on the way checked to be root's.
-pub fn read(root: &Root, instance: &[u8], rev: &[u8], app: &[u8]) -> Result<Launch> {
-    let not_installed = |path: &[u8]| -> Error {
-        fail!(
-            "{} has no launch description {}; reinstall the snap or restart refreshd so it \
-             writes it",
-            show(instance),
-            show(path)
-        )
-    };
-    let base: Dir = root.dir.open_path(LAUNCH_DIR)?;
-    let mut dir = base;
-    for part in [instance, rev] {
-        dir = match dir.try_open(part)? {
-            Some(d) => d,
-            None => return Err(not_installed(&dir.child_path(part))),
+/// `ROOT/LAUNCH_DIR/INSTANCE/REV`, every directory on the way checked to be root's: where the
+/// revision's launch descriptions and its data file are.
+pub struct RevisionDir {
+    dir: Dir,
+    instance: Vec<u8>,
+    rev: Vec<u8>,
+}
+
+impl RevisionDir {
+    pub fn open(root: &Root, instance: &[u8], rev: &[u8]) -> Result<RevisionDir> {
+        let not_installed = |path: &[u8]| -> Error {
+            fail!(
+                "{} has no launch description {}; reinstall the snap or restart refreshd so it \
+                 writes it",
+                show(instance),
+                show(path)
+            )
         };
+        let mut dir: Dir = root.dir.open_path(LAUNCH_DIR)?;
+        for part in [instance, rev] {
+            dir = match dir.try_open(part)? {
+                Some(d) => d,
+                None => return Err(not_installed(&dir.child_path(part))),
+            };
+        }
+        Ok(RevisionDir {
+            dir,
+            instance: instance.to_vec(),
+            rev: rev.to_vec(),
+        })
     }
-    let path = dir.child_path(app);
-    let Some((file, st)) = dir.open_trusted_file(app)? else {
-        return Err(fail!(
-            "{} has no app {:?} in revision {} ({} is missing)",
-            show(instance),
-            show(app),
-            show(rev),
-            show(&path)
-        ));
-    };
-    if st.size > MAX_SIZE as i64 {
-        return Err(fail!(
-            "refusing the launch description {}: it is larger than {MAX_SIZE} bytes",
-            show(&path)
-        ));
+
+    /// Reads a root-owned file of the revision's, at most `MAX_SIZE` bytes; None if absent.
+    fn read_file(&self, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        let path = self.dir.child_path(name);
+        let Some((file, st)) = self.dir.open_trusted_file(name)? else {
+            return Ok(None);
+        };
+        if st.size > MAX_SIZE as i64 {
+            return Err(fail!(
+                "refusing {}: it is larger than {MAX_SIZE} bytes",
+                show(&path)
+            ));
+        }
+        let mut text = Vec::new();
+        file.take(MAX_SIZE as u64 + 1)
+            .read_to_end(&mut text)
+            .map_err(|e| fail!("cannot read {}: {e}", show(&path)))?;
+        Ok(Some(text))
     }
-    let mut text = Vec::new();
-    file.take(MAX_SIZE as u64 + 1)
-        .read_to_end(&mut text)
-        .map_err(|e| fail!("cannot read {}: {e}", show(&path)))?;
-    parse(&text).map_err(|why| fail!("refusing the launch description {}: {why}", show(&path)))
+
+    /// The launch description of `app` (or `APP.stop`).
+    pub fn read_app(&self, app: &[u8]) -> Result<Launch> {
+        let path = self.dir.child_path(app);
+        let Some(text) = self.read_file(app)? else {
+            return Err(fail!(
+                "{} has no app {:?} in revision {} ({} is missing)",
+                show(&self.instance),
+                show(app),
+                show(&self.rev),
+                show(&path)
+            ));
+        };
+        parse(&text).map_err(|why| fail!("refusing the launch description {}: {why}", show(&path)))
+    }
+
+    /// How users' data directories of this revision are made ([`refreshd_runctl::DATA_FILE`]).
+    /// None when refreshd has not written one (a revision linked by an older refreshd): users'
+    /// directories are then kept as they are, or made empty.
+    pub fn read_data(&self) -> Result<Option<DataSpec>> {
+        let name = DATA_FILE.as_bytes();
+        let Some(text) = self.read_file(name)? else {
+            return Ok(None);
+        };
+        let d = refreshd_runctl::parse_data(&text).map_err(|why| {
+            fail!(
+                "refusing {}: {why}; restart refreshd so it rewrites it",
+                show(&self.dir.child_path(name))
+            )
+        })?;
+        Ok(Some(DataSpec {
+            epoch: d.epoch.to_vec(),
+            from: d.from.map(<[u8]>::to_vec),
+        }))
+    }
+}
+
+/// How a revision's users' data directories are made (see `refreshd_runctl::DATA_FILE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataSpec {
+    pub epoch: Vec<u8>,
+    /// Copy from this revision's directory; None: keep what is there.
+    pub from: Option<Vec<u8>>,
 }
 
 #[cfg(test)]

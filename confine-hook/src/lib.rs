@@ -11,8 +11,9 @@
 //!    is the snap's service started by systemd (in the unit's own cgroup), which stays there.
 //! 5. `runctl`: create `snap.NAME.running`, release the lock.
 //! 6. `snap/NAME/current` → REV, then `launch`: read the launch description.
-//! 7. `privs`: drop privileges; `env`: build the environment; create the user's snap
-//!    directories; execve.
+//! 7. `privs`: drop privileges; `userdata`: make the caller's data directory of the revision
+//!    ready (a copy of their previous one, the first time they run it); `env`: build the
+//!    environment; execve. (`--prepare-data` stops before `env`.)
 //!
 //! `sys` is the only module allowed `unsafe`. Nothing here talks to the daemon: launches keep
 //! working while refreshd is stopped.
@@ -28,6 +29,7 @@ mod privs;
 mod root;
 mod runctl;
 mod sys;
+mod userdata;
 
 /// The pure parts of a launch, for the fuzz targets in fuzz/ (not an interface).
 #[doc(hidden)]
@@ -40,7 +42,7 @@ use std::convert::Infallible;
 use std::ffi::CString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-use crate::error::{fail, show, Error, Result, EXIT_NOT_FOUND};
+use crate::error::{fail, show, Result, EXIT_NOT_FOUND};
 use crate::root::{valid_revision, Root};
 
 /// Runs the launcher; returns the exit status when it could not start the app.
@@ -57,6 +59,12 @@ pub fn hook_main() -> i32 {
 fn launch_app() -> Result<Infallible> {
     // Before anything can change them.
     let caller = privs::Caller::capture()?;
+    // What root makes on the caller's behalf (markers, the lock, cgroups) is root's group's,
+    // not the caller's: a setuid program's effective gid is still the caller's until now.
+    if sys::geteuid() == sys::Uid::ROOT {
+        sys::setegid(sys::Gid::ROOT)
+            .map_err(|e| fail!("cannot take root's group for what is made as root: {e}"))?;
+    }
     // Markers and directories get exactly the modes we ask for; the app gets the caller's.
     let caller_umask = sys::umask(0o022);
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -104,12 +112,22 @@ fn launch_app() -> Result<Infallible> {
     }
 
     let rev = current_revision(&instance_dir, &name)?;
+    let revision_dir = launch::RevisionDir::open(&root, &target.instance, &rev)?;
+    let data = revision_dir.read_data()?;
+    if target.prepare_data {
+        let dropped = caller.drop_privileges()?;
+        let home = caller_home(&root, caller.uid)?;
+        let done = userdata::prepare(&dropped, &home, &target.instance, &rev, data.as_ref())?;
+        println!("{}", done.describe(&target.instance, &rev));
+        drop(waiter);
+        std::process::exit(0);
+    }
     let desc = if target.stop {
         [target.app.as_slice(), b".stop"].concat()
     } else {
         target.app.clone()
     };
-    let launch = launch::read(&root, &target.instance, &rev, &desc)?;
+    let launch = revision_dir.read_app(&desc)?;
     if launch
         .snap_name
         .as_deref()
@@ -128,18 +146,10 @@ fn launch_app() -> Result<Infallible> {
         ));
     }
 
-    caller.drop_privileges()?;
+    let dropped = caller.drop_privileges()?;
 
     // As the user from here on.
-    let pw = sys::getpwuid(caller.uid)
-        .map_err(|e| fail!("cannot look up uid {}: {e}", caller.uid))?
-        .ok_or_else(|| {
-            fail!(
-                "uid {} has no passwd entry, so it has no home for the snap's data; add a user \
-                 for it",
-                caller.uid
-            )
-        })?;
+    let pw = passwd(caller.uid)?;
     let home = env::reroot_home(&root.path, &pw.home);
     let vars = env::SnapVars {
         root: &root.path,
@@ -154,7 +164,7 @@ fn launch_app() -> Result<Infallible> {
     let caller_env =
         env::Env::from_caller(std::env::vars_os().map(|(k, v)| (k.into_vec(), v.into_vec())));
     let envp = env::build(caller_env, &vars, &launch.env).to_cstrings();
-    create_user_dirs(&home, &pw.name, &[vars.user_data(), vars.user_common()])?;
+    userdata::prepare(&dropped, &home, &target.instance, &rev, data.as_ref())?;
 
     let rel = [
         b"snap/",
@@ -220,42 +230,19 @@ fn current_revision(instance_dir: &root::Dir, name: &str) -> Result<Vec<u8>> {
     Ok(rev)
 }
 
-/// Creates `SNAP_USER_DATA` and `SNAP_USER_COMMON` (as the user, after the drop). The home
-/// itself must exist: creating it is the administrator's job.
-fn create_user_dirs(home: &[u8], user: &[u8], dirs: &[Vec<u8>]) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    let home_path = std::ffi::OsStr::from_bytes(home);
-    match std::fs::metadata(home_path) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(fail!(
-                "the home of {} ({}) is not a directory",
-                show(user),
-                show(home)
-            ))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(fail!(
-                "the home directory of {} ({}) does not exist; create it, owned by {0}, and \
-                 start the app again",
-                show(user),
-                show(home)
-            ))
-        }
-        Err(e) => {
-            return Err(fail!(
-                "cannot use the home of {} ({}): {e}",
-                show(user),
-                show(home)
-            ))
-        }
-    }
-    for d in dirs {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(std::ffi::OsStr::from_bytes(d))
-            .map_err(|e| Error::new(format!("cannot create {}: {e}", show(d))))?;
-    }
-    Ok(())
+/// The caller's passwd entry: where their home, and so their snap data, is.
+fn passwd(uid: sys::Uid) -> Result<sys::Passwd> {
+    sys::getpwuid(uid)
+        .map_err(|e| fail!("cannot look up uid {uid}: {e}"))?
+        .ok_or_else(|| {
+            fail!(
+                "uid {uid} has no passwd entry, so it has no home for the snap's data; add a user \
+                 for it"
+            )
+        })
+}
+
+/// The caller's home directory under the root.
+fn caller_home(root: &Root, uid: sys::Uid) -> Result<Vec<u8>> {
+    Ok(env::reroot_home(&root.path, &passwd(uid)?.home))
 }

@@ -4,6 +4,18 @@
 use crate::error::{fail, Result};
 use crate::sys::{self, Gid, Uid};
 
+/// Proof that the process runs with the caller's credentials only: what works in the caller's
+/// own trees (their data directories) takes one, so it cannot be called as root by mistake.
+pub struct Dropped(());
+
+#[cfg(test)]
+impl Dropped {
+    /// Unit tests run as whoever runs them; they only touch their own scratch trees.
+    pub fn for_tests() -> Dropped {
+        Dropped(())
+    }
+}
+
 /// Who started the launcher: its real uid and gid and its supplementary groups.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -27,13 +39,13 @@ impl Caller {
     /// uid change we could no longer change the others), then checks that real, effective
     /// and saved ids all are the caller's and, for a non-root caller, that root cannot be
     /// regained. A drop that did not stick aborts the process.
-    pub fn drop_privileges(&self) -> Result<()> {
+    pub fn drop_privileges(&self) -> Result<Dropped> {
         sys::setgroups(&self.groups)
             .map_err(|e| fail!("cannot drop privileges (setgroups): {e}"))?;
         sys::setresgid(self.gid).map_err(|e| fail!("cannot drop privileges (setresgid): {e}"))?;
         sys::setresuid(self.uid).map_err(|e| fail!("cannot drop privileges (setresuid): {e}"))?;
         self.assert_dropped();
-        Ok(())
+        Ok(Dropped(()))
     }
 
     fn assert_dropped(&self) {

@@ -15,14 +15,7 @@ use refreshd_runctl::HOOK_PATH;
 use crate::error::{fail, show, Context, Result};
 use crate::sys;
 
-/// `x?[1-9][0-9]{0,9}`: a store revision (`N`) or a local one (`xN`).
-pub fn valid_revision(b: &[u8]) -> bool {
-    let digits = b.strip_prefix(b"x").unwrap_or(b);
-    !digits.is_empty()
-        && digits.len() <= 10
-        && digits[0] != b'0'
-        && digits.iter().all(u8::is_ascii_digit)
-}
+pub use refreshd_runctl::valid_revision;
 
 /// Derives the root from the launcher's own path: `ROOT/usr/lib/refreshd/confine-hook`.
 pub fn root_from_exe(exe: &[u8]) -> Result<Vec<u8>> {

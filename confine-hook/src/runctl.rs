@@ -33,6 +33,11 @@ fn marker(name: &[u8], m: Marker) -> CString {
 
 /// The per-snap lock, held while the launch joins the cgroups and creates its marker, so the
 /// daemon's "no process left" check cannot interleave. Released by dropping (closing) it.
+///
+/// Launchers hold it shared and the daemon takes it exclusively (rule R1 of
+/// docs/runctl-protocol.md): launches never wait for one another, so a user who stops their
+/// own launcher while it holds the lock holds back refreshes of the snap (as a running app
+/// does), never another user's launches.
 pub struct Lock(#[allow(dead_code)] OwnedFd);
 
 pub fn lock(runctl: &Dir, name: &[u8]) -> Result<Lock> {
@@ -49,7 +54,7 @@ pub fn lock(runctl: &Dir, name: &[u8]) -> Result<Lock> {
             show(&runctl.child_path(m.as_bytes()))
         )
     })?;
-    sys::flock_exclusive(fd.as_fd()).map_err(|e| {
+    sys::flock_shared(fd.as_fd()).map_err(|e| {
         fail!(
             "cannot lock {}: {e}",
             show(&runctl.child_path(m.as_bytes()))

@@ -23,6 +23,10 @@ impl Uid {
     pub const ROOT: Uid = Uid(0);
 }
 
+impl Gid {
+    pub const ROOT: Gid = Gid(0);
+}
+
 impl fmt::Display for Uid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
@@ -316,13 +320,32 @@ pub fn readlinkat(dir: BorrowedFd<'_>, name: &CStr, max: usize) -> io::Result<Ve
 
 /// `flock(fd, LOCK_EX)`, retried on EINTR.
 pub fn flock_exclusive(fd: BorrowedFd<'_>) -> io::Result<()> {
+    flock(fd, libc::LOCK_EX)
+}
+
+/// `flock(fd, LOCK_SH)`, retried on EINTR.
+pub fn flock_shared(fd: BorrowedFd<'_>) -> io::Result<()> {
+    flock(fd, libc::LOCK_SH)
+}
+
+fn flock(fd: BorrowedFd<'_>, op: libc::c_int) -> io::Result<()> {
     loop {
         // SAFETY: `fd` is a live descriptor.
-        match cerr(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) }) {
+        match cerr(unsafe { libc::flock(fd.as_raw_fd(), op) }) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             r => return r.map(drop),
         }
     }
+}
+
+/// Sets the effective gid (real and saved unchanged): what files and cgroups made from now on
+/// are owned by.
+pub fn setegid(gid: Gid) -> io::Result<()> {
+    // -1: leave unchanged.
+    let keep = libc::gid_t::MAX;
+    // SAFETY: plain integer arguments.
+    cerr(unsafe { libc::setresgid(keep, gid.0, keep) })?;
+    Ok(())
 }
 
 /// A new inotify instance (`IN_CLOEXEC`, blocking reads).

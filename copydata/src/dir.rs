@@ -38,7 +38,7 @@ pub(crate) fn open_noatime(
 
 /// The names in a directory, `.` and `..` left out. Read from offset 0 whatever the fd's
 /// position.
-pub(crate) fn read_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<CString>> {
+pub fn read_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<CString>> {
     sys::lseek(fd, 0, libc::SEEK_SET)?;
     let mut buf = vec![0u8; 32 * 1024];
     let mut names = Vec::new();
@@ -117,12 +117,69 @@ impl Level {
     }
 }
 
+/// Removes `name` in `dir` — a symlink or file is unlinked, a directory removed with all it
+/// contains — by file descriptor only: no symlink is followed, no path is resolved, and a
+/// directory moved away mid-way is noticed. A mount point anywhere inside stops the removal
+/// before anything under it is touched (`EBUSY`): deleting through a mount would delete what
+/// it shows. Absent is fine.
+///
+/// This is the way root deletes inside a tree a user can write (their `~/snap/NAME`).
+pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    match sys::unlink_at(dir, name, 0) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {}
+        Err(e) => return Err(e),
+    }
+    let root = match sys::open_at(
+        Some(dir),
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    ) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        // Swapped for a non-directory since the unlink: unlink that.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR) | Some(libc::ELOOP)) => {
+            return sys::unlink_at(dir, name, 0);
+        }
+        Err(e) => return Err(e),
+    };
+    let m = stat_fd(root.as_fd())?;
+    if m.mount_root {
+        return Err(mounted(name));
+    }
+    drop(root);
+    remove_tree_inner(dir, name, Some(m.id), Some(m.id.dev))
+}
+
+fn mounted(name: &CStr) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ResourceBusy,
+        format!(
+            "something is mounted at {:?}: it is left as it is",
+            name.to_string_lossy()
+        ),
+    )
+}
+
 /// Removes directory `name` in `dir` and everything below it, by fd only. With `expect`, the
 /// directory must be that inode (it is about to be removed wholesale, so it must be ours).
 pub(crate) fn remove_tree(
     dir: BorrowedFd<'_>,
     name: &CStr,
     expect: Option<FileId>,
+) -> io::Result<()> {
+    remove_tree_inner(dir, name, expect, None)
+}
+
+/// [`remove_tree`]; with `device`, a directory on another device or at a mount root stops the
+/// removal (`EBUSY`) before anything in it is touched.
+fn remove_tree_inner(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    expect: Option<FileId>,
+    device: Option<u64>,
 ) -> io::Result<()> {
     let root = match sys::open_at(
         Some(dir),
@@ -168,6 +225,12 @@ pub(crate) fn remove_tree(
                 }
                 Err(e) => return Err(e),
             };
+            if let Some(dev) = device {
+                let m = stat_fd(fd.as_fd())?;
+                if m.mount_root || m.id.dev != dev {
+                    return Err(mounted(&sub));
+                }
+            }
             stack.push(Level::open(fd, sub)?);
             if stack.len() > FD_WINDOW + 1 {
                 let i = stack.len() - 1 - FD_WINDOW;

@@ -103,6 +103,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use copy::copy_tree;
+pub use dir::{read_dir as list_dir, remove_tree_at};
 pub use dir::FD_WINDOW;
 pub use error::{Error, Result};
 pub use precopy::{discard, finish, precopy};
@@ -130,6 +131,18 @@ pub struct UserTree {
     pub home: PathBuf,
 }
 
+/// Who owns the copy's entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Owners {
+    /// Each entry gets its source's owner and group (root copying: `fchown`).
+    #[default]
+    Preserve,
+    /// Every entry belongs to the process that copies: a user copying their own data cannot
+    /// give files away, so no `fchown` is made, and only the attributes a user can set
+    /// (`user.*`, POSIX ACLs) are carried; `security.*` and `trusted.*` are left out.
+    Caller,
+}
+
 /// How to copy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Options {
@@ -137,4 +150,5 @@ pub struct Options {
     /// `Some` for a user's tree: the conservative rules described in the crate documentation
     /// apply. `None` for root's trees (`var/snap/…`), whose parents are trusted.
     pub user: Option<UserTree>,
+    pub owners: Owners,
 }

@@ -95,6 +95,41 @@ pub enum NoteKind {
     PrivilegesStripped,
 }
 
+impl NoteKind {
+    /// Whether the entry is missing from the copy; otherwise it is there, altered as the note
+    /// says.
+    pub fn left_out(self) -> bool {
+        !matches!(self, NoteKind::ChangedWhileCopied | NoteKind::PrivilegesStripped)
+    }
+
+    /// What happened to the entry, for logs.
+    pub fn describe(self) -> String {
+        match self {
+            NoteKind::Socket => "left out: a socket".into(),
+            NoteKind::Device => "left out: a device node in a user's tree".into(),
+            NoteKind::ForeignHardLink => {
+                "left out: another user's file with more than one link".into()
+            }
+            NoteKind::MountPoint => "left out: a mount point".into(),
+            NoteKind::Vanished => "left out: it disappeared during the copy".into(),
+            NoteKind::Swapped => "left out: it was swapped for something else during the copy".into(),
+            NoteKind::DirectoryMoved => {
+                "left out: its directory was moved away during the copy".into()
+            }
+            NoteKind::Unreadable(errno) => format!(
+                "left out: unreadable ({})",
+                std::io::Error::from_raw_os_error(errno)
+            ),
+            NoteKind::ChangedWhileCopied => {
+                "copied while it changed: kept, its data and metadata may be from two moments".into()
+            }
+            NoteKind::PrivilegesStripped => {
+                "copied without its setuid/setgid bits and file capabilities".into()
+            }
+        }
+    }
+}
+
 /// Reported after every entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {

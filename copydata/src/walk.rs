@@ -28,7 +28,7 @@ use crate::state::{DstKey, Record, Records, SrcKey};
 use crate::stats::{NoteKind, Progress, Stats};
 use crate::sys::{self, XattrTarget};
 use crate::xattr::{self, Xattr};
-use crate::{Options, Reflink};
+use crate::{Options, Owners, Reflink};
 
 /// A file whose ctime is this recent may still change within the same timestamp tick without
 /// its ctime moving (kernels stamp times from a coarse clock), so the pre-copy does not vouch
@@ -579,11 +579,23 @@ impl<'a> Walk<'a> {
     }
 
     fn read_xattrs(&self, target: XattrTarget<'_>) -> Result<Vec<Xattr>> {
-        xattr::read_all(target).map_err(|(name, source)| Error::GetXattr {
+        let mut attrs = xattr::read_all(target).map_err(|(name, source)| Error::GetXattr {
             path: self.src_full(),
             name,
             source,
-        })
+        })?;
+        if self.opts.owners == Owners::Caller {
+            attrs.retain(xattr::settable_by_owner);
+        }
+        Ok(attrs)
+    }
+
+    /// Gives `fd` the owner and group of `m`, unless the copy's entries are the caller's.
+    fn chown(&self, fd: BorrowedFd<'_>, m: &Meta) -> io::Result<()> {
+        match self.opts.owners {
+            Owners::Preserve => sys::fchown(fd, m.uid, m.gid),
+            Owners::Caller => Ok(()),
+        }
     }
 
     fn copy_file(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr) -> Result<()> {
@@ -654,7 +666,7 @@ impl<'a> Walk<'a> {
             path: w.dst_full(),
             source,
         };
-        sys::fchown(out.as_fd(), m.uid, m.gid).map_err(|e| meta_err(self, e))?;
+        self.chown(out.as_fd(), &m).map_err(|e| meta_err(self, e))?;
         self.set_xattrs(XattrTarget::Fd(out.as_fd()), &attrs, false)?;
         sys::fchmod(out.as_fd(), perm).map_err(|e| meta_err(self, e))?;
         sys::futimens(out.as_fd(), &m.times()).map_err(|e| meta_err(self, e))?;
@@ -758,8 +770,10 @@ impl<'a> Walk<'a> {
             path: w.dst_full(),
             source,
         };
-        sys::chown_at(dst, name, m.uid, m.gid, libc::AT_SYMLINK_NOFOLLOW)
-            .map_err(|e| meta_err(self, e))?;
+        if self.opts.owners == Owners::Preserve {
+            sys::chown_at(dst, name, m.uid, m.gid, libc::AT_SYMLINK_NOFOLLOW)
+                .map_err(|e| meta_err(self, e))?;
+        }
         if !attrs.is_empty() {
             let node = sys::open_at(Some(dst), name, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(
                 |source| Error::Open {
@@ -861,7 +875,7 @@ impl<'a> Walk<'a> {
             path: w.dst_full(),
             source,
         };
-        sys::fchown(dst, m.uid, m.gid).map_err(|e| meta_err(self, e))?;
+        self.chown(dst, &m).map_err(|e| meta_err(self, e))?;
         if let Some(attrs) = attrs {
             self.set_xattrs(XattrTarget::Fd(dst), &attrs, true)?;
         }

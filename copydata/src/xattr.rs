@@ -19,6 +19,12 @@ pub(crate) const CAPABILITY: &CStr = c"security.capability";
 pub(crate) const ACL_ACCESS: &CStr = c"system.posix_acl_access";
 pub(crate) const ACL_DEFAULT: &CStr = c"system.posix_acl_default";
 
+/// What a file's owner may set without privileges: `user.*` and POSIX ACLs.
+pub(crate) fn settable_by_owner(a: &Xattr) -> bool {
+    let n = a.name.to_bytes();
+    n.starts_with(b"user.") || n == ACL_ACCESS.to_bytes() || n == ACL_DEFAULT.to_bytes()
+}
+
 fn unsupported(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENOTSUP)
 }

@@ -82,6 +82,10 @@ pub struct Args {
     /// How long a snap's hook may run before it is stopped, in seconds.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub hook_timeout: u64,
+    /// After a refresh, how long making one user's data of the new revision may take, as that
+    /// user (10s, 2m); a user whose copy takes longer gets it at their next launch instead.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = refreshd_snap::text::parse_duration)]
+    pub user_data_budget: Duration,
     /// How many revisions of each snap to keep, the current one included (2 to 20).
     #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=20))]
     pub retain: u32,
@@ -288,6 +292,7 @@ impl Daemon {
             services,
             hook_timeout: Duration::from_secs(args.hook_timeout.max(1)),
             retain: args.retain as usize,
+            user_data_budget: args.user_data_budget.max(Duration::from_secs(1)),
             notify: Arc::new(crate::notify::Notifier::from_args(&layout, args)?),
             inhibit: crate::inhibit::Inhibitors::new(root == std::path::Path::new("/")),
         });

@@ -70,23 +70,6 @@ impl Layout {
     pub fn data_current(&self, name: &str) -> PathBuf {
         self.data_dir(name).join("current")
     }
-    /// Every user's per-snap data directory that exists: `home/*/snap/NAME` and
-    /// `root/snap/NAME`.
-    pub fn user_data_dirs(&self, name: &str) -> Vec<PathBuf> {
-        let mut homes: Vec<PathBuf> = std::fs::read_dir(self.at("home"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        homes.push(self.at("root"));
-        homes.sort();
-        homes
-            .into_iter()
-            .map(|h| h.join("snap").join(name))
-            .filter(|p| p.symlink_metadata().is_ok())
-            .collect()
-    }
     /// Markers and locks shared with confine-hook and the release agent.
     pub fn runctl_dir(&self) -> PathBuf {
         self.at(refreshd_runctl::RUNCTL_DIR)

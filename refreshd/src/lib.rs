@@ -17,3 +17,4 @@ pub mod notify;
 pub mod systemd;
 pub mod tasks;
 pub mod tracking;
+pub mod usertree;

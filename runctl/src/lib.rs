@@ -214,6 +214,95 @@ pub fn parse_release_path(arg: &[u8]) -> Option<Released<'_>> {
 /// ```
 pub const LAUNCH_MAGIC: &str = "refreshd-launch 1";
 
+/// Beside the launch descriptions of a revision, `LAUNCH_DIR/INSTANCE/REV/DATA_FILE` says how
+/// each user's data directory of that revision (`HOME/snap/INSTANCE/REV`) comes to be. App
+/// names hold no dot, so this name is never an app's. Written by refreshd's `link` task before
+/// `current` points at the revision; read by confine-hook at every launch:
+///
+/// ```text
+/// refreshd-data 1
+/// epoch 5f0c9e2a1b3d4c6e     the period this revision became current in: a user's directory
+///                            marked with another epoch is from an earlier period (a refresh
+///                            that was undone) and is made again
+/// from x2                    optional: the revision whose data a user's directory starts as a
+///                            copy of (a refresh); absent: a directory that exists is kept as it
+///                            is, a missing one starts empty (an install, a revert)
+/// ```
+pub const DATA_FILE: &str = ".data";
+/// First line of [`DATA_FILE`].
+pub const DATA_MAGIC: &str = "refreshd-data 1";
+/// Longest epoch: lowercase hex digits.
+pub const MAX_EPOCH: usize = 32;
+
+/// In a user's `HOME/snap/INSTANCE`: the user's own bookkeeping of their data directories,
+/// made and used only as the user. It holds `lock` (flocked while a data directory is made)
+/// and one symlink per revision, `REV -> EPOCH`, made once that revision's directory is
+/// complete for that epoch. Its name is no revision's, so nothing mistakes it for data.
+pub const USER_STATE_DIR: &str = ".refreshd";
+/// In a user's `HOME/snap/INSTANCE`: `current -> REV`, the revision the user last ran (as
+/// snapd keeps it). Made as the user, only after that revision's data directory is complete.
+pub const USER_CURRENT: &str = "current";
+
+/// A revision as refreshd writes it: `N` (store) or `xN` (local), N from 1 with no leading
+/// zero, at most 10 digits.
+pub fn valid_revision(b: &[u8]) -> bool {
+    let digits = b.strip_prefix(b"x").unwrap_or(b);
+    !digits.is_empty()
+        && digits.len() <= 10
+        && digits[0] != b'0'
+        && digits.iter().all(u8::is_ascii_digit)
+}
+
+/// An epoch: 1 to [`MAX_EPOCH`] lowercase hex digits.
+pub fn valid_epoch(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.len() <= MAX_EPOCH
+        && b.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+}
+
+/// A parsed [`DATA_FILE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataSpec<'a> {
+    pub epoch: &'a [u8],
+    /// The revision to copy users' data from; None: keep what is there.
+    pub from: Option<&'a [u8]>,
+}
+
+/// Parses a [`DATA_FILE`]; the error says what is wrong with it. Unknown keys are ignored.
+pub fn parse_data(text: &[u8]) -> Result<DataSpec<'_>, &'static str> {
+    let mut lines = text.split(|&c| c == b'\n');
+    if lines.next() != Some(DATA_MAGIC.as_bytes()) {
+        return Err("it does not start with \"refreshd-data 1\"");
+    }
+    let (mut epoch, mut from) = (None, None);
+    for line in lines {
+        let (key, value) = match line.iter().position(|&c| c == b' ') {
+            Some(i) => (&line[..i], &line[i + 1..]),
+            None => (line, &b""[..]),
+        };
+        match key {
+            b"epoch" => {
+                if epoch.is_some() || !valid_epoch(value) {
+                    return Err("its epoch is missing, repeated or not hex digits");
+                }
+                epoch = Some(value);
+            }
+            b"from" => {
+                if from.is_some() || !valid_revision(value) {
+                    return Err("its from is repeated or not a revision");
+                }
+                from = Some(value);
+            }
+            _ => {}
+        }
+    }
+    Ok(DataSpec {
+        epoch: epoch.ok_or("it has no epoch")?,
+        from,
+    })
+}
+
 /// The cgroup hierarchies of a mount table, as found in `/proc/self/mountinfo` — never an
 /// assumed layout. Launcher and daemon must agree on them, so both use this one parser.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -413,6 +502,49 @@ garbage line";
         ];
         for h in hostile {
             assert_eq!(parse_release_path(h), None, "{:?}", core::str::from_utf8(h));
+        }
+    }
+
+    #[test]
+    fn data_files() {
+        let d = parse_data(b"refreshd-data 1\nepoch 0a1b\nfrom x2\nlater key\n").unwrap();
+        assert_eq!(
+            d,
+            DataSpec {
+                epoch: b"0a1b",
+                from: Some(b"x2")
+            }
+        );
+        let d = parse_data(b"refreshd-data 1\nepoch ff\n").unwrap();
+        assert_eq!(d.from, None);
+        let bad: [&[u8]; 9] = [
+            b"",
+            b"refreshd-data 2\nepoch ff\n",
+            b"refreshd-data 1\n",
+            b"refreshd-data 1\nepoch FF\n",
+            b"refreshd-data 1\nepoch ff\nepoch ee\n",
+            b"refreshd-data 1\nepoch ../x\n",
+            b"refreshd-data 1\nepoch ff\nfrom ../../etc\n",
+            b"refreshd-data 1\nepoch ff\nfrom 01\n",
+            b"refreshd-data 1\nepoch 0123456789abcdef0123456789abcdef0\n",
+        ];
+        for b in bad {
+            assert!(parse_data(b).is_err(), "{:?}", core::str::from_utf8(b));
+        }
+        for ok in ["1", "x1", "x1234567890", "42"] {
+            assert!(valid_revision(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "x",
+            "0",
+            "x01",
+            "12345678901",
+            "1a",
+            "current",
+            ".refreshd",
+        ] {
+            assert!(!valid_revision(bad.as_bytes()), "{bad}");
         }
     }
 }

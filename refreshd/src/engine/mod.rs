@@ -117,6 +117,21 @@ impl TaskCtx {
         self.update(move |t| t.data = data);
     }
 
+    /// Replaces the task's data and commits it before returning: for a record that must not be
+    /// lost (what a re-run after a crash relies on).
+    pub fn try_set_data(&self, data: serde_json::Value) -> refreshd_state::Result<()> {
+        let id = self.task.id;
+        self.db.with(|s| -> refreshd_state::Result<()> {
+            if let Some(mut t) = s.task(id)? {
+                t.data = data;
+                s.save_task(&t)?;
+            }
+            Ok(())
+        })?;
+        let _ = self.changed.send(self.change.id);
+        Ok(())
+    }
+
     /// Replaces the change's data (shared by its tasks), for what later tasks must know.
     pub fn set_change_data(&self, data: serde_json::Value) -> refreshd_state::Result<()> {
         let id = self.change.id;

@@ -27,8 +27,10 @@
 //! interrupted or failed one left. The handler is idempotent for the same reason.
 //!
 //! A user's data directory belongs to the user, who may have planted symlinks in it (or made
-//! `~/snap` one): it is opened without following any symlink below the home directory, and
-//! removed through that open directory; symlinks inside are unlinked, never followed.
+//! `~/snap` one): it is removed through `crate::usertree`, by file descriptor, never following
+//! a symlink. In each user's tree the directory of the revision the user last ran is kept
+//! whatever the retain count says: the user's data of a newer revision is made from it at
+//! their next launch.
 //!
 //! The refresh is complete by the time this runs, so a failure here never fails the change:
 //! what could not be removed is logged on the task, and the next cleanup tries again.
@@ -37,13 +39,8 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use nix::errno::Errno;
-use nix::fcntl::OFlag;
-use nix::sys::stat::Mode;
 use refreshd_snap::{Revision, Unmounted};
 use refreshd_state::Select;
 use serde_json::Value;
@@ -113,31 +110,71 @@ fn discard_old(c: &Ctx, t: &TaskCtx, instance: &str) -> Vec<String> {
         .chain(known.referenced)
         .chain([current.to_owned()])
         .collect();
-    let users: Vec<UserDir> = c
-        .layout
-        .user_data_dirs(instance)
-        .iter()
-        .filter_map(|d| match UserDir::open(d) {
-            Ok(u) => u,
-            Err(e) => {
-                problems.push(format!("{}: {e}", d.display()));
-                None
-            }
-        })
-        .collect();
-    for rev in on_disk(c, instance, &users) {
+    for rev in on_disk(c, instance) {
         if keep.contains(&rev) {
             continue;
         }
         let before = problems.len();
-        remove_leftovers(c, instance, &rev, &users, &mut problems);
+        remove_leftovers(c, instance, &rev, &mut problems);
         if problems.len() == before {
             t.log(format!(
-                "discarded revision {rev}: payload, data, launch descriptions, blob"
+                "discarded revision {rev}: payload, system data, launch descriptions, blob"
             ));
         }
     }
+    let (users, trouble) = crate::usertree::UserSnapDir::all(&c.layout, instance);
+    problems.extend(trouble);
+    for u in &users {
+        discard_users(t, u, &keep, current, &mut problems);
+    }
     problems
+}
+
+/// In one user's `HOME/snap/INSTANCE`: the data directories of revisions that are gone, except
+/// the one the user last ran — the user's own data is made from it at their next launch, which
+/// may come after several refreshes. When that one is unknown (no `current` link naming a
+/// directory of theirs, and none for the current revision), nothing of theirs goes.
+fn discard_users(
+    t: &TaskCtx,
+    u: &crate::usertree::UserSnapDir,
+    keep: &BTreeSet<String>,
+    current: &str,
+    problems: &mut Vec<String>,
+) {
+    let revs = u.revisions();
+    let last = u
+        .last_run()
+        .filter(|r| revs.contains(r))
+        .or_else(|| revs.iter().any(|r| r == current).then(|| current.to_owned()));
+    let Some(last) = last else {
+        return;
+    };
+    let mut gone = vec![];
+    for rev in revs {
+        if keep.contains(&rev) || rev == last {
+            continue;
+        }
+        match u.remove_revision(&rev) {
+            Ok(()) => gone.push(rev),
+            Err(e) => problems.push(format!(
+                "cannot remove {}: {e}",
+                u.path().join(&rev).display()
+            )),
+        }
+    }
+    let swept = u.sweep_root_leftovers();
+    if !gone.is_empty() || !swept.is_empty() {
+        t.log(format!(
+            "{}: removed the data of revisions {}{}",
+            u.path().display(),
+            if gone.is_empty() { "(none)".to_owned() } else { gone.join(", ") },
+            if swept.is_empty() {
+                String::new()
+            } else {
+                format!(" and what an older refreshd left ({})", swept.join(", "))
+            }
+        ));
+    }
 }
 
 /// What the state says about a snap's revisions.
@@ -223,8 +260,10 @@ fn unmount_payload(dir: &Path) -> anyhow::Result<bool> {
     Ok(detached)
 }
 
-/// Every revision of `instance` something is left of on disk, by its directory or file names.
-fn on_disk(c: &Ctx, instance: &str, users: &[UserDir]) -> BTreeSet<String> {
+/// Every revision of `instance` something of root's is left of on disk, by its directory or
+/// file names. (Users' trees are looked at per user: a name a user makes there never decides
+/// what happens to root's files.)
+fn on_disk(c: &Ctx, instance: &str) -> BTreeSet<String> {
     let l = &c.layout;
     let mut names: Vec<String> = vec![];
     for dir in [
@@ -233,9 +272,6 @@ fn on_disk(c: &Ctx, instance: &str, users: &[UserDir]) -> BTreeSet<String> {
         l.launch_dir(instance),
     ] {
         names.extend(entries(&dir));
-    }
-    for u in users {
-        names.extend(entries(&u.via()));
     }
     let prefix = format!("{instance}_");
     names.extend(entries(&l.blobs()).into_iter().filter_map(|n| {
@@ -262,13 +298,7 @@ fn entries(dir: &Path) -> Vec<String> {
 
 /// Removes what is left on disk of `rev`, which has no record any more. Each piece on its own,
 /// so one that cannot go does not keep the others.
-fn remove_leftovers(
-    c: &Ctx,
-    instance: &str,
-    rev: &str,
-    users: &[UserDir],
-    problems: &mut Vec<String>,
-) {
+fn remove_leftovers(c: &Ctx, instance: &str, rev: &str, problems: &mut Vec<String>) {
     let l = &c.layout;
     let mut note = |path: &Path, r: anyhow::Result<()>| {
         if let Err(e) = r {
@@ -289,9 +319,6 @@ fn remove_leftovers(
     );
     let data = l.data_rev(instance, rev);
     note(&data, remove_data(&data));
-    for u in users {
-        note(&u.path.join(rev), u.remove(rev));
-    }
     let blob = l.blob(instance, rev);
     let partial = refreshd_store::partial_path(&blob).ok();
     note(
@@ -312,104 +339,6 @@ fn remove_data(path: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(fsutil::remove_tree_if_exists(path)?)
-}
-
-/// Removes a user's whole `HOME/snap/NAME` (the snap is being removed) through `HOME/snap`
-/// opened without following symlinks, so a `snap` the user replaced with a symlink sends the
-/// deletion nowhere; mounts inside are left alone as in [`remove_data`].
-pub(crate) fn remove_user_snap_dir(dir: &Path) -> anyhow::Result<()> {
-    let (Some(name), Some(snap)) = (dir.file_name(), dir.parent()) else {
-        anyhow::bail!("{} is not HOME/snap/NAME", dir.display());
-    };
-    let Some(snap_dir) = UserDir::open_dir(snap)? else {
-        return Ok(());
-    };
-    remove_data(&snap_dir.via().join(name))
-}
-
-/// A user's `HOME/snap/NAME`, held open. Everything below HOME belongs to the user, who may
-/// have replaced `snap`, `NAME` or anything in them with a symlink to send root's deletions
-/// elsewhere; so each component is opened without following symlinks, and removals go
-/// through the open directory.
-struct UserDir {
-    /// For messages only.
-    path: PathBuf,
-    fd: OwnedFd,
-}
-
-impl UserDir {
-    /// `None` when there is no such directory, or the user made a component of it something
-    /// else than a directory (then it is not ours to clean).
-    fn open(dir: &Path) -> io::Result<Option<UserDir>> {
-        let invalid = || io::Error::new(io::ErrorKind::InvalidInput, "not HOME/snap/NAME");
-        let name = dir.file_name().ok_or_else(invalid)?;
-        let snap = dir.parent().ok_or_else(invalid)?;
-        let home = snap.parent().ok_or_else(invalid)?;
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let nofollow = flags | OFlag::O_NOFOLLOW;
-        let gone = |e: Errno| matches!(e, Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR);
-        // The home directory is in root's /home (or is /root): the user cannot replace it.
-        let home_fd = match nix::fcntl::open(home, flags, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(e) if gone(e) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let snap_name = snap.file_name().ok_or_else(invalid)?;
-        let snap_fd = match nix::fcntl::openat(&home_fd, snap_name, nofollow, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(e) if gone(e) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        match nix::fcntl::openat(&snap_fd, name, nofollow, Mode::empty()) {
-            Ok(fd) => Ok(Some(UserDir {
-                path: dir.to_owned(),
-                fd,
-            })),
-            Err(e) if gone(e) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// `HOME/snap` itself, opened like [`UserDir::open`] opens `HOME/snap/NAME`.
-    fn open_dir(snap: &Path) -> io::Result<Option<UserDir>> {
-        let invalid = || io::Error::new(io::ErrorKind::InvalidInput, "not HOME/snap");
-        let home = snap.parent().ok_or_else(invalid)?;
-        let snap_name = snap.file_name().ok_or_else(invalid)?;
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let gone = |e: Errno| matches!(e, Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR);
-        let home_fd = match nix::fcntl::open(home, flags, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(e) if gone(e) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        match nix::fcntl::openat(
-            &home_fd,
-            snap_name,
-            flags | OFlag::O_NOFOLLOW,
-            Mode::empty(),
-        ) {
-            Ok(fd) => Ok(Some(UserDir {
-                path: snap.to_owned(),
-                fd,
-            })),
-            Err(e) if gone(e) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// A path that reaches the open directory itself, whatever has become of its name since:
-    /// `/proc/self/fd/N` resolves to the file the descriptor holds, not to a path.
-    fn via(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
-    }
-
-    /// Removes the entry `rev` of the open directory without following symlinks: a symlink is
-    /// unlinked; a directory is emptied by `remove_dir_all`, which opens every level with
-    /// `O_NOFOLLOW` relative to its parent's descriptor, so a symlink in the tree is unlinked,
-    /// not followed ([`remove_data`]).
-    fn remove(&self, rev: &str) -> anyhow::Result<()> {
-        remove_data(&self.via().join(rev))
-    }
 }
 
 #[cfg(test)]
@@ -449,45 +378,5 @@ mod tests {
         let remove = serde_json::json!({"current": "x2", "revisions": ["x1", "x2"]});
         assert_eq!(named_revisions(&remove), ["x2", "x1", "x2"]);
         assert!(named_revisions(&serde_json::json!({})).is_empty());
-    }
-
-    #[test]
-    fn user_dir_is_removed_without_following_symlinks() {
-        let d = tempfile::tempdir().unwrap();
-        let home = d.path().join("home/u");
-        let outside = d.path().join("outside");
-        fs::create_dir_all(outside.join("dir")).unwrap();
-        fs::write(outside.join("secret"), "keep").unwrap();
-        fs::write(outside.join("dir/file"), "keep").unwrap();
-        let data = home.join("snap/hello");
-        fs::create_dir_all(data.join("x1/sub")).unwrap();
-        std::os::unix::fs::symlink(outside.join("secret"), data.join("x1/secret")).unwrap();
-        std::os::unix::fs::symlink(outside.join("dir"), data.join("x1/sub/dir")).unwrap();
-        std::os::unix::fs::symlink(outside.join("dir"), data.join("x2")).unwrap();
-        fs::create_dir_all(data.join("common")).unwrap();
-
-        let u = UserDir::open(&data).unwrap().unwrap();
-        let mut found = entries(&u.via());
-        found.sort();
-        assert_eq!(found, ["common", "x1", "x2"]);
-        u.remove("x1").unwrap();
-        u.remove("x2").unwrap();
-        u.remove("x9").unwrap();
-        assert!(!data.join("x1").exists());
-        assert!(fs::symlink_metadata(data.join("x2")).is_err());
-        assert!(data.join("common").is_dir());
-        assert_eq!(fs::read_to_string(outside.join("secret")).unwrap(), "keep");
-        assert_eq!(
-            fs::read_to_string(outside.join("dir/file")).unwrap(),
-            "keep"
-        );
-
-        // `~/snap` swapped for a symlink to somewhere else: not opened at all.
-        let elsewhere = d.path().join("elsewhere");
-        fs::create_dir_all(elsewhere.join("hello/x1")).unwrap();
-        fs::rename(home.join("snap"), d.path().join("moved")).unwrap();
-        std::os::unix::fs::symlink(&elsewhere, home.join("snap")).unwrap();
-        assert!(UserDir::open(&data).unwrap().is_none());
-        assert!(elsewhere.join("hello/x1").is_dir());
     }
 }

@@ -185,12 +185,21 @@ pub fn unmount_revision(c: &Ctx, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the revision's data directories: the system one (`var/snap/NAME/REV`) and every
-/// user's (`~/snap/NAME/REV`) start as copies of the previous revision's, or empty. The copies
-/// preserve everything (types, modes, owners, times, hard links, xattrs and ACLs, holes), use
-/// reflinks where the filesystem can, and treat users' trees as hostile: nothing planted there
-/// makes root read or write outside them (`refreshd-copydata`). Each copy is built beside its
-/// place and renamed in, so a half-copied directory never looks complete.
+/// Creates the revision's system data directory, `var/snap/NAME/REV` (and `common`): a copy of
+/// the previous revision's, or empty. The copy preserves everything (types, modes, owners,
+/// times, hard links, xattrs and ACLs, holes) and uses reflinks where the filesystem can
+/// (`refreshd-copydata`); with a pre-copy staged, only what changed since is copied now. It is
+/// built beside its place and renamed in, so a half-copied directory never looks complete.
+///
+/// Users' data directories (`~/snap/NAME/REV`) are not made here: inside the critical section
+/// every launch of the snap waits, and no user's tree may decide for how long. Each user's is
+/// made by that user, outside it (the `user-data` task, or the user's first launch).
+///
+/// A directory found under the revision's name that this change did not make (a change that
+/// failed or was undone left it, perhaps for another blob under the same revision number, or
+/// before data written since) is never taken as complete: it is removed and made again. This
+/// change's own copy is recorded in the task's data once it stands, so a re-run after a crash
+/// keeps it.
 pub fn setup_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     let ss: SnapSetup = setup(t)?;
     if let Some(out) = super::apps::reenter(c, t, &ss, phase)? {
@@ -198,26 +207,34 @@ pub fn setup_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome>
     }
     let l = &c.layout;
     let name = &ss.instance;
+    let dst = l.data_rev(name, &ss.revision);
     match phase {
         Phase::Do => {
+            if t.task.data.get(MADE_KEY).is_some() && fs::symlink_metadata(&dst).is_ok() {
+                return Ok(Outcome::Done);
+            }
             for d in [l.data_dir(name), l.data_common(name)] {
                 fs::DirBuilder::new()
                     .recursive(true)
                     .mode(0o755)
                     .create(&d)?;
             }
-            // Entries copied over all the directories, for the crash tests' cut points.
-            let mut entries = 0;
-            for (dir, user) in data_dirs(c, name) {
-                let prev = ss.previous.as_deref();
-                copy_revision(t, &dir, prev, &ss.revision, user, &mut entries)?;
+            if fs::symlink_metadata(&dst).is_ok() {
+                fsutil::remove_tree_if_exists(&dst)?;
+                t.log(format!(
+                    "removed {}, left by an earlier change of revision {}: it is made afresh",
+                    dst.display(),
+                    ss.revision
+                ));
             }
+            // Entries copied, for the crash tests' cut points.
+            let mut entries = 0;
+            copy_revision(t, &l.data_dir(name), ss.previous.as_deref(), &ss.revision, &mut entries)?;
+            t.try_set_data(serde_json::json!({ MADE_KEY: refreshd_state::now_ms() }))?;
         }
         Phase::Undo => {
-            // Only the new revision's directories go; the previous ones were never touched.
-            for (dir, _) in data_dirs(c, name) {
-                fsutil::remove_tree_if_exists(&dir.join(&ss.revision))?;
-            }
+            // Only the new revision's directory goes; the previous one was never touched.
+            fsutil::remove_tree_if_exists(&dst)?;
             if ss.previous.is_none() {
                 fsutil::remove_tree_if_exists(&l.data_common(name))?;
                 fsutil::remove_dir_if_empty(&l.data_dir(name))?;
@@ -227,36 +244,28 @@ pub fn setup_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome>
     Ok(Outcome::Done)
 }
 
-/// `DIR/NEW` as a copy of `DIR/OLD` (or empty, for the system directory of a first install).
-/// Already there (an earlier run got that far): left as it is.
+/// In setup-data's task data: when this change's copy was complete under its final name.
+const MADE_KEY: &str = "made";
+
+/// `DIR/NEW` as a copy of `DIR/OLD`, or empty; `DIR/NEW` does not exist.
 fn copy_revision(
     t: &TaskCtx,
     dir: &Path,
     old: Option<&str>,
     new: &str,
-    user: Option<refreshd_copydata::UserTree>,
     entries: &mut u64,
 ) -> anyhow::Result<()> {
     let dst = dir.join(new);
-    if fs::symlink_metadata(&dst).is_ok() {
-        return Ok(());
-    }
     let src = old.map(|o| dir.join(o)).filter(|s| s.is_dir());
     let Some(src) = src else {
-        if user.is_none() {
-            let tmp = fsutil::tmp_path(&dst);
-            fsutil::remove_tree_if_exists(&tmp)?;
-            fs::DirBuilder::new().mode(0o755).create(&tmp)?;
-            fs::rename(&tmp, &dst)?;
-            fsutil::sync_dir(dir)?;
-        }
-        // A user's directory for a new revision is made by confine-hook, as that user.
+        let tmp = fsutil::tmp_path(&dst);
+        fsutil::remove_tree_if_exists(&tmp)?;
+        fs::DirBuilder::new().mode(0o755).create(&tmp)?;
+        fs::rename(&tmp, &dst)?;
+        fsutil::sync_dir(dir)?;
         return Ok(());
     };
-    let opts = refreshd_copydata::Options {
-        user,
-        ..Default::default()
-    };
+    let opts = refreshd_copydata::Options::default();
     sweep_copy_temporaries(dir, new, &opts);
     let mut last = std::time::Instant::now();
     let started = std::time::Instant::now();
@@ -285,13 +294,18 @@ fn copy_revision(
         stats.reflinked_files,
         stats.unchanged
     );
+    let left_out = stats.notes.iter().filter(|n| n.kind.left_out()).count();
+    let altered = stats.notes.len() - left_out;
+    if left_out > 0 {
+        msg.push_str(&format!("; {left_out} entries left out"));
+    }
+    if altered > 0 {
+        msg.push_str(&format!("; {altered} entries copied with a change"));
+    }
     if !stats.notes.is_empty() {
-        msg.push_str(&format!(
-            "; {} entries left out (see the daemon log)",
-            stats.notes.len()
-        ));
+        msg.push_str(" (see the daemon log)");
         for n in &stats.notes {
-            tracing::warn!(snap_data = %src.display(), "left out of the copy: {n:?}");
+            tracing::warn!(snap_data = %src.display(), entry = ?n.path, "{}", n.kind.describe());
         }
     }
     t.log(msg);
@@ -299,9 +313,7 @@ fn copy_revision(
 }
 
 /// Removes what a crash in the middle of a full copy to `DIR/NEW` left beside it
-/// (`.NEW.refreshd-tmp-PID-N`). The start-up sweep does not go into users' trees, so the
-/// re-run of the copy does, through `discard`: safe in a hostile tree, and it removes only a
-/// private directory of root's (a user's directory by that name is left alone).
+/// (`.NEW.refreshd-tmp-PID-N`); only a private directory of root's.
 fn sweep_copy_temporaries(dir: &Path, new: &str, opts: &refreshd_copydata::Options) {
     let prefix = format!(".{new}{}-", fsutil::TMP_MARK);
     for e in fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -319,77 +331,95 @@ fn staging_for(dir: &Path, new: &str) -> PathBuf {
     dir.join(format!(".{new}.refreshd-staging"))
 }
 
-/// The system and per-user data directories of a snap, with the user each belongs to.
-fn data_dirs(c: &Ctx, name: &str) -> Vec<(PathBuf, Option<refreshd_copydata::UserTree>)> {
-    let users = c
-        .layout
-        .user_data_dirs(name)
-        .into_iter()
-        .filter_map(|dir| user_tree(&dir).map(|u| (dir, Some(u))));
-    std::iter::once((c.layout.data_dir(name), None))
-        .chain(users)
-        .collect()
-}
-
-/// Copies the data while the apps still run, before the refresh waits for them, so the critical
-/// section only copies what changes after this. Best effort: whatever fails here is copied in
-/// full by setup-data.
+/// Copies the system data while the apps still run, before the refresh waits for them, so the
+/// critical section only copies what changes after this. Best effort: whatever fails here is
+/// copied in full by setup-data.
 pub fn precopy_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     let ss: SnapSetup = setup(t)?;
     let Some(old) = ss.previous.as_deref() else {
         return Ok(Outcome::Done);
     };
-    // Entries copied over all the directories, for the crash tests' cut points.
-    let mut entries = 0;
-    for (dir, user) in data_dirs(c, &ss.instance) {
-        let (src, staging) = (dir.join(old), staging_for(&dir, &ss.revision));
-        let opts = refreshd_copydata::Options {
-            user,
-            ..Default::default()
-        };
-        match phase {
-            Phase::Do => {
-                if !src.is_dir() || fs::symlink_metadata(dir.join(&ss.revision)).is_ok() {
-                    continue;
-                }
-                let started = std::time::Instant::now();
-                let base = entries;
-                let mut progress = |p: refreshd_copydata::Progress| {
-                    entries = base + p.entries;
-                    crate::engine::failpoint::hit_at("mid-copy:precopy-data", entries);
-                };
-                match refreshd_copydata::precopy(&src, &staging, &opts, &mut progress) {
-                    Ok(st) => t.log(format!(
-                        "pre-copied {} ({} files, {} bytes) in {:.1} ms",
-                        src.display(),
-                        st.files,
-                        st.bytes,
-                        started.elapsed().as_secs_f64() * 1e3
-                    )),
-                    Err(e) => t.log(format!(
-                        "no pre-copy of {} ({e}); it will be copied in full",
-                        src.display()
-                    )),
-                }
+    let dir = c.layout.data_dir(&ss.instance);
+    let (src, staging) = (dir.join(old), staging_for(&dir, &ss.revision));
+    let opts = refreshd_copydata::Options::default();
+    match phase {
+        Phase::Do => {
+            if !src.is_dir() {
+                return Ok(Outcome::Done);
             }
-            Phase::Undo => {
-                refreshd_copydata::discard(&staging, &opts)
-                    .with_context(|| format!("cannot remove {}", staging.display()))?;
+            let started = std::time::Instant::now();
+            let mut progress = |p: refreshd_copydata::Progress| {
+                crate::engine::failpoint::hit_at("mid-copy:precopy-data", p.entries);
+            };
+            match refreshd_copydata::precopy(&src, &staging, &opts, &mut progress) {
+                Ok(st) => t.log(format!(
+                    "pre-copied {} ({} files, {} bytes) in {:.1} ms",
+                    src.display(),
+                    st.files,
+                    st.bytes,
+                    started.elapsed().as_secs_f64() * 1e3
+                )),
+                Err(e) => t.log(format!(
+                    "no pre-copy of {} ({e}); it will be copied in full",
+                    src.display()
+                )),
             }
+        }
+        Phase::Undo => {
+            refreshd_copydata::discard(&staging, &opts)
+                .with_context(|| format!("cannot remove {}", staging.display()))?;
         }
     }
     Ok(Outcome::Done)
 }
 
-/// The user a per-user data directory (`HOME/snap/NAME`) belongs to: the owner of HOME.
-fn user_tree(dir: &Path) -> Option<refreshd_copydata::UserTree> {
-    use std::os::unix::fs::MetadataExt;
-    let home = dir.parent()?.parent()?;
-    let md = fs::symlink_metadata(home).ok()?;
-    md.is_dir().then(|| refreshd_copydata::UserTree {
-        uid: md.uid(),
-        home: home.to_owned(),
-    })
+/// Makes every user's data directory of the new revision ready, as that user, after the
+/// critical section: `confine-hook --prepare-data` run with each user's credentials, each for
+/// at most `refreshd --user-data-budget`, so the data is there before the user's first launch
+/// (which would otherwise make it). Never fails the refresh: a user whose directory cannot be
+/// made (or takes too long) is told in the log, and their own next launch tries again; no
+/// other user is held up by it, since launches are already allowed.
+pub fn user_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
+    if phase == Phase::Undo {
+        // What users made is theirs, marked with the epoch of this refresh: a later launch of
+        // another epoch makes it again, and cleanup removes it with its revision.
+        return Ok(Outcome::Done);
+    }
+    let ss: SnapSetup = setup(t)?;
+    let hook = c.layout.hook();
+    let (mut ready, mut failed) = (0, 0);
+    for p in crate::usertree::prepare_all(
+        &c.layout,
+        &hook,
+        &ss.instance,
+        c.user_data_budget,
+        &|| t.cancelled(),
+    ) {
+        match p.result {
+            Ok(line) => {
+                ready += 1;
+                t.log(format!("{}: {line}", p.user));
+            }
+            Err(e) => {
+                failed += 1;
+                t.log(format!(
+                    "{}: not ready ({e}); their next launch of {} makes it",
+                    p.user, ss.instance
+                ));
+            }
+        }
+    }
+    if t.cancelled() {
+        return Ok(Outcome::Retry {
+            reason: "refreshd is shutting down".into(),
+            after: None,
+        });
+    }
+    t.log(format!(
+        "users' data of {} revision {}: {ready} ready, {failed} left for their next launch",
+        ss.instance, ss.revision
+    ));
+    Ok(Outcome::Done)
 }
 
 /// Switches `current` (payload and data) to the new revision, atomically each.
@@ -402,6 +432,14 @@ pub fn link(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
         Phase::Do => Some(ss.revision.clone()),
         Phase::Undo => ss.previous.clone(),
     };
+    if phase == Phase::Do {
+        // A revert goes back to the data the revision had; anything else that has a previous
+        // revision (a refresh) starts each user's data as a copy of it.
+        let from = (t.change.kind != "revert")
+            .then_some(ss.previous.as_deref())
+            .flatten();
+        write_data_file(c, &ss.instance, &ss.revision, from)?;
+    }
     set_current(c, t, &ss.instance, target.as_deref())?;
     if phase == Phase::Do {
         t.log(format!(
@@ -410,6 +448,26 @@ pub fn link(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
         ));
     }
     Ok(Outcome::Done)
+}
+
+/// Writes `launch/INSTANCE/REV/.data` (`refreshd_runctl::DATA_FILE`) with a new epoch: users'
+/// data directories of `rev` made before now (in a refresh that was undone, say) no longer
+/// count as made for it. Written before `current` points at `rev`, so a launch never finds
+/// the one without the other. (Outside a critical section — a first install — a launch in
+/// between only sees the epoch change, which keeps what it finds.)
+fn write_data_file(c: &Ctx, instance: &str, rev: &str, from: Option<&str>) -> anyhow::Result<()> {
+    let epoch = uuid::Uuid::new_v4().simple().to_string();
+    let mut text = format!("{}\nepoch {}\n", refreshd_runctl::DATA_MAGIC, &epoch[..16]);
+    if let Some(f) = from {
+        text.push_str(&format!("from {f}\n"));
+    }
+    let path = c
+        .layout
+        .launch_dir(instance)
+        .join(rev)
+        .join(refreshd_runctl::DATA_FILE);
+    fsutil::write_atomic(&path, text.as_bytes(), 0o644)?;
+    Ok(())
 }
 
 /// Points both `current` links at `rev` (or removes them) and records it.

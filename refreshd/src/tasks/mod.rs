@@ -55,6 +55,8 @@ pub struct Ctx {
     pub hook_timeout: std::time::Duration,
     /// How many revisions of a snap are kept, the current one included (`refreshd --retain`).
     pub retain: usize,
+    /// How long the `user-data` task gives each user's data (`refreshd --user-data-budget`).
+    pub user_data_budget: std::time::Duration,
     /// Desktop notifications of pending and finished refreshes (`refreshd --notify`).
     pub notify: Arc<crate::notify::Notifier>,
     /// Shutdown delay inhibitors held during critical sections (logind).
@@ -149,7 +151,7 @@ pub(crate) fn error_line(e: &anyhow::Error) -> String {
 
 /// Every task kind this daemon knows, with its handler.
 pub fn handlers(ctx: Arc<Ctx>) -> HashMap<String, Arc<dyn Handler>> {
-    let table: [(&str, HandlerFn); 17] = [
+    let table: [(&str, HandlerFn); 18] = [
         ("precopy-data", install::precopy_data),
         ("download", download::download),
         ("wait-for-apps", apps::wait_for_apps),
@@ -157,6 +159,7 @@ pub fn handlers(ctx: Arc<Ctx>) -> HashMap<String, Arc<dyn Handler>> {
         ("prepare", install::prepare),
         ("mount", install::mount),
         ("setup-data", install::setup_data),
+        ("user-data", install::user_data),
         ("link", install::link),
         ("launchers", launchers::launchers),
         ("unlink", remove::unlink),
@@ -199,9 +202,10 @@ pub fn setup<T: serde::de::DeserializeOwned>(t: &TaskCtx) -> anyhow::Result<T> {
 
 /// The change that installs `ss`: prepare → mount → setup-data → link → launchers →
 /// start-services. When a revision is current already (a refresh), the pre-refresh hook runs
-/// and the data is pre-copied while the apps still run; then the critical section: wait-for-apps
-/// → stop-services → setup-data → link → launchers → lift-inhibition; then the services start,
-/// the post-refresh hook runs, and revisions beyond the retain count go.
+/// and the system data is pre-copied while the apps still run; then the critical section:
+/// wait-for-apps → stop-services → setup-data → link → launchers → lift-inhibition; then the
+/// services start, the post-refresh hook runs, each user's data is carried over as that user,
+/// and revisions beyond the retain count go.
 pub fn install_change(ss: &SnapSetup) -> NewChange {
     let (n, r) = (&ss.instance, &ss.revision);
     let mut steps = vec![];
@@ -253,6 +257,10 @@ pub fn install_change(ss: &SnapSetup) -> NewChange {
             (
                 "post-refresh-hook",
                 format!("Run the post-refresh hook of snap {n:?} ({r})"),
+            ),
+            (
+                "user-data",
+                format!("Carry each user's data of snap {n:?} to {r}"),
             ),
             ("cleanup", format!("Discard old revisions of snap {n:?}")),
         ]);

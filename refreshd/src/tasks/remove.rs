@@ -49,7 +49,7 @@ pub fn discard(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
         // Nothing can bring deleted data back; the engine only gets here if discard never ran.
         return Ok(Outcome::Done);
     }
-    match discard_all(c, &rs) {
+    match discard_all(c, t, &rs) {
         Ok(()) => {
             t.db_with(|s| s.delete_snap(&rs.instance))?;
             t.log(format!("removed {} and its data", rs.instance));
@@ -63,7 +63,7 @@ pub fn discard(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     }
 }
 
-fn discard_all(c: &Ctx, rs: &RemoveSetup) -> anyhow::Result<()> {
+fn discard_all(c: &Ctx, t: &TaskCtx, rs: &RemoveSetup) -> anyhow::Result<()> {
     let l = &c.layout;
     for rev in &rs.revisions {
         // Never delete through a mount.
@@ -74,9 +74,10 @@ fn discard_all(c: &Ctx, rs: &RemoveSetup) -> anyhow::Result<()> {
     launchers::remove_descriptions(c, &rs.instance, None)?;
     c.tracking.forget(&rs.instance);
     fsutil::remove_tree_if_exists(&l.data_dir(&rs.instance))?;
-    for d in l.user_data_dirs(&rs.instance) {
-        // A user's tree: never followed through a symlink they planted.
-        super::cleanup::remove_user_snap_dir(&d)?;
+    // Users' trees, by file descriptor. What one of them keeps (a mount inside, an immutable
+    // file) is that user's: reported, and the removal of the snap goes on for everyone.
+    for p in crate::usertree::remove_all(l, &rs.instance) {
+        t.log(format!("{p}: left in place"));
     }
     Ok(())
 }

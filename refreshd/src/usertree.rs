@@ -1,0 +1,409 @@
+//! Every operation refreshd makes in a tree a user can write: each user's `HOME/snap/INSTANCE`
+//! (root's `/root/snap/INSTANCE` included). Nothing else in the daemon builds a path below a
+//! home directory; `tests/user_trees.rs` fails the test run when another module does.
+//!
+//! Users' trees are hostile: their owner may swap any directory in them for a symlink, a
+//! mount, or something else entirely, at any moment. So:
+//!
+//! - Root never writes into them. A user's data directory of a new revision is made by that
+//!   user (`confine-hook --prepare-data`, which refreshd runs *as* the user: [`prepare_as`]),
+//!   so it reads only what the user can read and counts against the user's quota.
+//! - Root only deletes in them (old revisions, a removed snap), and only by file descriptor:
+//!   `HOME` (root's `/home/USER`, which the user cannot replace) is opened by path, every
+//!   component below it with `O_NOFOLLOW`, and trees are removed with
+//!   `refreshd_copydata::remove_tree_at` — no symlink followed, no path resolved inside, no
+//!   mount crossed.
+//! - One user's tree never fails anything for others: whatever goes wrong in it is reported
+//!   as that user's problem, and the work goes on with everyone else.
+
+use std::ffi::{CString, OsStr};
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+use refreshd_runctl::{valid_revision, USER_CURRENT, USER_STATE_DIR};
+
+use crate::layout::Layout;
+
+/// A home directory refreshd knows of: the homes below `ROOT/home`, and `ROOT/root`.
+#[derive(Debug, Clone)]
+pub struct Home {
+    pub path: PathBuf,
+    /// The owner of the home directory: the user whose data is below it.
+    pub uid: u32,
+}
+
+/// The homes on this root, sorted. A home that is a symlink (or not a directory) is not
+/// listed: its owner cannot be told from it, and refreshd does not follow it.
+pub fn homes(layout: &Layout) -> Vec<Home> {
+    let root = layout.root();
+    let mut paths: Vec<PathBuf> = fs::read_dir(root.join("home"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    paths.push(root.join("root"));
+    paths.sort();
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let md = fs::symlink_metadata(&path).ok()?;
+            md.is_dir().then(|| Home {
+                uid: md.uid(),
+                path,
+            })
+        })
+        .collect()
+}
+
+/// Whether `e` means "not there, or not a directory we may enter without following a link".
+fn gone(e: Errno) -> bool {
+    matches!(e, Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR)
+}
+
+const DIR: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_CLOEXEC)
+    .union(OFlag::O_NOFOLLOW);
+
+/// `HOME/snap` opened without following a symlink; None when there is none.
+fn open_snap_root(home: &Path) -> io::Result<Option<OwnedFd>> {
+    // The home directory is in root's /home (or is /root): its owner cannot replace it.
+    let home_fd = match nix::fcntl::open(home, DIR, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) if gone(e) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    match nix::fcntl::openat(&home_fd, "snap", DIR, Mode::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if gone(e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn cname(name: &str) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a name"))
+}
+
+/// A user's `HOME/snap/INSTANCE`, held open: what refreshd does there goes through this.
+pub struct UserSnapDir {
+    /// For messages only: the directory may have been renamed since it was opened.
+    path: PathBuf,
+    uid: u32,
+    fd: OwnedFd,
+}
+
+impl UserSnapDir {
+    /// `HOME/snap/INSTANCE` of `home`; None when there is none (or a component of it is
+    /// something else than a directory: then it is not ours to clean).
+    pub fn open(home: &Home, instance: &str) -> io::Result<Option<UserSnapDir>> {
+        let Some(snap) = open_snap_root(&home.path)? else {
+            return Ok(None);
+        };
+        match nix::fcntl::openat(&snap, instance, DIR, Mode::empty()) {
+            Ok(fd) => Ok(Some(UserSnapDir {
+                path: home.path.join("snap").join(instance),
+                uid: home.uid,
+                fd,
+            })),
+            Err(e) if gone(e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every user's `HOME/snap/INSTANCE` that exists; the ones that cannot be opened come as
+    /// one-line problems (the user's own doing: never a reason to stop).
+    pub fn all(layout: &Layout, instance: &str) -> (Vec<UserSnapDir>, Vec<String>) {
+        let (mut dirs, mut problems) = (vec![], vec![]);
+        for h in homes(layout) {
+            match UserSnapDir::open(&h, instance) {
+                Ok(Some(d)) => dirs.push(d),
+                Ok(None) => {}
+                Err(e) => problems.push(format!(
+                    "{}: {e}",
+                    h.path.join("snap").join(instance).display()
+                )),
+            }
+        }
+        (dirs, problems)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    fn names(&self) -> Vec<String> {
+        refreshd_copydata::list_dir(self.fd.as_fd())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| n.into_string().ok())
+            .collect()
+    }
+
+    /// The names in it spelled as revisions (the user's data directories, or whatever the
+    /// user put under such a name).
+    pub fn revisions(&self) -> Vec<String> {
+        self.names()
+            .into_iter()
+            .filter(|n| valid_revision(n.as_bytes()))
+            .collect()
+    }
+
+    /// The revision the user last ran: where `current` points, when it names a revision. The
+    /// user can point it anywhere; it is only ever used as a name to keep.
+    pub fn last_run(&self) -> Option<String> {
+        let t = nix::fcntl::readlinkat(&self.fd, USER_CURRENT).ok()?;
+        let t = t.to_str()?;
+        valid_revision(t.as_bytes()).then(|| t.to_owned())
+    }
+
+    /// Removes the user's data directory of `rev` (and the user's record of it) without
+    /// following anything: a symlink is unlinked, a directory removed by descriptor; a mount
+    /// inside stops it.
+    pub fn remove_revision(&self, rev: &str) -> io::Result<()> {
+        refreshd_copydata::remove_tree_at(self.fd.as_fd(), &cname(rev)?)?;
+        match nix::fcntl::openat(&self.fd, USER_STATE_DIR, DIR, Mode::empty()) {
+            Ok(state) => match nix::unistd::unlinkat(
+                &state,
+                OsStr::new(rev),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            ) {
+                Ok(()) | Err(Errno::ENOENT) | Err(Errno::EISDIR) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+            Err(e) if gone(e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes what older refreshd versions (which copied users' data as root) may have left
+    /// here: root's staging and temporary directories of a copy. Returns what it removed.
+    pub fn sweep_root_leftovers(&self) -> Vec<String> {
+        let mut removed = vec![];
+        for n in self.names() {
+            if !(n.ends_with(".refreshd-staging") || n.contains(".refreshd-tmp-")) {
+                continue;
+            }
+            // Only root's own private directories: a user's entry of that name is theirs.
+            let ours = nix::sys::stat::fstatat(
+                &self.fd,
+                n.as_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .is_ok_and(|st| st.st_uid == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+            if ours
+                && cname(&n)
+                    .and_then(|c| refreshd_copydata::remove_tree_at(self.fd.as_fd(), &c))
+                    .is_ok()
+            {
+                removed.push(n);
+            }
+        }
+        removed
+    }
+}
+
+/// Removes every user's whole `HOME/snap/INSTANCE` (the snap is being removed), through
+/// `HOME/snap` opened without following symlinks. Returns what could not be removed, one line
+/// each: one user's tree never keeps the others' from going.
+pub fn remove_all(layout: &Layout, instance: &str) -> Vec<String> {
+    let mut problems = vec![];
+    for h in homes(layout) {
+        let what = h.path.join("snap").join(instance);
+        let r = open_snap_root(&h.path).and_then(|snap| match snap {
+            Some(fd) => refreshd_copydata::remove_tree_at(fd.as_fd(), &cname(instance)?),
+            None => Ok(()),
+        });
+        if let Err(e) = r {
+            problems.push(format!("cannot remove {}: {e}", what.display()));
+        }
+    }
+    problems
+}
+
+/// The outcome of making one user's data directory ready.
+pub struct Prepared {
+    pub user: String,
+    pub result: Result<String, String>,
+}
+
+/// Makes each user's data directory of `instance`'s current revision ready, as that user:
+/// runs `confine-hook --prepare-data INSTANCE` (the launcher at `hook`) with the user's uid,
+/// gid and groups, in turn, each for at most `budget` (then it is killed; the user's own next
+/// launch finishes the work). Users whose `HOME/snap/INSTANCE` does not exist have nothing to
+/// carry over. `stop` is asked between users (shutdown).
+pub fn prepare_all(
+    layout: &Layout,
+    hook: &Path,
+    instance: &str,
+    budget: Duration,
+    stop: &dyn Fn() -> bool,
+) -> Vec<Prepared> {
+    let mut out = vec![];
+    for h in homes(layout) {
+        if stop() {
+            break;
+        }
+        if !matches!(UserSnapDir::open(&h, instance), Ok(Some(_))) {
+            continue;
+        }
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(h.uid))
+            .ok()
+            .flatten();
+        let name = user
+            .as_ref()
+            .map_or_else(|| format!("uid {}", h.uid), |u| u.name.clone());
+        let result = match user {
+            None => Err(format!(
+                "{} belongs to uid {}, which has no passwd entry: nothing to run as",
+                h.path.display(),
+                h.uid
+            )),
+            Some(u) => prepare_as(&u, hook, instance, budget),
+        };
+        out.push(Prepared { user: name, result });
+    }
+    out
+}
+
+/// Runs `hook --prepare-data INSTANCE` as `user` for at most `budget`; its one line of output.
+fn prepare_as(
+    user: &nix::unistd::User,
+    hook: &Path,
+    instance: &str,
+    budget: Duration,
+) -> Result<String, String> {
+    let cname = CString::new(user.name.clone()).map_err(|_| "a NUL in the user name".to_owned())?;
+    let groups: Vec<libc::gid_t> = nix::unistd::getgrouplist(&cname, user.gid)
+        .map_err(|e| format!("cannot list the groups of {}: {e}", user.name))?
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect();
+    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+    let mut cmd = Command::new(hook);
+    cmd.arg("--prepare-data")
+        .arg(instance)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs in the forked child before exec and makes only system calls
+    // (setgroups, setresgid, setresuid) on data prepared before the fork: no allocation, no
+    // lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setresgid(gid, gid, gid) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", hook.display()))?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let started = Instant::now();
+    let out = match rx.recv_timeout(budget) {
+        Ok(r) => r.map_err(|e| format!("cannot wait for {}: {e}", hook.display()))?,
+        Err(_) => {
+            // Our own child, not yet reaped (the waiting thread reaps it): the pid is still its.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = rx.recv();
+            return Err(format!(
+                "stopped after {} s (the budget per user): the user's next launch finishes it",
+                started.elapsed().as_secs()
+            ));
+        }
+    };
+    let line = |b: &[u8]| refreshd_snap::text::one_line(String::from_utf8_lossy(b).trim());
+    if out.status.success() {
+        Ok(line(&out.stdout))
+    } else {
+        let err = line(&out.stderr);
+        Err(err
+            .strip_prefix("confine-hook: ")
+            .map(str::to_owned)
+            .unwrap_or(err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn home(d: &Path, name: &str) -> Home {
+        let path = d.join("home").join(name);
+        fs::create_dir_all(&path).unwrap();
+        Home { path, uid: 0 }
+    }
+
+    #[test]
+    fn removals_never_follow_what_the_user_planted() {
+        let d = tempfile::tempdir().unwrap();
+        let h = home(d.path(), "u");
+        let outside = d.path().join("outside");
+        fs::create_dir_all(outside.join("dir")).unwrap();
+        fs::write(outside.join("secret"), "keep").unwrap();
+        fs::write(outside.join("dir/file"), "keep").unwrap();
+        let data = h.path.join("snap/hello");
+        fs::create_dir_all(data.join("x1/sub")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), data.join("x1/secret")).unwrap();
+        std::os::unix::fs::symlink(outside.join("dir"), data.join("x1/sub/dir")).unwrap();
+        std::os::unix::fs::symlink(outside.join("dir"), data.join("x2")).unwrap();
+        std::os::unix::fs::symlink("x1", data.join("current")).unwrap();
+        fs::create_dir_all(data.join("common")).unwrap();
+
+        let u = UserSnapDir::open(&h, "hello").unwrap().unwrap();
+        let mut found = u.revisions();
+        found.sort();
+        assert_eq!(found, ["x1", "x2"]);
+        assert_eq!(u.last_run().as_deref(), Some("x1"));
+        u.remove_revision("x1").unwrap();
+        u.remove_revision("x2").unwrap();
+        u.remove_revision("x9").unwrap();
+        assert!(!data.join("x1").exists());
+        assert!(fs::symlink_metadata(data.join("x2")).is_err());
+        assert!(data.join("common").is_dir());
+        assert_eq!(fs::read_to_string(outside.join("secret")).unwrap(), "keep");
+        assert_eq!(fs::read_to_string(outside.join("dir/file")).unwrap(), "keep");
+
+        // `~/snap` swapped for a symlink to somewhere else: not opened, not removed.
+        let elsewhere = d.path().join("elsewhere");
+        fs::create_dir_all(elsewhere.join("hello/x1")).unwrap();
+        fs::rename(h.path.join("snap"), d.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, h.path.join("snap")).unwrap();
+        assert!(UserSnapDir::open(&h, "hello").unwrap().is_none());
+        let layout = Layout::new(d.path());
+        assert!(remove_all(&layout, "hello").is_empty());
+        assert!(elsewhere.join("hello/x1").is_dir());
+        // `~/snap/NAME` itself a symlink: unlinked, never followed.
+        fs::remove_file(h.path.join("snap")).unwrap();
+        fs::create_dir_all(h.path.join("snap")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, h.path.join("snap/hello")).unwrap();
+        assert!(remove_all(&layout, "hello").is_empty());
+        assert!(fs::symlink_metadata(h.path.join("snap/hello")).is_err());
+        assert!(elsewhere.join("hello/x1").is_dir());
+    }
+}
