@@ -189,6 +189,36 @@ impl UserSnapDir {
         }
     }
 
+    /// Whether the user's data directory of `rev` was made in `epoch` (its mark says so).
+    pub fn made_in(&self, rev: &str, epoch: &str) -> bool {
+        nix::fcntl::openat(&self.fd, USER_STATE_DIR, DIR, Mode::empty())
+            .ok()
+            .and_then(|state| nix::fcntl::readlinkat(&state, rev).ok())
+            .is_some_and(|t| t.as_encoded_bytes() == epoch.as_bytes())
+    }
+
+    /// A change that made `rev` current in `epoch` was undone: the user's directory of `rev`
+    /// made in that epoch goes (snapd too drops what was written in an undone revision), with
+    /// its mark, and `current` if it names `rev` (the user's next launch points it again).
+    /// Returns whether there was one.
+    pub fn forget(&self, rev: &str, epoch: &str) -> io::Result<bool> {
+        if !self.made_in(rev, epoch) {
+            return Ok(false);
+        }
+        self.remove_revision(rev)?;
+        if self.last_run().as_deref() == Some(rev) {
+            match nix::unistd::unlinkat(
+                &self.fd,
+                USER_CURRENT,
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            ) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+
     /// Removes what older refreshd versions (which copied users' data as root) may have left
     /// here: root's staging and temporary directories of a copy. Returns what it removed.
     pub fn sweep_root_leftovers(&self) -> Vec<String> {

@@ -129,6 +129,7 @@ pub fn mount(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
             ));
         }
         Phase::Undo => {
+            forget_users_data(c, t, &ss);
             super::launchers::remove_descriptions(c, &ss.instance, Some(&ss.revision))?;
             unmount_revision(c, &dir)?;
             fsutil::remove_dir_if_empty(&c.layout.snap_dir(&ss.instance))?;
@@ -448,6 +449,50 @@ pub fn link(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
         ));
     }
     Ok(Outcome::Done)
+}
+
+/// The change is undone: users' data directories of its revision made since it linked it (by
+/// the `user-data` task, or by launches after the critical section) go. This runs in the undo
+/// of `mount`, after the critical section was re-entered and left again: no app of the
+/// revision runs, and whatever a user's tree costs to remove holds up no one's launches. What
+/// cannot be removed is logged; a later launch of another epoch never takes it as complete,
+/// and cleanup removes it with its revision.
+fn forget_users_data(c: &Ctx, t: &TaskCtx, ss: &SnapSetup) {
+    let path = c
+        .layout
+        .launch_dir(&ss.instance)
+        .join(&ss.revision)
+        .join(refreshd_runctl::DATA_FILE);
+    let Ok(text) = fs::read(&path) else {
+        // Never linked: no user could have made a directory for it.
+        return;
+    };
+    let Ok(spec) = refreshd_runctl::parse_data(&text) else {
+        return;
+    };
+    let epoch = String::from_utf8_lossy(spec.epoch).into_owned();
+    let (users, mut problems) = crate::usertree::UserSnapDir::all(&c.layout, &ss.instance);
+    let mut gone = vec![];
+    for u in &users {
+        match u.forget(&ss.revision, &epoch) {
+            Ok(true) => gone.push(u.path().display().to_string()),
+            Ok(false) => {}
+            Err(e) => problems.push(format!(
+                "cannot remove {}: {e}",
+                u.path().join(&ss.revision).display()
+            )),
+        }
+    }
+    if !gone.is_empty() {
+        t.log(format!(
+            "removed the users' data of the undone revision {}: {}",
+            ss.revision,
+            gone.join(", ")
+        ));
+    }
+    if !problems.is_empty() {
+        t.log(format!("left in place: {}", problems.join("; ")));
+    }
 }
 
 /// Writes `launch/INSTANCE/REV/.data` (`refreshd_runctl::DATA_FILE`) with a new epoch: users'
