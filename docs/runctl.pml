@@ -11,6 +11,10 @@
  *   TRACK_V2    v2: inotify on cgroup.events, `populated 0`
  *   TRACK_POLL  v1-poll: the daemon re-reads cgroup.procs on a timer
  * BLOCK         refresh-pending-behavior: block (marker written before apps have drained)
+ * STOP          a user stops (SIGSTOP) launcher 0 for good while it holds the snap's lock
+ * DATA          users' data: each launch makes its user's data directory of the revision it
+ *               runs (as that user, after the join, under the user's own lock); launchers 0
+ *               and 1 are one user, launcher 2 another
  *
  * Mutations (each must make the check fail; scripts/model-check.sh proves it does):
  *   BUGGY_NO_LOCK            launcher checks the marker and joins without the lock
@@ -25,14 +29,23 @@
  *   BUGGY_UNLOCKED_CHECK     daemon reads cgroup.procs before it takes the lock
  *   BUGGY_NO_REENTER         after a restart, the critical tasks go on without re-entering
  *                            the critical section (a reboot emptied /run: apps started)
+ *   BUGGY_SHARED_DAEMON      the daemon takes the snap's lock shared, as launchers do
+ *   BUGGY_EXCLUSIVE_LAUNCH   launchers take the snap's lock exclusively (one user's halted
+ *                            launcher then holds back every other user's launches)
+ *   BUGGY_DATA_BEFORE_JOIN   (DATA) a launch makes its user's data before it has joined, for
+ *                            the revision `current` named then
+ *   BUGGY_NO_DATA_LOCK       (DATA) a launch makes its user's data without the user's lock
  *
  * Properties:
  *   ltl safe  -- no app process is in the cgroup while the daemon is in the critical section
  *   ltl live  -- the daemon finishes all its rounds and every launch ends; holds without
  *                fairness for v1 and v2, needs weak fairness (-f) for v1-poll
+ *   ltl others-- (STOP) every launch but the halted one ends: no user holds up another's
  *   monitor   -- the same invariant as `safe`, as a process, for runs without a claim
  *   asserts   -- `current` never changes under a running app; the daemon enters the critical
- *                section only with an empty cgroup; a launcher never joins inside it
+ *                section only with an empty cgroup; a launcher never joins inside it; (DATA)
+ *                an app runs with its user's data of its own revision, and a user's data is
+ *                never made again while an app of that user runs
  *   end states-- no process is stuck (launchers waiting on a marker nobody will remove, the
  *                daemon waiting for an event that will never come)
  *
@@ -56,8 +69,7 @@
 #define BLOCKING 0
 #endif
 
-#define FREE   255      /* lock owner: nobody */
-#define DAEMON NL       /* lock owner: the daemon; launchers are 0..NL-1 */
+#define FREE   255      /* a user's data lock: nobody holds it */
 
 /* the daemon's persistent progress (the task statuses in the database) */
 #define P_WAIT 0        /* wait-for-apps not done */
@@ -65,7 +77,8 @@
 #define P_LIFT 2        /* allow-launches: unlink the marker */
 
 /* --- shared state: the files and the kernel --- */
-byte lock = FREE;       /* flock on snap.NAME.lock: owner */
+byte sh;                /* flock on snap.NAME.lock: launchers holding it shared */
+bool ex;                /* ... and the daemon holding it exclusively */
 bool inhibited;         /* snap.NAME.inhibited exists */
 bool running;           /* snap.NAME.running exists */
 byte cg;                /* cgroup membership: bit i = launcher i's app process */
@@ -87,6 +100,14 @@ bool started;           /* the daemon has started before (so this is a restart) 
 /* --- the environment --- */
 byte crash_req;         /* 1: the daemon crashes; 2: the machine reboots */
 bool abort_req;         /* a user asks to abort the change */
+bool halted;           /* STOP: launcher 0 was halted while holding the lock */
+
+/* --- users' data (DATA) --- */
+#define NU 2
+#define UOF(i) ((i) / 2) /* launchers 0 and 1: user 0; launcher 2: user 1 */
+byte udata[NU];         /* the revision user u's data directory was made for (its mark) */
+byte ulock[NU] = FREE;  /* flock on the user's own lock: launcher holding it */
+byte apprev[NL];        /* the revision launcher i's app runs, 0 when none */
 
 /* In-line checks; CLAIM_ONLY leaves only the LTL claims (to show they catch bugs alone). */
 #ifdef CLAIM_ONLY
@@ -100,9 +121,24 @@ bool abort_req;         /* a user asks to abort the change */
 
 ltl safe { [] SAFE }
 ltl live { <> (round == ROUNDS && launched == NL) }
+ltl others { <> (launched >= NL - 1) }
 
-inline acquire(who) { atomic { lock == FREE -> lock = who } }
-inline release()    { lock = FREE }
+/* The snap's lock: launchers share it, the daemon takes it alone (rule R1, R3). */
+#ifdef BUGGY_EXCLUSIVE_LAUNCH
+inline acquire_sh() { atomic { !ex && sh == 0 -> sh++ } }
+#else
+inline acquire_sh() { atomic { !ex -> sh++ } }
+#endif
+inline release_sh() { sh-- }
+#ifdef BUGGY_SHARED_DAEMON
+#define EX_FREE (!ex)
+#define EX_TAKE skip
+#define EX_DROP skip
+#else
+#define EX_FREE (!ex && sh == 0)
+#define EX_TAKE ex = true
+#define EX_DROP ex = false
+#endif
 
 /* Unlink snap.NAME.inhibited: every launcher whose watch is armed sees IN_DELETE. */
 inline unlink_inhibited() {
@@ -159,6 +195,35 @@ inline leave(i) {
 }
 
 /*
+ * A launch makes its user's data directory of revision r (confine-hook's userdata, as the
+ * user): under the user's lock, if the user's mark is not r, the old directory is set aside
+ * and a copy made (two steps: the copy takes time), then the mark says r. No app of the user
+ * may be running then: it would lose what it writes.
+ */
+inline no_app_of(u) {
+  for (j : 0 .. NL - 1) {
+    CHECK(UOF(j) != u || apprev[j] == 0)
+  }
+}
+
+inline make_data(i, r) {
+#ifndef BUGGY_NO_DATA_LOCK
+  atomic { ulock[UOF(i)] == FREE -> ulock[UOF(i)] = i };
+#endif
+  if
+  :: udata[UOF(i)] != r ->
+     atomic { no_app_of(UOF(i)); udata[UOF(i)] = 0 };   /* aside; copying */
+     atomic { no_app_of(UOF(i)); udata[UOF(i)] = r }    /* renamed in; marked */
+  :: else
+  fi;
+#ifndef BUGGY_NO_DATA_LOCK
+  ulock[UOF(i)] = FREE
+#else
+  skip
+#endif
+}
+
+/*
  * The daemon enters the critical section (task wait-for-apps; with blk, the block behaviour,
  * also the re-check every critical task makes after a restart). Sets ok when entered, leaves
  * it false when the change was aborted while waiting.
@@ -177,7 +242,7 @@ inline enter_cs(blk, may_abort, ok) {
      vacant = (cg == 0);
 #endif
      atomic {
-       lock == FREE -> lock = DAEMON; dev = false;
+       EX_FREE -> EX_TAKE; dev = false;
        if
        :: blk -> inhibited = true   /* block: the marker goes in while apps still drain */
        :: else
@@ -193,7 +258,7 @@ inline enter_cs(blk, may_abort, ok) {
           running = false;          /* stale: the cgroup is empty */
           in_cs = true;
           CHECK(cg == 0);
-          release();
+          EX_DROP;
           ok = true;
           vacant = false
         };
@@ -202,7 +267,7 @@ inline enter_cs(blk, may_abort, ok) {
 #ifdef BUGGY_ARM_AFTER_READ
         running = true;
 #endif
-        atomic { release(); vacant = false };
+        atomic { EX_DROP; vacant = false };
         if
 #ifdef TRACK_POLL
         :: true -> skip             /* the poll timer fires */
@@ -224,14 +289,13 @@ restart:
   {
     if
     :: started ->
-       /* start-up: rebuild the picture from the kernel, then resume the change */
-       acquire(DAEMON);
+       /* start-up (no lock: it only removes markers and rescans): rebuild the picture
+          from the kernel, then resume the change */
        running = (cg != 0);
        if
        :: round == ROUNDS || (phase == P_WAIT && !BLOCKING) -> unlink_inhibited()
        :: else
-       fi;
-       release()
+       fi
     :: else
     fi;
     started = true;
@@ -246,7 +310,9 @@ restart:
     :: phase == P_CS ->
 #ifndef BUGGY_NO_REENTER
        if
-       :: !in_cs -> enter_cs(true, false, ok)                /* after a restart */
+       :: !in_cs && inhibited -> in_cs = true                /* after a restart: the marker
+                                                                stayed, so no app joined */
+       :: !in_cs && !inhibited -> enter_cs(BLOCKING, false, ok) /* it went (a reboot): re-enter */
        :: else
        fi;
 #else
@@ -263,11 +329,8 @@ restart:
     goto finished
   } unless {
     atomic {
-      (crash_req == 1 || (crash_req == 2 && (lock == FREE || lock == DAEMON))) ->
-      if
-      :: lock == DAEMON -> lock = FREE   /* the kernel drops the dead holder's flock */
-      :: else
-      fi;
+      (crash_req == 1 || (crash_req == 2 && sh == 0)) ->
+      ex = false;                        /* the kernel drops the dead holder's flock */
       in_cs = false;
       if
       :: crash_req == 2 ->               /* reboot: /run is empty again; the kernel forgets */
@@ -290,18 +353,28 @@ finished:
  * before the daemon was back.
  */
 proctype launcher(byte i) {
-  byte n, myrev;
+  byte n, myrev, early, j;
 again:
 #ifdef BUGGY_EARLY_REV
   myrev = cur;
+#endif
+#ifdef BUGGY_DATA_BEFORE_JOIN
+  early = cur;
+  make_data(i, early);
 #endif
 #if defined(BUGGY_NO_LOCK)
   if                                                /* 3, without 2 */
   :: inhibited ->
 #else
-  acquire(i);                                       /* 2 */
+  acquire_sh();                                     /* 2 */
+#ifdef STOP
   if
-  :: atomic { inhibited -> release() } ->           /* 3 */
+  :: i == 0 && !halted -> halted = true; false    /* SIGSTOP, never resumed */
+  :: true
+  fi;
+#endif
+  if
+  :: atomic { inhibited -> release_sh() } ->        /* 3 */
 #endif
      atomic { larmed[i] = true; lev[i] = false };   /* arm the watch on runctl */
 #ifndef BUGGY_NO_RECHECK
@@ -318,7 +391,7 @@ again:
   fi;
 #if defined(BUGGY_NO_LOCK) || defined(BUGGY_JOIN_AFTER_UNLOCK)
 #ifdef BUGGY_JOIN_AFTER_UNLOCK
-  release();                                        /* 6, too early */
+  release_sh();                                     /* 6, too early */
 #endif
   join(i);                                          /* 4 */
   running = true;                                   /* 5 */
@@ -330,19 +403,29 @@ again:
   atomic {
     join(i);                                        /* 4 */
     if
-    :: running = true; release()                    /* 5, 6 */
+    :: running = true; release_sh()                 /* 5, 6 */
 #ifndef NO_DIE
-    :: leave(i); release(); finish(i)               /* dies: exit; the kernel drops the flock */
+    :: leave(i); release_sh(); finish(i)            /* dies: exit; the kernel drops the flock */
 #endif
     fi
   };
 #endif
 #ifndef BUGGY_EARLY_REV
-  myrev = cur;                                      /* 7: read current after the join, exec */
+  myrev = cur;                                      /* 7: read current after the join */
+#endif
+#if defined(DATA) && !defined(BUGGY_DATA_BEFORE_JOIN)
+  make_data(i, myrev);                              /* 7: the user's data, then exec */
 #endif
   /* the app runs; then it exits */
+#ifdef DATA
+  apprev[i] = myrev;
+#endif
   atomic {
     CHECK(myrev == cur);                            /* never refreshed under it */
+#ifdef DATA
+    CHECK(udata[UOF(i)] == myrev);                  /* it ran with its revision's data */
+    apprev[i] = 0;
+#endif
     leave(i);
     myrev = 0;
     finish(i)

@@ -87,6 +87,19 @@ for track in v1 v2 poll; do
   done
 done
 
+# Users' data (DATA): each launch makes its user's data after the join, under the user's lock.
+add "v1-allow data safety" pass "-DDATA" "$fast -DSAFETY -DNOCLAIM" "$depth"
+add "v2-allow data safety" pass "-DDATA -DTRACK_V2" "$fast -DSAFETY -DNOCLAIM" "$depth"
+if [ "$full" = 1 ]; then
+  add "v1-block data safety" pass "-DDATA -DBLOCK" "$fast -DSAFETY -DNOCLAIM" "$depth"
+  add "v1-allow data ltl live" pass "-DDATA" "$fast" "-a -N live $depth"
+fi
+# A user stops their launcher for good while it holds the snap's lock (STOP): every other
+# launch still ends (the refresh may wait, as for a running app: -E, the daemon is stuck).
+add "v1-allow stopped launcher safety" pass "-DSTOP" "$fast -DSAFETY -DNOCLAIM" "-E $depth"
+add "v1-allow stopped launcher ltl others" pass "-DSTOP" "$fast" "-a -N others -E $depth"
+add "v2-allow stopped launcher ltl others" pass "-DSTOP -DTRACK_V2" "$fast" "-a -N others -E $depth"
+
 # Mutations: each breaks one rule of the protocol; spin must find the consequence.
 m="$quick -DSAFETY -DNOCLAIM"
 add "mutation no-lock" "fail:assertion violated" "-DBUGGY_NO_LOCK" "$m" "$depth"
@@ -100,6 +113,10 @@ add "mutation no-arm" "fail:invalid end state" "-DBUGGY_NO_ARM" "$m" "$depth"
 add "mutation arm-after-read" "fail:invalid end state" "-DBUGGY_ARM_AFTER_READ" "$m" "$depth"
 add "mutation no-reenter" "fail:assertion violated" "-DBUGGY_NO_REENTER" "$m" "$depth"
 add "mutation no-arm, ltl live" "fail:acceptance cycle" "-DBUGGY_NO_ARM" "$quick" "-a -N live $depth"
+add "mutation shared-daemon" "fail:assertion violated" "-DBUGGY_SHARED_DAEMON" "$m" "$depth"
+add "mutation exclusive-launch, ltl others" "fail:acceptance cycle" "-DSTOP -DBUGGY_EXCLUSIVE_LAUNCH" "$quick" "-a -N others -E $depth"
+add "mutation data-before-join" "fail:udata" "-DDATA -DBUGGY_DATA_BEFORE_JOIN" "$m" "$depth"
+add "mutation no-data-lock" "fail:apprev" "-DDATA -DBUGGY_NO_DATA_LOCK" "$m" "$depth"
 
 # Runs one check in its own directory (spin -a writes pan.c and friends into the current
 # directory) and writes its verdict line to result; never fails itself.

@@ -924,5 +924,6 @@ pub const REFRESH_TASKS: &[&str] = &[
     "lift-inhibition",
     "start-services",
     "post-refresh-hook",
+    "user-data",
     "cleanup",
 ];

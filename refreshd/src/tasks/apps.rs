@@ -167,9 +167,13 @@ fn wait_for(c: &Ctx, name: &str, procs: &[u32]) -> Outcome {
 }
 
 /// Every task inside a refresh's critical section starts by re-entering it (rule R7 of
-/// docs/runctl-protocol.md): under the lock, the inhibition marker is there and the snap is
-/// empty. After a reboot (an empty /run) or a marker removed by hand, apps may have started;
-/// the marker is restored at once and the task waits for them. `None`: go on.
+/// docs/runctl-protocol.md). While this change's inhibition marker stands, no launch can have
+/// joined since the section was entered (launchers look for it before they join), so the task
+/// goes on without the lock — which a user's stopped launcher may hold. Once the marker is
+/// gone (a reboot emptied /run, or it was removed by hand), apps may have started: under the
+/// lock, an empty snap is entered again; otherwise the task waits for its apps, with the marker
+/// restored only under `refresh-pending-behavior: block` (as when the refresh began), so no
+/// launch of anyone waits on a marker the daemon cannot get past. `None`: go on.
 pub fn reenter(
     c: &Ctx,
     t: &TaskCtx,
@@ -188,14 +192,14 @@ pub fn reenter(
         c.inhibit.hold(name);
         return Ok(None);
     }
-    let Some(lock) = tr.try_lock(name).context("cannot take the snap's lock")? else {
-        return Ok(Some(lock_busy(name, t.task.retry_count)));
-    };
-    if tr.is_inhibited(name) && tr.procs(name)?.is_empty() {
+    if tr.inhibition_owner(name) == Some(t.change.id) {
         // Still inside: after a restart of refreshd the inhibitor is taken again.
         c.inhibit.hold(name);
         return Ok(None);
     }
+    let Some(lock) = tr.try_lock(name).context("cannot take the snap's lock")? else {
+        return Ok(Some(lock_busy(name, t.task.retry_count)));
+    };
     match check_empty(c, t, name)? {
         Empty::Yes(_) => {
             c.inhibit.hold(name);
@@ -205,7 +209,9 @@ pub fn reenter(
             Ok(None)
         }
         Empty::No(procs) => {
-            tr.inhibit(name, t.change.id)?;
+            if ss.block_launches {
+                tr.inhibit(name, t.change.id)?;
+            }
             drop(lock);
             t.log(format!(
                 "{} of {name} started inside the critical section (after a reboot, or a marker removed by hand): waiting for them",

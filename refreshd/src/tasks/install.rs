@@ -410,6 +410,12 @@ pub fn user_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> 
             }
         }
     }
+    // Each run joined the snap's cgroups as a launch does (so no critical section could come
+    // while it worked); its `running` marker is a hint the kernel's truth now replaces, as the
+    // release agent would (with `v1-poll`, nothing else would for a while).
+    if let Ok(procs) = c.tracking.procs(&ss.instance) {
+        let _ = c.tracking.sync_running_marker(&ss.instance, &procs);
+    }
     if t.cancelled() {
         return Ok(Outcome::Retry {
             reason: "refreshd is shutting down".into(),
