@@ -37,8 +37,7 @@ use crate::sys;
 pub enum Prepared {
     /// The directory was complete for this epoch already.
     UpToDate,
-    /// An existing directory was kept as it is (an install, a revert, or one made before
-    /// epochs existed).
+    /// An existing directory was kept as it is (an install, a revert).
     Kept,
     /// Made empty: there was nothing to copy.
     Created,
@@ -188,7 +187,10 @@ fn ensure_dirs(snap: &Path, extra: &[&Path]) -> Result<()> {
     Ok(())
 }
 
-/// Under the caller's lock: the directory for `spec.epoch`, then its mark.
+/// Under the caller's lock: the mark for `spec.epoch`, then the directory. The mark comes
+/// first and the directory's rename (or mkdir) commits it, so a directory under the mark of
+/// this epoch is always one this epoch made complete; a copy cut short leaves no directory,
+/// and the next run makes it again.
 fn make(snap: &Path, target: &Path, mark: &Path, rev: &[u8], spec: &DataSpec) -> Result<Prepared> {
     let marked = link(mark);
     if marked.as_deref() == Some(&spec.epoch[..]) && is_dir(target) {
@@ -196,30 +198,32 @@ fn make(snap: &Path, target: &Path, mark: &Path, rev: &[u8], spec: &DataSpec) ->
         return Ok(Prepared::UpToDate);
     }
     sweep(snap, rev);
+    let record = |what: &Path| {
+        set_link(mark, &spec.epoch)
+            .map_err(|e| fail!("cannot record the epoch of {}: {e}", what.display()))
+    };
     let mut stale = None;
-    let done = match fs::symlink_metadata(target) {
+    match fs::symlink_metadata(target) {
         Ok(m) if m.is_dir() => {
-            if marked.is_none() || spec.from.is_none() {
-                // Unmarked: complete (the rename is the commit; only the mark was not made
-                // yet), or made before epochs existed. Keep mode: a revert or install keeps
-                // what is there, as snapd does.
-                Some(Prepared::Kept)
-            } else {
-                // Made in an epoch that was undone: set it aside and copy afresh.
-                let aside = snap.join(format!(
-                    ".{}.refreshd-stale-{}",
-                    show(rev),
-                    std::process::id()
-                ));
-                fs::rename(target, &aside).map_err(|e| {
-                    fail!(
-                        "cannot move {} (left from a refresh that was undone) aside: {e}",
-                        target.display()
-                    )
-                })?;
-                stale = Some(aside);
-                None
+            if spec.from.is_none() {
+                // An install or a revert keeps what is there, as snapd does.
+                record(target)?;
+                return Ok(Prepared::Kept);
             }
+            // Not made in this epoch (a refresh that was undone, or not made by a launch at
+            // all): never taken as complete. Set aside, copied afresh, then removed.
+            let aside = snap.join(format!(
+                ".{}.refreshd-stale-{}",
+                show(rev),
+                std::process::id()
+            ));
+            fs::rename(target, &aside).map_err(|e| {
+                fail!(
+                    "cannot move {} (not made for this revision's current epoch) aside: {e}",
+                    target.display()
+                )
+            })?;
+            stale = Some(aside);
         }
         Ok(_) => {
             return Err(fail!(
@@ -227,24 +231,20 @@ fn make(snap: &Path, target: &Path, mark: &Path, rev: &[u8], spec: &DataSpec) ->
                 target.display()
             ))
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(fail!("cannot look at {}: {e}", target.display())),
+    }
+    record(target)?;
+    let done = match source(snap, rev, spec) {
+        Some(from) => copy(snap, target, &from)?,
+        None => {
+            fs::DirBuilder::new()
+                .mode(0o755)
+                .create(target)
+                .map_err(|e| fail!("cannot create {}: {e}", target.display()))?;
+            Prepared::Created
+        }
     };
-    let done = match done {
-        Some(d) => d,
-        None => match source(snap, rev, spec) {
-            Some(from) => copy(snap, target, &from)?,
-            None => {
-                fs::DirBuilder::new()
-                    .mode(0o755)
-                    .create(target)
-                    .map_err(|e| fail!("cannot create {}: {e}", target.display()))?;
-                Prepared::Created
-            }
-        },
-    };
-    set_link(mark, &spec.epoch)
-        .map_err(|e| fail!("cannot record that {} is complete: {e}", target.display()))?;
     if let Some(aside) = stale {
         remove(snap, &aside);
     }
@@ -397,13 +397,17 @@ mod tests {
         let done = prepare(&t, home, b"hello", b"x1", Some(&spec("cc", None))).unwrap();
         assert_eq!(done, Prepared::Kept);
         assert_eq!(read(&snap.join("x1/f")), "mine");
-        // An unmarked directory (made before epochs, or the mark was not written before a
-        // crash) is complete: kept even in copy mode.
+        // A directory no launch made for this epoch (left by an older refreshd's copy, say)
+        // is never taken as complete when the revision's data is a copy: made afresh.
         fs::create_dir_all(snap.join("x3")).unwrap();
-        fs::write(snap.join("x3/f"), "kept").unwrap();
+        fs::write(snap.join("x3/f"), "stale").unwrap();
         let done = prepare(&t, home, b"hello", b"x3", Some(&spec("dd", Some("x1")))).unwrap();
-        assert_eq!(done, Prepared::Kept);
-        assert_eq!(read(&snap.join("x3/f")), "kept");
+        assert!(matches!(done, Prepared::Copied { .. }), "{done:?}");
+        assert_eq!(read(&snap.join("x3/f")), "mine");
+        // A copy cut short after its mark was written: no directory, so made again.
+        fs::remove_dir_all(snap.join("x3")).unwrap();
+        let done = prepare(&t, home, b"hello", b"x3", Some(&spec("dd", Some("x1")))).unwrap();
+        assert!(matches!(done, Prepared::Copied { .. }), "{done:?}");
         // Nothing to copy from: an empty directory.
         let done = prepare(&t, home, b"other", b"x1", Some(&spec("ee", Some("x9")))).unwrap();
         assert_eq!(done, Prepared::Created);
