@@ -265,16 +265,17 @@ fn source(snap: &Path, rev: &[u8], spec: &DataSpec) -> Option<Vec<u8>> {
 }
 
 fn copy(snap: &Path, target: &Path, from: &[u8]) -> Result<Prepared> {
-    let src = snap.join(OsStr::from_bytes(from));
-    let home = snap
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(snap)
-        .to_owned();
+    // The caller's own links above the revisions' directories are theirs to have (this runs
+    // as them): resolved once, and the copy anchored there; the directories themselves are
+    // opened without following, as copies of users' trees always are.
+    let base =
+        fs::canonicalize(snap).map_err(|e| fail!("cannot resolve {}: {e}", snap.display()))?;
+    let src = base.join(OsStr::from_bytes(from));
+    let target = &base.join(target.file_name().unwrap_or_default());
     let opts = refreshd_copydata::Options {
         user: Some(refreshd_copydata::UserTree {
             uid: sys::getuid().0,
-            home,
+            home: base.clone(),
         }),
         owners: refreshd_copydata::Owners::Caller,
         ..Default::default()

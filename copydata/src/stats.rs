@@ -99,7 +99,10 @@ impl NoteKind {
     /// Whether the entry is missing from the copy; otherwise it is there, altered as the note
     /// says.
     pub fn left_out(self) -> bool {
-        !matches!(self, NoteKind::ChangedWhileCopied | NoteKind::PrivilegesStripped)
+        !matches!(
+            self,
+            NoteKind::ChangedWhileCopied | NoteKind::PrivilegesStripped
+        )
     }
 
     /// What happened to the entry, for logs.
@@ -112,7 +115,9 @@ impl NoteKind {
             }
             NoteKind::MountPoint => "left out: a mount point".into(),
             NoteKind::Vanished => "left out: it disappeared during the copy".into(),
-            NoteKind::Swapped => "left out: it was swapped for something else during the copy".into(),
+            NoteKind::Swapped => {
+                "left out: it was swapped for something else during the copy".into()
+            }
             NoteKind::DirectoryMoved => {
                 "left out: its directory was moved away during the copy".into()
             }
@@ -121,7 +126,8 @@ impl NoteKind {
                 std::io::Error::from_raw_os_error(errno)
             ),
             NoteKind::ChangedWhileCopied => {
-                "copied while it changed: kept, its data and metadata may be from two moments".into()
+                "copied while it changed: kept, its data and metadata may be from two moments"
+                    .into()
             }
             NoteKind::PrivilegesStripped => {
                 "copied without its setuid/setgid bits and file capabilities".into()

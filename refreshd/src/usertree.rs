@@ -264,6 +264,18 @@ pub fn remove_all(layout: &Layout, instance: &str) -> Vec<String> {
     problems
 }
 
+/// Whether `HOME/snap/INSTANCE` exists, whatever it is (a user may have made it a symlink to a
+/// directory of theirs: their own copy, as them, may follow it). Looked at without following
+/// anything.
+fn has_snap_entry(home: &Home, instance: &str) -> bool {
+    matches!(open_snap_root(&home.path), Ok(Some(snap)) if nix::sys::stat::fstatat(
+        &snap,
+        instance,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .is_ok())
+}
+
 /// The outcome of making one user's data directory ready.
 pub struct Prepared {
     pub user: String,
@@ -287,7 +299,7 @@ pub fn prepare_all(
         if stop() {
             break;
         }
-        if !matches!(UserSnapDir::open(&h, instance), Ok(Some(_))) {
+        if !has_snap_entry(&h, instance) {
             continue;
         }
         let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(h.uid))
@@ -417,7 +429,10 @@ mod tests {
         assert!(fs::symlink_metadata(data.join("x2")).is_err());
         assert!(data.join("common").is_dir());
         assert_eq!(fs::read_to_string(outside.join("secret")).unwrap(), "keep");
-        assert_eq!(fs::read_to_string(outside.join("dir/file")).unwrap(), "keep");
+        assert_eq!(
+            fs::read_to_string(outside.join("dir/file")).unwrap(),
+            "keep"
+        );
 
         // `~/snap` swapped for a symlink to somewhere else: not opened, not removed.
         let elsewhere = d.path().join("elsewhere");

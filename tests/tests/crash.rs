@@ -69,14 +69,14 @@ fn failed_reinstall_returns_to_the_previous_revision() {
 }
 
 /// A root with `crashy` revision 1 installed from a directory store, data written (system and
-/// root's home), and revision 2 published. Returns (root, store, revision 1's source, its
-/// data).
-fn refreshable() -> (Root, std::path::PathBuf, SnapSrc, Data) {
+/// root's home), and revision 2 published. Returns (root, store, revision 1's source, revision
+/// 2's, revision 1's data).
+fn refreshable() -> (Root, std::path::PathBuf, SnapSrc, SnapSrc, Data) {
     let root = Root::new("crash-refresh");
     let r = root.path();
     let store = root.aux("store");
     fs::create_dir(&store).unwrap();
-    let mut src1 = None;
+    let (mut src1, mut src2) = (None, None);
     for v in ["1.0", "2.0"] {
         let src = snap_src("crashy", v);
         let blob = root.aux(&format!("crashy-{v}.snap"));
@@ -90,10 +90,12 @@ fn refreshable() -> (Root, std::path::PathBuf, SnapSrc, Data) {
             fill(&system_dir(r, "crashy", "1"), &mut rng, 100);
             fill(&home_dir(r, "crashy", "1"), &mut rng, 20);
             src1 = Some(src);
+        } else {
+            src2 = Some(src);
         }
     }
     let data = data_now(r, "crashy", "1");
-    (root, store, src1.unwrap(), data)
+    (root, store, src1.unwrap(), src2.unwrap(), data)
 }
 
 /// A failure at any task of a refresh undoes it: revision 1 current, its data intact, the
@@ -105,7 +107,7 @@ fn failure_at_every_refresh_task_is_undone() {
     }
     let mut faults = 0;
     for task in REFRESH_TASKS {
-        let (root, store, src1, data) = refreshable();
+        let (root, store, src1, _, data) = refreshable();
         let r = root.path();
         let fp = format!("fail-do:{task}");
         let _d = Daemon::start_with(r, store_opts(store.to_str().unwrap(), Some(&fp)));
@@ -214,4 +216,89 @@ fn enospc_during_copy_data_is_undone() {
         .collect();
     assert!(left.is_empty(), "the failed copy is gone: {left:?}");
     assert!(!Path::new(&data.join("3")).exists());
+}
+
+/// The pid of a `confine-hook --prepare-data SNAP` run from this root, if one runs.
+fn preparing(root: &Path, snap: &str) -> Option<i32> {
+    let hook = root.join("usr/lib/refreshd/confine-hook");
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        (args.first() == Some(&hook.as_os_str().as_encoded_bytes())
+            && args.get(1) == Some(&&b"--prepare-data"[..])
+            && args.get(2) == Some(&snap.as_bytes()))
+        .then_some(pid)
+    })
+}
+
+/// The `user-data` task's copy of root's data is killed midway (SIGKILL, as a user may do to
+/// their own copy, or a crash would). The refresh still completes, saying root's data was not
+/// made; the partial copy is never taken as complete: root's next launch removes it and copies
+/// again, and the data is whole, nothing left behind.
+#[test]
+fn a_users_copy_killed_midway_is_never_taken_as_complete() {
+    if !root_with("loop mounts and a setuid launcher", &[]) {
+        return;
+    }
+    let (root, store, _, src2, _) = refreshable();
+    let r = root.path();
+    // Enough of root's data that the copy is still running when it is found.
+    fill(
+        &home_dir(r, "crashy", "1").join("bulk"),
+        &mut Rng::new(3),
+        20_000,
+    );
+    let data = data_now(r, "crashy", "1");
+    let _d = Daemon::start_with(r, store_opts(store.to_str().unwrap(), None));
+    let out = ctl(r, &["refresh", "crashy", "--no-wait"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = the_change(r, "refresh");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    // No event says the copy started: look for its process.
+    let pid = loop {
+        if let Some(pid) = preparing(r, "crashy") {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no copy of root's data was started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    // Our daemon's child (refreshd waits for it, so the pid is still its): let it copy a bit.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let done = watch_until_ready(r, id);
+    assert_eq!(done["status"], "Done", "{done}");
+    let log = task_log(&done, "user-data").join("\n");
+    println!("user-data: {log}");
+    assert!(log.contains("not ready"), "{log}");
+    assert!(
+        !home_dir(r, "crashy", "2").exists(),
+        "a partial copy stands under the revision's name"
+    );
+    let partial: Vec<_> = fs::read_dir(r.join("root/snap/crashy"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".refreshd-tmp"))
+        .collect();
+    println!("left by the killed copy: {partial:?}");
+    // Root's next launch makes it (the invariant checker launches the app first thing).
+    let out = std::process::Command::new(r.join("snap/bin/crashy"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let want = Want::Installed {
+        rev: Some("2"),
+        payload: src2.dir.path(),
+        data: &data,
+    };
+    check(r, "crashy", &want).unwrap();
+    println!("figures: crash-faults: faults_injected=1 undone=0 recovered=1");
 }

@@ -1996,7 +1996,10 @@ fn user_do(user: &TestUser, home: &Path, script: &str, args: &[&Path]) {
 fn victim(r: &Path, tag: &str, name: &str) -> PathBuf {
     let v = r.join(tag);
     for rev in 1..10 {
-        for d in [v.join(format!("x{rev}")), v.join(name).join(format!("x{rev}"))] {
+        for d in [
+            v.join(format!("x{rev}")),
+            v.join(name).join(format!("x{rev}")),
+        ] {
             fs::create_dir_all(&d).unwrap();
             fs::write(d.join("precious"), "root's").unwrap();
         }
@@ -2008,9 +2011,12 @@ fn victim(r: &Path, tag: &str, name: &str) -> PathBuf {
 /// Every `precious` file of a victim is still there.
 fn victim_intact(v: &Path, name: &str) -> bool {
     (1..10).all(|rev| {
-        [v.join(format!("x{rev}")), v.join(name).join(format!("x{rev}"))]
-            .iter()
-            .all(|d| fs::read_to_string(d.join("precious")).is_ok_and(|s| s == "root's"))
+        [
+            v.join(format!("x{rev}")),
+            v.join(name).join(format!("x{rev}")),
+        ]
+        .iter()
+        .all(|d| fs::read_to_string(d.join("precious")).is_ok_and(|s| s == "root's"))
     })
 }
 
@@ -2099,11 +2105,17 @@ fn root_never_deletes_through_a_users_symlink() {
         let out = ctl(r, &["install", blob(v).to_str().unwrap()]);
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
-    assert!(victim_intact(&v1, name), "cleanup deleted through the user's link");
+    assert!(
+        victim_intact(&v1, name),
+        "cleanup deleted through the user's link"
+    );
     tally.attempt(true);
     let out = ctl(r, &["remove", name]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(victim_intact(&v1, name), "remove deleted through the user's link");
+    assert!(
+        victim_intact(&v1, name),
+        "remove deleted through the user's link"
+    );
     assert!(
         home.join("snap/hdel.real").is_dir(),
         "the user's own directory (moved away) is theirs"
@@ -2119,26 +2131,29 @@ fn user_write(user: &TestUser, home: &Path, path: &Path, text: &str) {
     user_do(user, home, &format!("printf %s '{text}' > \"$1\""), &[path]);
 }
 
-/// User B plants a symlink where the next revision's data directory goes. The refresh still
-/// completes for everyone: the system's data and user A's are carried over, B's link is left
-/// as B made it (B's own launch says what is wrong). Then directories of the next revision left
-/// behind by an earlier change — the system's, and one of A's not made for this refresh — are
-/// never taken as complete: the refresh makes them afresh from the data as it is now.
+/// Users make their own trees odd: B turns `~/snap/NAME` into a symlink to a directory of
+/// theirs, C plants a symlink where the next revision's data directory goes. The refresh still
+/// completes for everyone: the system's data and A's are carried over, B's too (as B, through
+/// B's own link), C's link is left as C made it and C's own launch says what is wrong. Then
+/// directories of the next revision left behind by an earlier change — the system's, and one of
+/// A's not made for this refresh — are never taken as complete: the refresh makes them afresh
+/// from the data as it is now.
 #[test]
 fn one_users_tree_fails_no_refresh_and_no_stale_copy_is_taken() {
-    let Some([a, b]) = hostile_users(["hsta", "hstb"]) else {
+    let Some([a, b, c]) = hostile_users(["hsta", "hstb", "hstc"]) else {
         return;
     };
     let mut tally = Tally::new("stale-and-blocked-data");
     let root = Root::new("hostile-stale");
     let r = root.path();
     let name = "hstale";
-    let (home_a, home_b) = (user_home(r, &a), user_home(r, &b));
+    let homes = [user_home(r, &a), user_home(r, &b), user_home(r, &c)];
+    let (home_a, home_b, home_c) = (&homes[0], &homes[1], &homes[2]);
     let (_d, b2) = installed(&root, name, DaemonOpts::default());
     let b3 = root.aux("p3.snap");
     probe_snap(&b3, name, "3.0");
     fs::set_permissions(&b3, fs::Permissions::from_mode(0o644)).unwrap();
-    for (u, h) in [(&a, &home_a), (&b, &home_b)] {
+    for (u, h) in [(&a, home_a), (&b, home_b), (&c, home_c)] {
         let out = as_user(u, r.join(format!("snap/bin/{name}.probe")))
             .arg(h.join("report"))
             .output()
@@ -2147,10 +2162,21 @@ fn one_users_tree_fails_no_refresh_and_no_stale_copy_is_taken() {
     }
     let data = |h: &Path, rev: &str| h.join(format!("snap/{name}/{rev}/data"));
     let sys = |rev: &str| r.join(format!("var/snap/{name}/{rev}/sys"));
-    user_write(&a, &home_a, &data(&home_a, "x1"), "A1");
-    user_write(&b, &home_b, &data(&home_b, "x1"), "B1");
+    user_write(&a, home_a, &data(home_a, "x1"), "A1");
+    user_write(&b, home_b, &data(home_b, "x1"), "B1");
     fs::write(sys("x1"), "S1").unwrap();
-    user_do(&b, &home_b, &format!("ln -s /nonexistent snap/{name}/x2"), &[]);
+    user_do(
+        &b,
+        home_b,
+        &format!("mv snap/{name} snap/{name}.real && ln -s {name}.real snap/{name}"),
+        &[],
+    );
+    user_do(
+        &c,
+        home_c,
+        &format!("ln -s /nonexistent snap/{name}/x2"),
+        &[],
+    );
 
     let id = start_refresh(r, &b2);
     let done = watch_until_ready(r, id);
@@ -2159,37 +2185,47 @@ fn one_users_tree_fails_no_refresh_and_no_stale_copy_is_taken() {
         "one user's tree failed the refresh for everyone: {done}"
     );
     tally.attempt(true);
-    assert_eq!(fs::read_to_string(sys("x2")).unwrap(), "S1");
-    assert_eq!(fs::read_to_string(data(&home_a, "x2")).unwrap(), "A1");
-    assert_eq!(
-        fs::read_link(home_b.join(format!("snap/{name}/x2"))).unwrap(),
-        Path::new("/nonexistent"),
-        "root changed B's tree"
-    );
     let log = task_log(&done, "user-data").join("\n");
     println!("user-data: {log}");
+    assert_eq!(fs::read_to_string(sys("x2")).unwrap(), "S1");
+    assert_eq!(fs::read_to_string(data(home_a, "x2")).unwrap(), "A1");
+    assert_eq!(
+        fs::read_to_string(home_b.join(format!("snap/{name}.real/x2/data"))).unwrap(),
+        "B1",
+        "B's data was not carried over (through B's own link, as B)"
+    );
+    tally.attempt(true);
+    assert_eq!(
+        fs::read_link(home_c.join(format!("snap/{name}/x2"))).unwrap(),
+        Path::new("/nonexistent"),
+        "root changed C's tree"
+    );
     assert!(
-        log.contains(&format!("{}: not ready", b.name)) && log.contains("is not a directory"),
+        log.contains(&format!("{}: not ready", c.name)) && log.contains("is not a directory"),
         "{log}"
     );
-    // B's own launch says what is wrong, in one line, and runs nothing.
-    let out = as_user(&b, r.join(format!("snap/bin/{name}.probe")))
-        .arg(home_b.join("report2"))
+    // C's own launch says what is wrong, in one line, and runs nothing.
+    let out = as_user(&c, r.join(format!("snap/bin/{name}.probe")))
+        .arg(home_c.join("report2"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("is not a directory"), "{}", text(&out.stderr));
-    assert!(!home_b.join("report2").exists());
+    assert!(
+        text(&out.stderr).contains("is not a directory"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!home_c.join("report2").exists());
     tally.attempt(true);
 
     // Stale directories of x3: the system's (a failed change left it) and A's (not made for
     // the refresh that now comes), each with old content; then newer data in x2.
     fs::create_dir_all(sys("x3").parent().unwrap()).unwrap();
     fs::write(sys("x3"), "STALE").unwrap();
-    user_do(&a, &home_a, &format!("mkdir snap/{name}/x3"), &[]);
-    user_write(&a, &home_a, &data(&home_a, "x3"), "STALE");
+    user_do(&a, home_a, &format!("mkdir snap/{name}/x3"), &[]);
+    user_write(&a, home_a, &data(home_a, "x3"), "STALE");
     fs::write(sys("x2"), "S2").unwrap();
-    user_write(&a, &home_a, &data(&home_a, "x2"), "A2");
+    user_write(&a, home_a, &data(home_a, "x2"), "A2");
     let id = start_refresh(r, &b3);
     let done = watch_until_ready(r, id);
     assert_eq!(done["status"], "Done", "{done}");
@@ -2200,12 +2236,12 @@ fn one_users_tree_fails_no_refresh_and_no_stale_copy_is_taken() {
     );
     tally.attempt(true);
     assert_eq!(
-        fs::read_to_string(data(&home_a, "x3")).unwrap(),
+        fs::read_to_string(data(home_a, "x3")).unwrap(),
         "A2",
         "a stale user data directory was taken as complete"
     );
     tally.attempt(true);
-    assert!(temporaries(&home_a).is_empty(), "{:?}", temporaries(&home_a));
+    assert!(temporaries(home_a).is_empty(), "{:?}", temporaries(home_a));
 }
 
 // -------------------------------------------------------------------------------------------
@@ -2278,7 +2314,11 @@ fn one_users_churn_never_stretches_another_users_launches() {
         .arg(r.join("run"))
         .status()
         .unwrap();
-    assert!(st.success(), "cannot mount a tmpfs at {}", r.join("run").display());
+    assert!(
+        st.success(),
+        "cannot mount a tmpfs at {}",
+        r.join("run").display()
+    );
     let (_d, b2) = installed(&root, name, DaemonOpts::default());
     let blob3 = root.aux("p3.snap");
     probe_snap(&blob3, name, "3.0");
@@ -2308,7 +2348,12 @@ fn one_users_churn_never_stretches_another_users_launches() {
     let (churner, line) = start_helper(
         &u,
         &helper,
-        &["churn", files.to_str().unwrap(), FILES, stop.to_str().unwrap()],
+        &[
+            "churn",
+            files.to_str().unwrap(),
+            FILES,
+            stop.to_str().unwrap(),
+        ],
     );
     assert!(line.starts_with("churning"), "{line}");
     let (churned, churned_section) = refresh_under_launches(r, &v, &launcher, &blob3);
@@ -2390,8 +2435,9 @@ fn a_users_stopped_launcher_holds_up_no_other_launch() {
     }
     let id = start_refresh(r, &b2);
     let last = never_within(r, id, Duration::from_secs(2), |c| {
-        (status_of(c, "wait-for-apps") == "Done")
-            .then(|| "the refresh entered its critical section past a launch holding the lock".into())
+        (status_of(c, "wait-for-apps") == "Done").then(|| {
+            "the refresh entered its critical section past a launch holding the lock".into()
+        })
     });
     println!("while held: {}", task(&last, "wait-for-apps"));
     // V still launches while the refresh waits.

@@ -142,10 +142,11 @@ fn discard_users(
     problems: &mut Vec<String>,
 ) {
     let revs = u.revisions();
-    let last = u
-        .last_run()
-        .filter(|r| revs.contains(r))
-        .or_else(|| revs.iter().any(|r| r == current).then(|| current.to_owned()));
+    let last = u.last_run().filter(|r| revs.contains(r)).or_else(|| {
+        revs.iter()
+            .any(|r| r == current)
+            .then(|| current.to_owned())
+    });
     let Some(last) = last else {
         return;
     };
@@ -167,7 +168,11 @@ fn discard_users(
         t.log(format!(
             "{}: removed the data of revisions {}{}",
             u.path().display(),
-            if gone.is_empty() { "(none)".to_owned() } else { gone.join(", ") },
+            if gone.is_empty() {
+                "(none)".to_owned()
+            } else {
+                gone.join(", ")
+            },
             if swept.is_empty() {
                 String::new()
             } else {

@@ -230,7 +230,13 @@ pub fn setup_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome>
             }
             // Entries copied, for the crash tests' cut points.
             let mut entries = 0;
-            copy_revision(t, &l.data_dir(name), ss.previous.as_deref(), &ss.revision, &mut entries)?;
+            copy_revision(
+                t,
+                &l.data_dir(name),
+                ss.previous.as_deref(),
+                &ss.revision,
+                &mut entries,
+            )?;
             t.try_set_data(serde_json::json!({ MADE_KEY: refreshd_state::now_ms() }))?;
         }
         Phase::Undo => {
@@ -389,13 +395,11 @@ pub fn user_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> 
     let ss: SnapSetup = setup(t)?;
     let hook = c.layout.hook();
     let (mut ready, mut failed) = (0, 0);
-    for p in crate::usertree::prepare_all(
-        &c.layout,
-        &hook,
-        &ss.instance,
-        c.user_data_budget,
-        &|| t.cancelled(),
-    ) {
+    for p in
+        crate::usertree::prepare_all(&c.layout, &hook, &ss.instance, c.user_data_budget, &|| {
+            t.cancelled()
+        })
+    {
         match p.result {
             Ok(line) => {
                 ready += 1;
