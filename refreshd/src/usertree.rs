@@ -384,6 +384,9 @@ fn prepare_as(
         Ok(line(&out.stdout))
     } else {
         let err = line(&out.stderr);
+        if err.is_empty() {
+            return Err(format!("{} ended without a word ({})", hook.display(), out.status));
+        }
         Err(err
             .strip_prefix("confine-hook: ")
             .map(str::to_owned)

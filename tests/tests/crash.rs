@@ -247,7 +247,7 @@ fn a_users_copy_killed_midway_is_never_taken_as_complete() {
     fill(
         &home_dir(r, "crashy", "1").join("bulk"),
         &mut Rng::new(3),
-        20_000,
+        10_000,
     );
     let data = data_now(r, "crashy", "1");
     let _d = Daemon::start_with(r, store_opts(store.to_str().unwrap(), None));
