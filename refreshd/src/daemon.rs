@@ -383,6 +383,7 @@ impl Daemon {
         shutdown.cancel();
         crate::systemd::stopping("stopping: letting running tasks reach an end");
         let _ = engine.await;
+        self.api.reads.close();
         if !self.socket_activated {
             let _ = fs::remove_file(self.layout.socket());
         }

@@ -58,6 +58,9 @@ pub enum ReadError {
     /// Every reader stayed taken for as long as a caller may wait.
     #[error("all {size} readers of the state stayed taken for {wait:?}")]
     Busy { size: usize, wait: Duration },
+    /// The daemon is shutting down: the readers are closed.
+    #[error("the readers of the state are closed")]
+    Closed,
     #[error(transparent)]
     State(#[from] refreshd_state::Error),
 }
@@ -95,14 +98,17 @@ impl Reads {
         F: FnOnce(&mut State) -> T + Send + 'static,
     {
         let inner = self.0.clone();
-        let permit = tokio::time::timeout(inner.wait, inner.permits.clone().acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or(ReadError::Busy {
-                size: inner.size,
-                wait: inner.wait,
-            })?;
+        let permit =
+            match tokio::time::timeout(inner.wait, inner.permits.clone().acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => return Err(ReadError::Closed),
+                Err(_) => {
+                    return Err(ReadError::Busy {
+                        size: inner.size,
+                        wait: inner.wait,
+                    })
+                }
+            };
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             // A permit is a connection: there are as many of each.
@@ -118,7 +124,20 @@ impl Reads {
     }
 }
 
-/// A reader in use, given back however the read ends.
+impl Reads {
+    /// Closes the readers (those in use as their reads end), so that the writing connection is
+    /// the last one open: SQLite then folds the WAL into the database file as it closes.
+    pub fn close(&self) {
+        self.0.permits.close();
+        self.0
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// A reader in use, given back however the read ends (or closed, once the readers are).
 struct Taken<'a> {
     inner: &'a ReadsInner,
     state: Option<State>,
@@ -127,11 +146,13 @@ struct Taken<'a> {
 impl Drop for Taken<'_> {
     fn drop(&mut self) {
         if let Some(s) = self.state.take() {
-            self.inner
-                .idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(s);
+            if !self.inner.permits.is_closed() {
+                self.inner
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(s);
+            }
         }
     }
 }

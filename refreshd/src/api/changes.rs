@@ -275,3 +275,74 @@ pub async fn watch(
     )
         .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: u64, status: Status, log: &[&str]) -> TaskRow {
+        TaskRow {
+            id,
+            change_id: 1,
+            seq: id as u32,
+            kind: "post-refresh-hook".into(),
+            summary: format!("task {id}"),
+            status,
+            data: serde_json::json!({"secret": "in the data"}),
+            waits_for: vec![],
+            log: log.iter().map(|l| l.to_string()).collect(),
+            progress_label: "copy-data".into(),
+            progress_done: 1,
+            progress_total: 2,
+            retry_count: 3,
+            retry_reason: Some("secret retry reason".into()),
+            wait_until: None,
+            wait_event: Some(format!("{IDLE_EVENT}hello")),
+            wait_reason: Some("waiting for pid 42 (user alice): secret --password".into()),
+            spawn_time: 0,
+            ready_time: None,
+        }
+    }
+
+    #[test]
+    fn users_see_what_a_change_is_but_no_log_reason_or_message() {
+        let change = ChangeRow {
+            id: 1,
+            kind: "install".into(),
+            summary: "Install".into(),
+            snap: Some("hello".into()),
+            data: serde_json::json!({}),
+            spawn_time: 0,
+            ready_time: Some(1),
+            abort_requested: false,
+        };
+        let tasks = [
+            task(
+                1,
+                Status::Error,
+                &["2026-11-21T20:15:03Z ERROR hook said: secret output"],
+            ),
+            task(2, Status::Do, &["secret line"]),
+            task(3, Status::Wait, &[]),
+        ];
+        let full = serde_json::to_string(&change_json(&change, &tasks, true, View::Full)).unwrap();
+        assert!(full.contains("secret output") && full.contains("secret --password"));
+        let public = change_json(&change, &tasks, true, View::Public);
+        let text = serde_json::to_string(&public).unwrap();
+        assert!(!text.contains("secret"), "{text}");
+        assert_eq!(public.status, api::Status::Wait, "statuses are shown");
+        assert_eq!(
+            public.error.as_deref(),
+            Some("task 1: failed (details are shown to root and the admin group only)")
+        );
+        assert!(public.tasks.iter().all(|t| t.log.is_empty()));
+        assert_eq!(public.tasks[1].retry.as_ref().unwrap().count, 3);
+        assert_eq!(public.tasks[1].progress.done, 1);
+        let wait = public.tasks[2].wait.as_ref().unwrap();
+        assert_eq!(wait.event, "snap-idle:hello");
+        assert_eq!(
+            wait.reason,
+            "waiting for the processes of hello to exit (refreshctl status hello lists them)"
+        );
+    }
+}

@@ -233,16 +233,20 @@ impl Limits {
             return Ok(None);
         }
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let p = c.per_uid.entry(uid).or_default();
+        let now = per(&c, uid);
         let n = match what {
-            What::Request => &mut p.requests,
-            What::Stream => &mut p.streams,
+            What::Request => now.requests,
+            What::Stream => now.streams,
             What::Connection => unreachable!("connections are taken by connect"),
         };
-        if *n >= max {
-            return Err(ApiError::new(ErrorKind::Unavailable, message(*n)));
+        if n >= max {
+            return Err(ApiError::new(ErrorKind::Unavailable, message(n)));
         }
-        *n += 1;
+        let p = c.per_uid.entry(uid).or_default();
+        match what {
+            What::Request => p.requests += 1,
+            _ => p.streams += 1,
+        }
         drop(c);
         Ok(Some(self.slot(uid, what)))
     }

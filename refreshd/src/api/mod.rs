@@ -71,6 +71,10 @@ impl ApiState {
             Err(ReadError::Busy { size, wait }) => {
                 Err(limits::busy(size, "readers of the state", wait))
             }
+            Err(ReadError::Closed) => Err(ApiError::new(
+                ErrorKind::Unavailable,
+                "refreshd is shutting down; try again when it is back",
+            )),
             Err(ReadError::State(e)) => Err(e.into()),
         }
     }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use jiff::Timestamp;
 use refreshd_client::types::{
-    ErrorBody, ErrorKind, Hold, HoldUntil, NoteKind, RefreshActionKind, RefreshNote, RefreshPlan,
+    ErrorKind, Hold, HoldUntil, NoteKind, RefreshActionKind, RefreshNote, RefreshPlan,
     RefreshRequest, RefreshResult, Snap, Update,
 };
 use refreshd_snap::text::one_line;
@@ -324,32 +324,30 @@ const PLAN_TTL: Duration = Duration::from_secs(30);
 /// who goes away does not stop the look-up the others wait for.
 #[derive(Default)]
 pub struct PlanCache {
-    last: Arc<tokio::sync::Mutex<Option<Answer>>>,
+    /// The last answer and when it was made.
+    last: Arc<tokio::sync::Mutex<Option<(Instant, RefreshPlan)>>>,
 }
-
-/// An answer and when it was made.
-type Answer = (Instant, Result<RefreshPlan, ErrorBody>);
 
 impl PlanCache {
     async fn get(&self, st: &Arc<ApiState>) -> Result<RefreshPlan, ApiError> {
         let mut last = self.last.clone().lock_owned().await;
         if let Some((at, plan)) = last.as_ref() {
             if at.elapsed() < PLAN_TTL {
-                return plan.clone().map_err(|body| ApiError { body });
+                return Ok(plan.clone());
             }
         }
         // The look-up runs on its own, holding the cache, so that callers queued behind it get
-        // its answer and a caller that goes away cancels nothing.
+        // its answer and a caller that goes away cancels nothing. A store that cannot be read
+        // is an answer (its notes say so); refreshd too busy to ask is not kept.
         let st = st.clone();
         let lookup = tokio::spawn(async move {
-            let plan = make_plan(&st).await.map_err(|e| e.body);
-            *last = Some((Instant::now(), plan.clone()));
+            let plan = make_plan(&st).await;
+            if let Ok(plan) = &plan {
+                *last = Some((Instant::now(), plan.clone()));
+            }
             plan
         });
-        match lookup.await {
-            Ok(plan) => plan.map_err(|body| ApiError { body }),
-            Err(e) => Err(ApiError::internal(e)),
-        }
+        lookup.await.map_err(ApiError::internal)?
     }
 }
 

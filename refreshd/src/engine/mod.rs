@@ -150,13 +150,16 @@ impl TaskCtx {
 }
 
 /// Runs a handler on a thread of its own, so that it never waits for a thread of a pool that
-/// anything else (the API's requests) could have taken. A thread that cannot be made is a
-/// transient failure; a handler that panics fails its task.
+/// anything else (the API's requests) could have taken. The thread is in the engine's runtime
+/// (a handler may start background work there, as a blocking thread of it could). A thread
+/// that cannot be made is a transient failure; a handler that panics fails its task.
 async fn on_own_thread(kind: &str, f: impl FnOnce() -> Outcome + Send + 'static) -> Outcome {
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let rt = tokio::runtime::Handle::current();
     let spawned = std::thread::Builder::new()
         .name(format!("task {kind}"))
         .spawn(move || {
+            let _rt = rt.enter();
             let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             let _ = tx.send(out);
         });
