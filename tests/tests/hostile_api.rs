@@ -649,7 +649,7 @@ fn connections_beyond_a_users_share_are_refused_at_once() {
         more.len()
     );
     assert!(
-        peak <= base + USER_CONNECTIONS + REFUSING + 4,
+        peak <= base + USER_CONNECTIONS + REFUSING + 8,
         "the daemon's descriptors grew to {peak} ({base} before)"
     );
     drop((conns, more));
