@@ -466,10 +466,6 @@ fn connections_that_say_nothing_are_closed_after_the_header_timeout() {
     let answered = done.request("GET", "/v1/system-info", "").unwrap();
     assert_eq!(answered.status, 200, "{}", answered.body);
     let start = Instant::now();
-    assert!(
-        fds(d.pid()) >= base + 3,
-        "the daemon holds the three quiet ones"
-    );
 
     // Each is watched on a thread of its own: the time from the last byte it sent to its end.
     let limit = HEADER_TIMEOUT + Duration::from_secs(4);
