@@ -16,10 +16,10 @@ use nix::fcntl::{Flock, FlockArg};
 use refreshd_state::{PrunePolicy, Select, State};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::api::{self, ApiState};
-use crate::db::Db;
+use crate::api::{self, limits, ApiState};
+use crate::db::{Db, Reads};
 use crate::engine::Engine;
 use crate::fsutil;
 use crate::layout::Layout;
@@ -103,6 +103,23 @@ pub struct Args {
     /// The refreshd-notify binary run as each user (default: next to refreshd).
     #[arg(long, value_name = "PATH")]
     pub notify_helper: Option<PathBuf>,
+    /// The most connections the API serves at once, at most half the open-file limit; users
+    /// other than root together may have all but the last eighth (docs/api.md, "Limits").
+    #[arg(long, default_value_t = limits::CONNECTIONS, value_name = "N")]
+    pub api_connections: usize,
+    /// The most connections one user other than root may have open to the API.
+    #[arg(long, default_value_t = limits::USER_CONNECTIONS, value_name = "N")]
+    pub api_user_connections: usize,
+    /// The most requests one user other than root may have in progress at once.
+    #[arg(long, default_value_t = limits::USER_REQUESTS, value_name = "N")]
+    pub api_user_requests: usize,
+    /// The most watch streams one user other than root may have open at once.
+    #[arg(long, default_value_t = limits::USER_STREAMS, value_name = "N")]
+    pub api_user_streams: usize,
+    /// How long an API connection may go without sending a complete request head — after
+    /// connecting, after its previous answer, or while sending one — before it is closed.
+    #[arg(long, default_value = limits::HEADER_TIMEOUT, value_name = "DURATION", value_parser = refreshd_snap::text::parse_duration)]
+    pub api_header_timeout: Duration,
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -180,10 +197,11 @@ fn start(args: Args, inherited: Option<std::os::unix::net::UnixListener>) -> any
     let mut daemon = Daemon::setup(&args, shutdown.clone())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .on_thread_start(api_priority)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let listener = match inherited {
             Some(l) => daemon.adopt(l)?,
             None => daemon.bind()?,
@@ -203,7 +221,11 @@ fn start(args: Args, inherited: Option<std::os::unix::net::UnixListener>) -> any
             sig.cancel();
         });
         daemon.run(listener).await
-    })
+    });
+    // Requests' blocking work left behind (a store look-up that waits for a silent store) is
+    // not waited for: the state is already on disk.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    served
 }
 
 impl Daemon {
@@ -303,6 +325,8 @@ impl Daemon {
             max_count: args.prune_count,
         };
         let engine = Engine::new(Db::new(state), tasks::handlers(ctx.clone()), prune);
+        let reads = Reads::open(&layout.state_db(), limits::READERS, limits::WAIT)
+            .with_context(|| format!("cannot open {}", layout.state_db().display()))?;
         let api = Arc::new(ApiState {
             engine: engine.clone(),
             ctx,
@@ -310,6 +334,11 @@ impl Daemon {
             admin_gid,
             max_upload: args.max_upload,
             shutdown,
+            limits: limits::Limits::new(api_limits(args)),
+            reads,
+            workers: limits::Workers::new(limits::WORKERS, limits::WAIT),
+            plan: Default::default(),
+            watches: Default::default(),
         });
         Ok(Daemon {
             layout,
@@ -346,39 +375,131 @@ impl Daemon {
 
     /// Serves until the shutdown token fires; then stops accepting, lets handlers reach an
     /// end (at most [`SHUTDOWN_GRACE`]), and returns with everything persisted.
+    ///
+    /// The engine, and what feeds it (the tracking and login watchers, auto-refresh, systemd's
+    /// status and watchdog), run on a thread with a runtime of their own ([`spawn_engine`]);
+    /// the API serves on the caller's runtime. However busy clients keep the API's threads,
+    /// the engine's steps are never queued behind their requests.
     pub async fn run(self, listener: UnixListener) -> anyhow::Result<()> {
         let shutdown = self.api.shutdown.clone();
-        let engine = self.engine.clone();
-        tracking::spawn_watcher(
-            self.api.ctx.tracking.clone(),
-            engine.clone(),
-            shutdown.clone(),
-        )
-        .context("cannot watch for apps exiting")?;
-        crate::notify::spawn_login_watcher(
-            self.api.ctx.notify.clone(),
-            engine.clone(),
-            shutdown.clone(),
-        );
-        let engine_task = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move { engine.run(shutdown, SHUTDOWN_GRACE).await }
-        });
-        let auto_refresh = crate::autorefresh::start(self.api.clone(), self.auto_refresh).await;
-        crate::systemd::spawn_status(self.engine.clone(), shutdown.clone());
-        crate::systemd::spawn_watchdog(self.engine.clone(), shutdown.clone());
+        let engine = spawn_engine(self.api.clone(), self.auto_refresh).await?;
         crate::systemd::ready("ready");
         let served = api::serve(listener, self.api.clone()).await;
         shutdown.cancel();
         crate::systemd::stopping("stopping: letting running tasks reach an end");
-        let _ = auto_refresh.await;
-        let _ = engine_task.await;
+        let _ = engine.await;
+        self.api.reads.close();
         if !self.socket_activated {
             let _ = fs::remove_file(self.layout.socket());
         }
         info!("stopped");
         served.context("API server failed")
     }
+}
+
+/// The engine's thread: a runtime of its own running the engine and what feeds it, until the
+/// shutdown token fires and the engine has let its handlers reach an end. Returns once they
+/// are started (or failed to), with a receiver that completes when the thread is done.
+async fn spawn_engine(
+    api: Arc<ApiState>,
+    auto_refresh: Option<Duration>,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let shutdown = api.shutdown.clone();
+    std::thread::Builder::new()
+        .name("refreshd-engine".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = started_tx.send(Err(
+                        anyhow::Error::new(e).context("cannot start the engine's runtime")
+                    ));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let engine = api.engine.clone();
+                if let Err(e) = tracking::spawn_watcher(
+                    api.ctx.tracking.clone(),
+                    engine.clone(),
+                    shutdown.clone(),
+                ) {
+                    let _ = started_tx.send(Err(e.context("cannot watch for apps exiting")));
+                    return;
+                }
+                crate::notify::spawn_login_watcher(
+                    api.ctx.notify.clone(),
+                    engine.clone(),
+                    shutdown.clone(),
+                );
+                let auto = crate::autorefresh::start(api.clone(), auto_refresh).await;
+                crate::systemd::spawn_status(engine.clone(), shutdown.clone());
+                crate::systemd::spawn_watchdog(engine.clone(), shutdown.clone());
+                let _ = started_tx.send(Ok(()));
+                engine.run(shutdown, SHUTDOWN_GRACE).await;
+                let _ = auto.await;
+            });
+            // Whatever is still running has had its grace: nothing waits for it.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            let _ = done_tx.send(());
+        })
+        .context("cannot start the engine's thread")?;
+    match started_rx.await {
+        Ok(r) => r.map(|()| done_rx),
+        Err(_) => bail!("the engine's thread ended while starting"),
+    }
+}
+
+/// How much lower than the engine's the priority of the API's threads is (nice).
+const API_NICE: i32 = 10;
+
+/// Lowers the priority of the calling thread, one of the API's: when the machine is busy,
+/// the engine's threads (which keep their priority) run first, so that clients keeping the API
+/// busy take CPU from each other rather than from a critical section.
+fn api_priority() {
+    // SAFETY: setpriority takes plain integers; on Linux, PRIO_PROCESS with 0 is the calling
+    // thread alone.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, API_NICE) };
+    if r != 0 {
+        debug!(
+            "cannot lower the priority of an API thread: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The API's limits from the command line, kept within the descriptors this process may open.
+fn api_limits(args: &Args) -> limits::Config {
+    let fd_limit = limits::fd_limit();
+    let (config, lowered) = limits::Config {
+        connections: args.api_connections,
+        user_connections: args.api_user_connections,
+        user_requests: args.api_user_requests,
+        user_streams: args.api_user_streams,
+        header_timeout: args.api_header_timeout.max(Duration::from_secs(1)),
+    }
+    .fit(fd_limit);
+    if lowered {
+        warn!(
+            "serving at most {} API connections, half the open-file limit of {fd_limit} (not --api-connections {}): raise LimitNOFILE to serve more",
+            config.connections, args.api_connections
+        );
+    }
+    info!(
+        "API limits: {} connections, {} per user other than root ({} together), {} requests and {} watch streams per user, header timeout {:?}",
+        config.connections,
+        config.user_connections,
+        config.users_total(),
+        config.user_requests,
+        config.user_streams,
+        config.header_timeout
+    );
+    config
 }
 
 /// The store client's settings: `--store-timeout` bounds every wait on the store; connecting

@@ -66,6 +66,47 @@ impl Error {
     }
 }
 
+/// Makes the database at `path` private: created 0600 when absent (SQLite then creates its
+/// `-wal` and `-shm` with the same mode), and set to 0600 with its companions when present.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let p = PathBuf::from(p);
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if !m.is_file() || m.permissions().mode() & 0o777 == 0o600 {
+            continue;
+        }
+        match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+            // Nothing is written on a read-only filesystem either; opening says so.
+            Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// An I/O error as the SQLite error type [`Error::Open`] carries.
+fn io_error(e: std::io::Error) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+        Some(e.to_string()),
+    )
+}
+
 /// SQLite's verdict that a file is not a sound database (as opposed to one it cannot reach).
 fn is_damage(e: &rusqlite::Error) -> bool {
     matches!(
@@ -283,7 +324,13 @@ pub struct State {
 
 impl State {
     /// Opens (creating if needed) the database at `path` and migrates it to the current schema.
+    /// The database and its `-wal` and `-shm` files are made private (0600), also when an
+    /// older refreshd left them readable: they hold task logs with the output of root's hooks.
     pub fn open(path: &Path) -> Result<State> {
+        make_private(path).map_err(|e| Error::Open {
+            path: path.to_owned(),
+            source: io_error(e),
+        })?;
         let conn = Connection::open(path).map_err(|source| Error::Open {
             path: path.to_owned(),
             source,
@@ -311,6 +358,38 @@ impl State {
             Err(Error::Sqlite(e)) if is_damage(&e) => Err(damaged(e.to_string())),
             Err(e) => Err(e),
         }
+    }
+
+    /// A second, read-only connection to the database at `path`, which [`State::open`] has
+    /// created and migrated. In WAL mode its reads neither wait for the writer's commits nor
+    /// hold them up; [`State::read`] gives a consistent view across several queries.
+    pub fn open_read_only(path: &Path) -> Result<State> {
+        use rusqlite::OpenFlags;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|source| Error::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let found = schema::version(&conn)?;
+        if found > crate::schema::SCHEMA_VERSION {
+            return Err(Error::TooNew {
+                found,
+                supported: crate::schema::SCHEMA_VERSION,
+            });
+        }
+        Ok(State { conn })
+    }
+
+    /// Runs `f` inside one read transaction, so that what it reads with several queries is one
+    /// moment of the database.
+    pub fn read<T>(&mut self, f: impl FnOnce(&mut State) -> T) -> Result<T> {
+        self.conn.execute_batch("BEGIN DEFERRED")?;
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        // A read transaction has nothing to keep, and one left open would hold its old
+        // snapshot (and the WAL behind it) for ever: it ends, whatever `f` did.
+        let _ = self.conn.execute_batch("ROLLBACK");
+        out.map_err(|p| std::panic::resume_unwind(p))
     }
 
     pub fn open_in_memory() -> Result<State> {

@@ -473,3 +473,54 @@ fn a_damaged_database_is_refused_and_left_as_it_is() {
     assert!(err.to_string().contains("backup"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
 }
+
+#[test]
+fn the_database_and_its_companions_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let companions = ["state.db-wal", "state.db-shm"].map(|n| dir.path().join(n));
+    {
+        let mut st = State::open(&path).unwrap();
+        st.put_snap(&snap_row("hello")).unwrap();
+        assert_eq!(mode(&path), 0o600, "a new database");
+        for p in &companions {
+            assert_eq!(mode(p), 0o600, "{} of a new database", p.display());
+        }
+    }
+    // Left readable by an older refreshd: private again at the next open.
+    for p in std::iter::once(&path).chain(&companions) {
+        if p.exists() {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let st = State::open(&path).unwrap();
+    assert_eq!(mode(&path), 0o600, "an existing database");
+    for p in companions.iter().filter(|p| p.exists()) {
+        assert_eq!(mode(p), 0o600, "{} of an existing database", p.display());
+    }
+    assert_eq!(st.snap("hello").unwrap().unwrap(), snap_row("hello"));
+}
+
+#[test]
+fn a_read_only_connection_sees_commits_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let mut w = State::open(&path).unwrap();
+    let mut r = State::open_read_only(&path).unwrap();
+    assert!(r.snaps().unwrap().is_empty());
+    w.put_snap(&snap_row("hello")).unwrap();
+    assert_eq!(r.snaps().unwrap().len(), 1, "a commit is seen at once");
+    assert!(r.put_snap(&snap_row("other")).is_err(), "read-only");
+    // One read transaction is one moment: a commit made meanwhile is not half seen.
+    let (before, after) = r
+        .read(|r| {
+            let before = r.snaps().unwrap().len();
+            w.put_snap(&snap_row("second")).unwrap();
+            (before, r.snaps().unwrap().len())
+        })
+        .unwrap();
+    assert_eq!((before, after), (1, 1));
+    assert_eq!(r.snaps().unwrap().len(), 2);
+}

@@ -1,9 +1,7 @@
 //! Who is calling: the kernel's word (SO_PEERCRED), never the client's.
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
 use refreshd_client::types::ErrorKind;
-use tokio::net::UnixListener;
+use tokio::net::UnixStream;
 
 use super::{ApiError, ApiState};
 
@@ -18,9 +16,10 @@ pub struct Peer {
 /// A uid that is nobody's: used when the kernel could not tell, so nothing is allowed.
 const UNKNOWN_UID: u32 = u32::MAX;
 
-impl Connected<IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        match stream.io().peer_cred() {
+impl Peer {
+    /// Who connected, as the kernel recorded it when they did.
+    pub fn of(stream: &UnixStream) -> Peer {
+        match stream.peer_cred() {
             Ok(c) => Peer {
                 uid: c.uid(),
                 gid: c.gid(),

@@ -16,11 +16,7 @@ use crate::metrics::ProcessInfo;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub async fn metrics(State(st): State<Arc<ApiState>>) -> Result<Response, ApiError> {
-    let gauges = st
-        .engine
-        .db()
-        .call(|s| crate::metrics::gauges(s, now_ms()))
-        .await?;
+    let gauges = st.read(|s| crate::metrics::gauges(s, now_ms())).await?;
     let process = ProcessInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         tracking: st.ctx.tracking.kind.as_str().to_owned(),

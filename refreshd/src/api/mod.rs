@@ -3,10 +3,13 @@
 mod auth;
 mod changes;
 mod error;
+pub mod limits;
 mod metrics;
 pub mod refresh;
+mod server;
 mod snaps;
 mod status;
+mod watch;
 pub(crate) use status::hidepid;
 
 use std::sync::Arc;
@@ -15,13 +18,15 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::Router;
 use refreshd_client::types::{ErrorKind, MountMode as ApiMountMode};
-use tokio::net::UnixListener;
+use refreshd_state::State;
 use tokio_util::sync::CancellationToken;
 
+use crate::db::{ReadError, Reads};
 use crate::engine::Engine;
 use crate::tasks::{Ctx, MountMode};
 pub use auth::Peer;
 pub use error::ApiError;
+pub use server::serve;
 
 /// Everything a request handler can reach.
 pub struct ApiState {
@@ -34,6 +39,16 @@ pub struct ApiState {
     pub max_upload: u64,
     /// Fires when the daemon shuts down: streams end, new work is refused.
     pub shutdown: CancellationToken,
+    /// What each caller may hold (connections, requests, streams).
+    pub limits: Arc<limits::Limits>,
+    /// The read-only connections every read of the state goes through.
+    pub reads: Reads,
+    /// The threads requests' blocking work runs on.
+    pub workers: limits::Workers,
+    /// The answer of `GET /v1/refresh` for callers who are not admins, shared.
+    pub plan: refresh::PlanCache,
+    /// Watch streams, one snapshot per change shared by all of its watchers.
+    pub watches: watch::Watches,
 }
 
 impl ApiState {
@@ -42,6 +57,41 @@ impl ApiState {
             MountMode::Loop => ApiMountMode::Loop,
             MountMode::Extract => ApiMountMode::Extract,
         }
+    }
+
+    /// Reads the state on one of the read-only connections (one transaction).
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        E: Into<ApiError> + Send + 'static,
+        F: FnOnce(&mut State) -> Result<T, E> + Send + 'static,
+    {
+        match self.reads.call(f).await {
+            Ok(r) => r.map_err(Into::into),
+            Err(ReadError::Busy { size, wait }) => {
+                Err(limits::busy(size, "readers of the state", wait))
+            }
+            Err(ReadError::Closed) => Err(ApiError::new(
+                ErrorKind::Unavailable,
+                "refreshd is shutting down; try again when it is back",
+            )),
+            Err(ReadError::State(e)) => Err(e.into()),
+        }
+    }
+
+    /// Writes the state through the one writing connection, on one of the API's workers. Only
+    /// for requests of callers who may change state.
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        E: Into<ApiError> + Send + 'static,
+        F: FnOnce(&mut State) -> Result<T, E> + Send + 'static,
+    {
+        let db = self.engine.db().clone();
+        self.workers
+            .run(move || db.with(f))
+            .await?
+            .map_err(Into::into)
     }
 }
 
@@ -69,15 +119,6 @@ pub fn router(state: Arc<ApiState>) -> Router {
             )
         })
         .with_state(state)
-}
-
-/// Serves the API on `listener` until `shutdown` fires, then lets requests in flight finish.
-pub async fn serve(listener: UnixListener, state: Arc<ApiState>) -> std::io::Result<()> {
-    let shutdown = state.shutdown.clone();
-    let app = router(state).into_make_service_with_connect_info::<Peer>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
 }
 
 /// Parses a JSON request body whatever its Content-Type says, so `curl -d` works as is.

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -160,9 +161,7 @@ async fn candidates(st: &ApiState, names: &[String]) -> Result<Vec<Candidate>, A
     let now = Timestamp::now();
     let named = !wanted.is_empty();
     let (rows, missing) = st
-        .engine
-        .db()
-        .call(move |s| {
+        .read(move |s| {
             let mut rows = vec![];
             let mut missing = vec![];
             if named {
@@ -248,27 +247,30 @@ async fn look_up(st: &ApiState, cands: &[&Candidate]) -> Result<Vec<Looked>, Api
         })
         .collect();
     let url = store.url().to_owned();
-    let found = tokio::task::spawn_blocking(move || {
-        let mut indexes = HashMap::new();
-        wanted
-            .into_iter()
-            .map(|(snap, channel)| {
-                let index = indexes
-                    .entry(snap.clone())
-                    .or_insert_with(|| store.snap(&snap).map_err(|e| one_line(&e.to_string())));
-                let entry = match index {
-                    Err(e) => Err(format!("cannot read the store: {e}")),
-                    Ok(None) => Err(format!("snap {snap} is not in the store {url}")),
-                    Ok(Some(index)) => index.channel(&channel).cloned().ok_or_else(|| {
-                        format!("the store has no revision of {snap} in channel {channel}")
-                    }),
-                };
-                (entry, channel)
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .map_err(ApiError::internal)?;
+    // One worker for the whole look-up: a silent store holds it (up to --store-timeout per
+    // snap), never more than one.
+    let found = st
+        .workers
+        .run(move || {
+            let mut indexes = HashMap::new();
+            wanted
+                .into_iter()
+                .map(|(snap, channel)| {
+                    let index = indexes
+                        .entry(snap.clone())
+                        .or_insert_with(|| store.snap(&snap).map_err(|e| one_line(&e.to_string())));
+                    let entry = match index {
+                        Err(e) => Err(format!("cannot read the store: {e}")),
+                        Ok(None) => Err(format!("snap {snap} is not in the store {url}")),
+                        Ok(Some(index)) => index.channel(&channel).cloned().ok_or_else(|| {
+                            format!("the store has no revision of {snap} in channel {channel}")
+                        }),
+                    };
+                    (entry, channel)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
     Ok(cands
         .iter()
         .zip(found)
@@ -314,13 +316,59 @@ fn no_store() -> ApiError {
     )
 }
 
+/// How long the answer of `GET /v1/refresh` is served again to callers who are not admins.
+const PLAN_TTL: Duration = Duration::from_secs(30);
+
+/// The answer of `GET /v1/refresh` shared by callers who are not admins: the store is asked by
+/// one look-up at a time, whose answer serves every caller for [`PLAN_TTL`] after it. A caller
+/// who goes away does not stop the look-up the others wait for.
+#[derive(Default)]
+pub struct PlanCache {
+    /// The last answer and when it was made.
+    last: Arc<tokio::sync::Mutex<Option<(Instant, RefreshPlan)>>>,
+}
+
+impl PlanCache {
+    async fn get(&self, st: &Arc<ApiState>) -> Result<RefreshPlan, ApiError> {
+        let mut last = self.last.clone().lock_owned().await;
+        if let Some((at, plan)) = last.as_ref() {
+            if at.elapsed() < PLAN_TTL {
+                return Ok(plan.clone());
+            }
+        }
+        // The look-up runs on its own, holding the cache, so that callers queued behind it get
+        // its answer and a caller that goes away cancels nothing. A store that cannot be read
+        // is an answer (its notes say so); refreshd too busy to ask is not kept.
+        let st = st.clone();
+        let lookup = tokio::spawn(async move {
+            let plan = make_plan(&st).await;
+            if let Ok(plan) = &plan {
+                *last = Some((Instant::now(), plan.clone()));
+            }
+            plan
+        });
+        lookup.await.map_err(ApiError::internal)?
+    }
+}
+
 /// `GET /v1/refresh`: every snap whose channel has a newer revision, held and busy ones
-/// included (marked); changes nothing.
-pub async fn plan(State(st): St) -> Result<Json<RefreshPlan>, ApiError> {
+/// included (marked); changes nothing. Root and the admin group have the store asked at once;
+/// anyone else gets the shared answer of the last 30 s ([`PlanCache`]).
+pub async fn plan(
+    State(st): St,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Result<Json<RefreshPlan>, ApiError> {
     if st.ctx.store.is_none() {
         return Err(no_store());
     }
-    let cands = candidates(&st, &[]).await?;
+    if peer.is_admin(&st) {
+        return Ok(Json(make_plan(&st).await?));
+    }
+    Ok(Json(st.plan.get(&st).await?))
+}
+
+async fn make_plan(st: &ApiState) -> Result<RefreshPlan, ApiError> {
+    let cands = candidates(st, &[]).await?;
     let mut plan = RefreshPlan::default();
     let mut lookups = vec![];
     for c in &cands {
@@ -329,7 +377,7 @@ pub async fn plan(State(st): St) -> Result<Json<RefreshPlan>, ApiError> {
             None => lookups.push(c),
         }
     }
-    for (c, looked) in lookups.iter().zip(look_up(&st, &lookups).await?) {
+    for (c, looked) in lookups.iter().zip(look_up(st, &lookups).await?) {
         match looked {
             Looked::Note(note) => plan.notes.push(note),
             Looked::Update(entry) => plan.updates.push(Update {
@@ -345,7 +393,7 @@ pub async fn plan(State(st): St) -> Result<Json<RefreshPlan>, ApiError> {
         }
     }
     plan.notes.sort_by(|a, b| a.snap.cmp(&b.snap));
-    Ok(Json(plan))
+    Ok(plan)
 }
 
 /// `POST /v1/refresh`: refresh, hold or unhold.
@@ -355,6 +403,8 @@ pub async fn post(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    // Before the body: it is not read for callers who may not change state (server.rs).
+    peer.require_admin(&st, "refreshing snaps or holding their refreshes")?;
     let req: RefreshRequest =
         super::json_body(&body, r#"{"action": "refresh", "names": ["hello"]}"#)?;
     if req.hold.is_some() && req.action != RefreshActionKind::Hold {
@@ -400,9 +450,7 @@ pub async fn refresh_snaps(
     if let Some(k) = &key {
         let k2 = k.clone();
         let earlier = st
-            .engine
-            .db()
-            .call(move |s| {
+            .write(move |s| {
                 if let Some((request, _)) = s.idempotency_key(uid, &k2)? {
                     return Err(refreshd_state::Error::KeyReused { key: k2, request });
                 }
@@ -473,9 +521,7 @@ pub async fn refresh_snaps(
         vec![]
     } else {
         let made = st
-            .engine
-            .db()
-            .call(move |s| {
+            .write(move |s| {
                 // The same request, retried while this one looked at the store, got through
                 // first: its answer is this one's.
                 if let Some(k) = &key {
@@ -580,9 +626,7 @@ async fn set_holds(
     let value = until.map(|u| u.to_string());
     let v2 = value.clone();
     let (snaps, missing) = st
-        .engine
-        .db()
-        .call(move |s| {
+        .write(move |s| {
             let names: Vec<String> = if names.is_empty() {
                 s.snaps()?
                     .into_iter()

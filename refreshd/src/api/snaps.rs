@@ -29,9 +29,7 @@ fn ts(ms: i64) -> jiff::Timestamp {
 
 pub async fn system_info(State(st): St) -> Result<Json<SystemInfo>, ApiError> {
     let (snaps, changes, auto) = st
-        .engine
-        .db()
-        .call(|s| {
+        .read(|s| {
             let snaps = s.snaps()?.iter().filter(|r| r.current.is_some()).count();
             let changes = s.changes(Select::InProgress, None)?.len();
             let auto = crate::autorefresh::status(s)?;
@@ -102,9 +100,7 @@ pub(super) fn snap_json(
 
 pub async fn list(State(st): St) -> Result<Json<Vec<Snap>>, ApiError> {
     let snaps = st
-        .engine
-        .db()
-        .call(|s| {
+        .read(|s| {
             let mut out = vec![];
             for row in s.snaps()? {
                 out.extend(snap_json(s, &row)?);
@@ -118,9 +114,7 @@ pub async fn list(State(st): St) -> Result<Json<Vec<Snap>>, ApiError> {
 pub async fn one(State(st): St, Path(name): Path<String>) -> Result<Json<Snap>, ApiError> {
     let n = name.clone();
     let snap = st
-        .engine
-        .db()
-        .call(move |s| match s.snap(&n)? {
+        .read(move |s| match s.snap(&n)? {
             Some(row) => snap_json(s, &row),
             None => Ok(None),
         })
@@ -186,12 +180,7 @@ pub async fn install(
     let key = idempotency_key(&headers)?;
     if let Some(k) = &key {
         let (uid, k2) = (peer.uid, k.clone());
-        if let Some((req, id)) = st
-            .engine
-            .db()
-            .call(move |s| s.idempotency_key(uid, &k2))
-            .await?
-        {
+        if let Some((req, id)) = st.write(move |s| s.idempotency_key(uid, &k2)).await? {
             if req == "install" {
                 // A retry of a request that got through: same answer, nothing new. Read the
                 // body anyway so the client can finish sending it.
@@ -268,18 +257,19 @@ pub async fn install(
 
     // Check the file before anything is recorded: a bad snap leaves no trace.
     let p = path.clone();
-    let yaml = tokio::task::spawn_blocking(
-        move || -> Result<(refreshd_snap::SnapYaml, String), String> {
-            refreshd_snap::check_image(&p).map_err(|e| e.to_string())?;
-            let bytes =
-                refreshd_snap::read_file(&p, "meta/snap.yaml").map_err(|e| e.to_string())?;
-            let yaml = refreshd_snap::yaml::parse(&bytes).map_err(|e| e.to_string())?;
-            Ok((yaml, String::from_utf8_lossy(&bytes).into_owned()))
-        },
-    )
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(|e| ApiError::new(ErrorKind::InvalidSnap, e))?;
+    let yaml = st
+        .workers
+        .run(
+            move || -> Result<(refreshd_snap::SnapYaml, String), String> {
+                refreshd_snap::check_image(&p).map_err(|e| e.to_string())?;
+                let bytes =
+                    refreshd_snap::read_file(&p, "meta/snap.yaml").map_err(|e| e.to_string())?;
+                let yaml = refreshd_snap::yaml::parse(&bytes).map_err(|e| e.to_string())?;
+                Ok((yaml, String::from_utf8_lossy(&bytes).into_owned()))
+            },
+        )
+        .await?
+        .map_err(|e| ApiError::new(ErrorKind::InvalidSnap, e))?;
     let (yaml, manifest) = yaml;
     let instance: InstanceName = match &q.instance_name {
         Some(n) => n.parse().map_err(|e: refreshd_snap::NameError| {
@@ -305,9 +295,7 @@ pub async fn install(
     let uid = peer.uid;
     let upload_path = path.clone();
     let created = st
-        .engine
-        .db()
-        .call(move |s| -> refreshd_state::Result<Created> {
+        .write(move |s| -> refreshd_state::Result<Created> {
             let existing = s.snap(&inst)?;
             let revs: Vec<Revision> = s
                 .revisions(&inst)?
@@ -374,9 +362,7 @@ pub async fn action(
     let uid = peer.uid;
     let n = name.clone();
     let created = st
-        .engine
-        .db()
-        .call(move |s| -> refreshd_state::Result<Option<Created>> {
+        .write(move |s| -> refreshd_state::Result<Option<Created>> {
             if let Some(k) = &key {
                 if let Some((req, id)) = s.idempotency_key(uid, k)? {
                     if req == "remove" {
@@ -420,12 +406,7 @@ async fn store_change(
     let request = if refresh { "refresh" } else { "install" };
     if let Some(k) = &key {
         let k2 = k.clone();
-        if let Some((req, id)) = st
-            .engine
-            .db()
-            .call(move |s| s.idempotency_key(uid, &k2))
-            .await?
-        {
+        if let Some((req, id)) = st.write(move |s| s.idempotency_key(uid, &k2)).await? {
             if req == request {
                 return Ok(accepted(id));
             }
@@ -443,7 +424,7 @@ async fn store_change(
         refreshd_store::validate_channel(ch).map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
     let n = instance.as_str().to_owned();
-    let row = st.engine.db().call(move |s| s.snap(&n)).await?;
+    let row = st.write(move |s| s.snap(&n)).await?;
     let installed = row.as_ref().is_some_and(|r| r.current.is_some());
     match (refresh, installed) {
         (false, true) => {
@@ -463,9 +444,10 @@ async fn store_change(
         .unwrap_or_else(|| "stable".to_owned());
     let snap_name = instance.snap_name().to_owned();
     let (s2, sn) = (store.clone(), snap_name.clone());
-    let index = tokio::task::spawn_blocking(move || s2.snap(&sn))
-        .await
-        .map_err(ApiError::internal)?
+    let index = st
+        .workers
+        .run(move || s2.snap(&sn))
+        .await?
         // Not `unavailable`: that asks clients to retry (refreshd shutting down), and a store
         // that cannot be reached was already retried; a bad index is no better the next time.
         .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?
@@ -482,7 +464,7 @@ async fn store_change(
         )
     })?;
     let (n, rev) = (instance.as_str().to_owned(), entry.revision.to_string());
-    let kept = st.engine.db().call(move |s| s.revision(&n, &rev)).await?;
+    let kept = st.write(move |s| s.revision(&n, &rev)).await?;
     if let Some(kept) = kept.filter(|k| k.sha3_384 != entry.sha3_384) {
         return Err(ApiError::bad_request(replayed(
             name,
@@ -506,9 +488,7 @@ async fn store_change(
     }
     let ss = store_setup(&instance, previous, &entry, channel, store.url());
     let created = st
-        .engine
-        .db()
-        .call(move |s| {
+        .write(move |s| {
             let new = crate::tasks::install_change(&ss);
             let key = key.as_deref().map(|k| IdempotencyKey {
                 uid,
@@ -577,9 +557,7 @@ async fn revert(
 ) -> Result<Response, ApiError> {
     let n = name.to_owned();
     let created = st
-        .engine
-        .db()
-        .call(move |s| -> Result<Created, ApiError> {
+        .write(move |s| -> Result<Created, ApiError> {
             if let Some(k) = &key {
                 if let Some((req, id)) = s.idempotency_key(uid, k)? {
                     if req == "revert" {

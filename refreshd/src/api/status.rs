@@ -17,7 +17,7 @@ use refreshd_client::types::{AppsWait, SnapProcess, SnapStatus};
 use refreshd_snap::InstanceName;
 use refreshd_state::Select;
 
-use super::changes::change_json;
+use super::changes::{change_json, View};
 use super::{ApiError, ApiState, Peer};
 use crate::metrics::{wait_started, waiting_for_apps};
 
@@ -38,9 +38,7 @@ pub async fn status(
     }
     let n = name.clone();
     let found = st
-        .engine
-        .db()
-        .call(move |s| -> refreshd_state::Result<_> {
+        .read(move |s| -> refreshd_state::Result<_> {
             let row = s.snap(&n)?;
             let current = match row.as_ref().and_then(|r| r.current.clone()) {
                 Some(rev) => s.revision(&n, &rev)?,
@@ -60,50 +58,57 @@ pub async fn status(
     if row.is_none() && change.is_none() {
         return Err(super::snaps::not_installed(&name));
     }
+    let admin = peer.is_admin(&st);
+    let view = if admin { View::Full } else { View::Public };
     let waiting = change.as_ref().and_then(|(_, tasks)| {
         let t = waiting_for_apps(tasks)?;
         Some(AppsWait {
             task: t.id,
             since: ts(wait_started(tasks, t)),
-            reason: t.wait_reason.clone().unwrap_or_default(),
+            // The reason names processes with their command lines: the list below shows each
+            // caller what /proc would; the reason is for root and the admin group.
+            reason: match view {
+                View::Full => t.wait_reason.clone().unwrap_or_default(),
+                View::Public => format!("waiting for the processes of {name} to exit"),
+            },
         })
     });
-    let admin = peer.is_admin(&st);
     let ctx = st.ctx.clone();
     let n = name.clone();
-    let (processes, inhibited) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-        let tr = &ctx.tracking;
-        let pids = tr.procs(&n)?;
-        let hidden = hidepid(&std::fs::read("/proc/self/mountinfo").unwrap_or_default());
-        let sys = System::read();
-        // One look-up per owner, however many processes they have.
-        let mut users = std::collections::HashMap::new();
-        let processes: Vec<SnapProcess> = pids
-            .into_iter()
-            .filter_map(|pid| process(pid, &sys))
-            .map(|mut p| {
-                p.user = users
-                    .entry(p.uid)
-                    .or_insert_with(|| user_name(p.uid))
-                    .clone();
-                if hidden && !admin && p.uid != peer.uid {
-                    p.command = None;
-                }
-                p
-            })
-            .collect();
-        Ok((processes, tr.is_inhibited(&n)))
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(|e| ApiError::internal(format!("cannot read the cgroups of snap {name}: {e}")))?;
+    let (processes, inhibited) = st
+        .workers
+        .run(move || -> std::io::Result<_> {
+            let tr = &ctx.tracking;
+            let pids = tr.procs(&n)?;
+            let hidden = hidepid(&std::fs::read("/proc/self/mountinfo").unwrap_or_default());
+            let sys = System::read();
+            // One look-up per owner, however many processes they have.
+            let mut users = std::collections::HashMap::new();
+            let processes: Vec<SnapProcess> = pids
+                .into_iter()
+                .filter_map(|pid| process(pid, &sys))
+                .map(|mut p| {
+                    p.user = users
+                        .entry(p.uid)
+                        .or_insert_with(|| user_name(p.uid))
+                        .clone();
+                    if hidden && !admin && p.uid != peer.uid {
+                        p.command = None;
+                    }
+                    p
+                })
+                .collect();
+            Ok((processes, tr.is_inhibited(&n)))
+        })
+        .await?
+        .map_err(|e| ApiError::internal(format!("cannot read the cgroups of snap {name}: {e}")))?;
     Ok(Json(SnapStatus {
         name,
         revision: current.as_ref().map(|r| r.revision.clone()),
         version: current.map(|r| r.version),
         tracking: st.ctx.tracking.kind.as_str().to_owned(),
         inhibited,
-        change: change.map(|(c, tasks)| change_json(&c, &tasks, false)),
+        change: change.map(|(c, tasks)| change_json(&c, &tasks, false, view)),
         waiting,
         processes,
     }))

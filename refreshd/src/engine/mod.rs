@@ -69,7 +69,7 @@ impl Outcome {
     }
 }
 
-/// The do and undo halves of one task kind. Both run on a blocking thread and must be
+/// The do and undo halves of one task kind. Both run on a thread of their own and must be
 /// idempotent: either may be interrupted at any point and run again from the start.
 pub trait Handler: Send + Sync + 'static {
     fn run(&self, ctx: &TaskCtx, phase: Phase) -> Outcome;
@@ -161,6 +161,40 @@ impl TaskCtx {
             warn!(task = id, "cannot record task progress: {e}");
         }
         let _ = self.changed.send(self.change.id);
+    }
+}
+
+/// Runs a handler on a thread of its own, so that it never waits for a thread of a pool that
+/// anything else (the API's requests) could have taken. The thread is in the engine's runtime
+/// (a handler may start background work there, as a blocking thread of it could). A thread
+/// that cannot be made is a transient failure; a handler that panics fails its task.
+async fn on_own_thread(kind: &str, f: impl FnOnce() -> Outcome + Send + 'static) -> Outcome {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let rt = tokio::runtime::Handle::current();
+    let spawned = std::thread::Builder::new()
+        .name(format!("task {kind}"))
+        .spawn(move || {
+            let _rt = rt.enter();
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = tx.send(out);
+        });
+    if let Err(e) = spawned {
+        return Outcome::Retry {
+            reason: format!("cannot start a thread for the task: {e}"),
+            after: None,
+        };
+    }
+    match rx.await {
+        Ok(Ok(out)) => out,
+        Ok(Err(panic)) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            Outcome::Failed(format!("task handler panicked: {msg}"))
+        }
+        Err(_) => Outcome::Failed("task handler panicked".to_owned()),
     }
 }
 
@@ -463,7 +497,8 @@ impl Engine {
         self.inner.tracker.spawn(async move {
             let kind = ctx.task.kind.clone();
             let when = if phase == Phase::Do { "do" } else { "undo" };
-            let outcome = tokio::task::spawn_blocking(move || {
+            let name = kind.clone();
+            let outcome = on_own_thread(&name, move || {
                 failpoint::hit(&format!("before-{when}:{kind}"));
                 let out = if failpoint::fails(&format!("fail-{when}:{kind}")) {
                     Outcome::Failed(format!("failpoint fail-{when}:{kind}"))
@@ -479,8 +514,7 @@ impl Engine {
                 failpoint::hit(&format!("after-{when}:{kind}"));
                 out
             })
-            .await
-            .unwrap_or_else(|e| Outcome::Failed(format!("task handler panicked: {e}")));
+            .await;
             let outcome = engine.fired_since(outcome, started_gen);
             engine.complete(id, phase, outcome).await;
         });
