@@ -144,3 +144,34 @@ pub struct Progress {
     /// Bytes of regular files handled so far (kept ones included).
     pub bytes: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_say_whether_the_entry_is_in_the_copy() {
+        // A file that changed while it was copied is in the copy (maybe torn): the log must not
+        // say it was left out.
+        for kept in [NoteKind::ChangedWhileCopied, NoteKind::PrivilegesStripped] {
+            assert!(!kept.left_out());
+            assert!(!kept.describe().starts_with("left out"), "{kept:?}");
+        }
+        for gone in [
+            NoteKind::Socket,
+            NoteKind::Device,
+            NoteKind::ForeignHardLink,
+            NoteKind::MountPoint,
+            NoteKind::Vanished,
+            NoteKind::Swapped,
+            NoteKind::DirectoryMoved,
+            NoteKind::Unreadable(libc::EACCES),
+        ] {
+            assert!(gone.left_out());
+            assert!(gone.describe().starts_with("left out"), "{gone:?}");
+        }
+        assert!(NoteKind::Unreadable(libc::EACCES)
+            .describe()
+            .contains("Permission denied"));
+    }
+}

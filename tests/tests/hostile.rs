@@ -2286,7 +2286,10 @@ fn refresh_under_launches(r: &Path, v: &TestUser, launcher: &Path, blob: &Path) 
             d.as_secs_f64() * 1e3
         );
     }
-    println!("  user-data: {:?}", task_log(&done, "user-data"));
+    let tasks = done["tasks"].as_array().cloned().unwrap_or_default();
+    if let Some(t) = tasks.iter().find(|t| t["kind"] == "user-data") {
+        println!("  user-data: {}", t["log"]);
+    }
     (by_length[0].1, section)
 }
 
@@ -2446,4 +2449,52 @@ fn a_users_stopped_launcher_holds_up_no_other_launch() {
     drop(holder);
     let done = watch_until_ready(r, id);
     assert_eq!(done["status"], "Done", "{done}");
+}
+
+// -------------------------------------------------------------------------------------------
+// 9. What root makes on a user's behalf
+
+/// A user's launch is the first to need the snap's lock, its `running` marker and its cgroups,
+/// so the setuid launcher makes them, as root. They are root's group's too, not the user's
+/// (a setuid program keeps its caller's group unless it changes it): nothing a user's group
+/// could write or claim.
+#[test]
+fn what_root_makes_for_a_users_launch_is_roots() {
+    let Some([user]) = hostile_users(["hgid"]) else {
+        return;
+    };
+    let mut tally = Tally::new("root-made-group");
+    let root = Root::new("hostile-gid");
+    let r = root.path();
+    let home = user_home(r, &user);
+    let (_d, _) = installed(&root, "hgid", DaemonOpts::default());
+    let out = as_user(&user, r.join("snap/bin/hgid.probe"))
+        .arg(home.join("report"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let runctl = r.join("run/refreshd/runctl");
+    let mut made: Vec<PathBuf> = ["snap.hgid.lock", "snap.hgid.running"]
+        .iter()
+        .map(|n| runctl.join(n))
+        .filter(|p| p.exists())
+        .collect();
+    made.extend(
+        cgroup_parents(r)
+            .into_iter()
+            .map(|p| p.join("snap.hgid"))
+            .filter(|p| p.exists()),
+    );
+    assert!(!made.is_empty(), "the launch made nothing as root");
+    for p in &made {
+        let md = fs::metadata(p).unwrap();
+        println!("{}: uid {} gid {}", p.display(), md.uid(), md.gid());
+        assert_eq!(
+            (md.uid(), md.gid()),
+            (0, 0),
+            "{} was made with the launching user's group",
+            p.display()
+        );
+        tally.attempt(true);
+    }
 }
