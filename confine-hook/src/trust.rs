@@ -54,7 +54,8 @@ pub fn check_program(instance: &Dir, rev: &[u8], command: &[u8]) -> Result<()> {
             Err(e) => return Err(io_fail(&shown, &shown, e)),
         }
     }
-    trusted(&payload, &payload_path, &shown)?;
+    let st = sys::fstat(payload.as_fd()).map_err(|e| io_fail(&shown, &payload_path, e))?;
+    trusted(&payload, &st, &payload_path, &shown)?;
     walk(payload, payload_path, command, &shown)
 }
 
@@ -98,7 +99,7 @@ fn walk(payload: OwnedFd, payload_path: Vec<u8>, command: &[u8], shown: &[u8]) -
             todo.extend(more);
             continue;
         }
-        trusted(&fd, &path, shown)?;
+        trusted(&fd, &st, &path, shown)?;
         if st.is_dir() {
             dirs.push((fd, path));
             continue;
@@ -106,7 +107,10 @@ fn walk(payload: OwnedFd, payload_path: Vec<u8>, command: &[u8], shown: &[u8]) -
         if !todo.is_empty() {
             return Err(refuse(shown, &path, "is not a directory"));
         }
-        return regular(&fd, &path, shown);
+        if !st.is_file() {
+            return Err(refuse(shown, &path, "is not a regular file"));
+        }
+        return Ok(());
     }
     Err(refuse(shown, shown, "is a directory"))
 }
@@ -119,30 +123,23 @@ fn parts(p: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// On a read-only mount, or root's and not writable by group or others.
-fn trusted(fd: &OwnedFd, path: &[u8], shown: &[u8]) -> Result<()> {
+/// Root's and not writable by group or others, or else on a read-only mount (asked only
+/// then: an extracted payload passes on its `stat` alone).
+fn trusted(fd: &OwnedFd, st: &sys::Stat, path: &[u8], shown: &[u8]) -> Result<()> {
+    let why = if st.uid != sys::Uid::ROOT {
+        format!("is owned by uid {}, not root", st.uid)
+    } else if st.mode & 0o022 != 0 {
+        format!(
+            "is writable by group or others (mode {:o})",
+            st.mode & 0o7777
+        )
+    } else {
+        return Ok(());
+    };
     if sys::on_readonly_mount(fd.as_fd()).map_err(|e| io_fail(shown, path, e))? {
         return Ok(());
     }
-    let st = sys::fstat(fd.as_fd()).map_err(|e| io_fail(shown, path, e))?;
-    if st.uid != sys::Uid::ROOT {
-        return Err(refuse(
-            shown,
-            path,
-            &format!("is owned by uid {}, not root", st.uid),
-        ));
-    }
-    if st.mode & 0o022 != 0 {
-        return Err(refuse(
-            shown,
-            path,
-            &format!(
-                "is writable by group or others (mode {:o})",
-                st.mode & 0o7777
-            ),
-        ));
-    }
-    Ok(())
+    Err(refuse(shown, path, &why))
 }
 
 fn regular(fd: &OwnedFd, path: &[u8], shown: &[u8]) -> Result<()> {
