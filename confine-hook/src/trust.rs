@@ -164,16 +164,20 @@ fn refuse(shown: &[u8], path: &[u8], why: &str) -> Error {
 }
 
 fn io_fail(shown: &[u8], path: &[u8], e: std::io::Error) -> Error {
+    let at = if path == shown {
+        String::new()
+    } else {
+        format!("{}: ", show(path))
+    };
     if e.raw_os_error() == Some(libc::ENOENT) {
         return fail!(
-            "cannot run {}: {} does not exist; the revision may not be mounted: restart \
-             refreshd, or reinstall the snap",
-            show(shown),
-            show(path)
+            "cannot run {}: {at}{e}; the revision may not be mounted: restart refreshd, or \
+             reinstall the snap",
+            show(shown)
         )
         .with_code(EXIT_NOT_FOUND);
     }
-    fail!("cannot run {}: {}: {e}", show(shown), show(path))
+    fail!("cannot run {}: {at}{e}", show(shown))
 }
 
 #[cfg(test)]
@@ -198,6 +202,7 @@ mod tests {
             return;
         }
         let d = tempfile_dir();
+        let _gone = Remove(d.clone());
         let root = d.join("root");
         let p = root.join("snap/app/x1");
         fs::create_dir_all(p.join("bin/sub")).unwrap();
@@ -225,7 +230,7 @@ mod tests {
             ("bin/app/x", Some("ot a directory")),
             (
                 "bin/none",
-                Some("does not exist; the revision may not be mounted"),
+                Some("No such file or directory (os error 2); the revision may not be mounted"),
             ),
         ];
         let run_table = |ro: bool| {
@@ -286,7 +291,15 @@ mod tests {
             std::os::unix::fs::chown(&f, Some(0), None).unwrap();
         }
         check(&root, "bin/app").unwrap();
-        let _ = fs::remove_dir_all(&d);
+    }
+
+    /// Removes the scratch directory even when an assertion fails.
+    struct Remove(std::path::PathBuf);
+
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
     }
 
     /// A private scratch directory (the crate has no tempfile dependency).
