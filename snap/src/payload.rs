@@ -25,7 +25,7 @@ use nix::sys::statvfs::{fstatvfs, FsFlags};
 use nix::unistd::{fchown, fchownat, unlinkat, Gid, Uid, UnlinkatFlags};
 
 /// Directories nested deeper than this are refused (the walk holds one descriptor per level).
-pub const MAX_DEPTH: usize = 512;
+pub const MAX_DEPTH: usize = 256;
 
 /// The mode bits a payload keeps: no setuid/setgid/sticky, no group or other write.
 const KEEP: u32 = 0o755;

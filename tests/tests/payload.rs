@@ -311,6 +311,40 @@ fn entries(dir: &Path) -> Vec<(PathBuf, u32, u32, u32, fs::FileType)> {
     out
 }
 
+/// A real user tries to trojan the app, plant or replace a hook, and make room to do so in the
+/// payload at `x1`; each attempt must fail. Returns (attempts, refused).
+fn user_attempts(user: &TestUser, x1: &Path) -> (u32, u32) {
+    let x = x1.display();
+    let attempts = [
+        format!("echo 'echo trojan' >> {x}/bin/hello"),
+        format!("printf '#!/bin/sh\\necho planted\\n' > {x}/meta/hooks/post-refresh"),
+        format!("rm -f {x}/meta/hooks/pre-refresh"),
+        format!("mv {x}/meta/hooks {x}/meta/hooks.old"),
+        format!("touch {x}/open/new"),
+        format!("chmod 0777 {x}/bin/hello"),
+        format!("ln -s /tmp {x}/open/link"),
+        format!("touch {x}/planted"),
+    ];
+    let (mut tried, mut refused) = (0, 0);
+    for a in &attempts {
+        tried += 1;
+        let (ok, out) = as_user(user, a);
+        assert!(!ok, "the user managed: {a}");
+        refused += 1;
+        assert!(
+            [
+                "Permission denied",
+                "Operation not permitted",
+                "Read-only file system"
+            ]
+            .iter()
+            .any(|w| out.contains(w)),
+            "{a}: {out}"
+        );
+    }
+    (tried, refused)
+}
+
 #[test]
 fn extract_mode_payload_is_immutable_to_users() {
     if !prerequisites() {
@@ -328,8 +362,9 @@ fn extract_mode_payload_is_immutable_to_users() {
     assert_eq!(install(r, &v1)["status"], "Done");
     let x1 = r.join("snap/wideopen/x1");
 
-    // The tree is root's and no one else may write it, whatever the image said.
     let all = entries(&x1);
+    let (tried, refused) = user_attempts(&user, &x1);
+    // The tree is root's and no one else may write it, whatever the image said.
     assert!(all.len() >= 9, "{all:?}");
     for (p, uid, gid, mode, kind) in &all {
         assert_eq!((*uid, *gid), (0, 0), "{} is not root's", p.display());
@@ -348,29 +383,6 @@ fn extract_mode_payload_is_immutable_to_users() {
         assert_eq!(md.mode() & 0o022, 0, "{}", p.display());
     }
 
-    // A real user tries to trojan the app, plant or replace a hook, and make room to do so.
-    let x = x1.display();
-    let attempts = [
-        format!("echo 'echo trojan' >> {x}/bin/hello"),
-        format!("printf '#!/bin/sh\\necho planted\\n' > {x}/meta/hooks/post-refresh"),
-        format!("rm -f {x}/meta/hooks/pre-refresh"),
-        format!("mv {x}/meta/hooks {x}/meta/hooks.old"),
-        format!("touch {x}/open/new"),
-        format!("chmod 0777 {x}/bin/hello"),
-        format!("ln -s /tmp {x}/open/link"),
-        format!("touch {x}/planted"),
-    ];
-    let (mut tried, mut refused) = (0, 0);
-    for a in &attempts {
-        tried += 1;
-        let (ok, out) = as_user(&user, a);
-        assert!(!ok, "the user managed: {a}");
-        refused += 1;
-        assert!(
-            out.contains("Permission denied") || out.contains("Operation not permitted"),
-            "{a}: {out}"
-        );
-    }
     assert_eq!(entries(&x1).len(), all.len(), "the tree changed");
     assert_eq!(launch(r, "wideopen"), ("image app x1".into(), Some(0)));
 
@@ -383,6 +395,30 @@ fn extract_mode_payload_is_immutable_to_users() {
     );
     println!(
         "figures: hostile: test=extract_mode_payload_is_immutable_to_users attempts={tried} refused={refused} leaked=0"
+    );
+}
+
+/// The same image loop-mounted: the mount shows the image's owners and modes, and is read-only
+/// to everyone — what an extracted payload must match.
+#[test]
+fn a_loop_mounted_payload_is_immutable_to_users() {
+    if !prerequisites() || !loop_devices() {
+        return;
+    }
+    let Some(user) = TestUser::create("lpy") else {
+        skip("useradd failed");
+        return;
+    };
+    let root = Root::new("payload-loop");
+    let r = root.path();
+    let _d = Daemon::start(r);
+    let v1 = hostile_image(&root, &user, "1.0");
+    assert_eq!(install(r, &v1)["status"], "Done");
+    let x1 = r.join("snap/wideopen/x1");
+    let (tried, refused) = user_attempts(&user, &x1);
+    assert_eq!(launch(r, "wideopen"), ("image app x1".into(), Some(0)));
+    println!(
+        "figures: hostile: test=a_loop_mounted_payload_is_immutable_to_users attempts={tried} refused={refused} leaked=0"
     );
 }
 
