@@ -119,6 +119,11 @@ fn a_stale_mount_of_another_blob_is_replaced() {
     assert_eq!(install(r, &first)["status"], "Done");
     leave_stale_mount(r, "stale", "x2", &old);
     let x2 = r.join("snap/stale/x2");
+    // ...with the launch descriptions of the failed change's blob, one for an app the next
+    // blob does not have.
+    let ghost = r.join("var/lib/refreshd/launch/stale/x2/ghost");
+    fs::create_dir_all(ghost.parent().unwrap()).unwrap();
+    fs::write(&ghost, "refreshd-launch 1\nrevision x2\ncommand word\n").unwrap();
     // Something still uses the stale payload: it must go lazily, not fail the change.
     let held = fs::File::open(x2.join("word")).unwrap();
     assert_eq!(fs::read_to_string(x2.join("word")).unwrap(), "stale");
@@ -139,6 +144,10 @@ fn a_stale_mount_of_another_blob_is_replaced() {
     );
     assert_eq!(launch(r, "stale"), ("fresh x2".into(), Some(0)));
     assert_eq!(mounts_at(&x2), 1);
+    assert!(
+        !ghost.exists(),
+        "a stale launch description outlived its blob"
+    );
     drop(held);
 
     // At start-up, too: a recorded revision with another image mounted at its place.

@@ -125,6 +125,9 @@ pub fn mount(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
             if !dir.join("meta/snap.yaml").is_file() {
                 bail!("{} has no meta/snap.yaml after mounting", dir.display());
             }
+            // Descriptions of this revision number left by an earlier change (another blob,
+            // other apps) must not outlive it: exactly this manifest's are written.
+            super::launchers::remove_descriptions(c, &ss.instance, Some(&ss.revision))?;
             super::launchers::write_descriptions(c, &ss.instance, &ss.revision, &ss.manifest)?;
             t.log(format!(
                 "{} {} at {}",
