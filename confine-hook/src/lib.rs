@@ -29,6 +29,7 @@ mod privs;
 mod root;
 mod runctl;
 mod sys;
+mod trust;
 mod userdata;
 
 /// The pure parts of a launch, for the fuzz targets in fuzz/ (not an interface).
@@ -185,6 +186,7 @@ fn launch_app() -> Result<Infallible> {
         // Arguments from the kernel's argv never hold NUL.
         argvp.push(CString::new(a.as_bytes()).map_err(|_| fail!("NUL in an argument"))?);
     }
+    trust::check_program(&instance_dir, &rev, launch.command.as_bytes())?;
     sys::umask(caller_umask);
     sys::default_sigpipe().map_err(|e| fail!("cannot reset SIGPIPE: {e}"))?;
     let e = sys::execve(&cprogram, &argvp, &envp);

@@ -406,3 +406,41 @@ pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
     unsafe { libc::execve(path.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
     io::Error::last_os_error()
 }
+
+/// `fstatvfs(2)`: whether the mount `fd` is on is read-only (`ST_RDONLY`).
+pub fn on_readonly_mount(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: an all-zero `struct statvfs` is a valid value; fstatvfs overwrites it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is live and writable; `fd` is a live descriptor.
+    cerr(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
+    Ok(st.f_flag & libc::ST_RDONLY != 0)
+}
+
+/// `openat2(2)` of `path` beneath `dir` with `flags | O_CLOEXEC` and the `RESOLVE_*` bits in
+/// `resolve`. ENOSYS on kernels before 5.6.
+pub fn openat2(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    flags: libc::c_int,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    // SAFETY: an all-zero `struct open_how` is a valid value (three integers).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = resolve;
+    // SAFETY: `path` is NUL-terminated and outlives the call; `how` is a live, initialised
+    // `struct open_how` whose size is passed with it; `dir` is a live descriptor.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    // A descriptor, or -1: both fit an int.
+    let fd = cerr(ret as libc::c_int)?;
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -608,13 +608,19 @@ fn recover(ctx: &Ctx, state: &mut State) -> anyhow::Result<()> {
     }
     // The picture of running apps comes from the kernel, not from before the restart.
     tr.rescan();
+    // Each payload is checked against its recorded blob, not taken as it is found: a mount or
+    // tree left by an earlier run may show another image.
     for snap in state.snaps()? {
         for rev in state.revisions(&snap.name)? {
             let dir = l.rev_dir(&snap.name, &rev.revision);
             let blob = l.blob(&snap.name, &rev.revision);
             if dir.exists() && blob.exists() {
-                if let Err(e) = install::mount_revision(ctx, &blob, &dir) {
-                    warn!(snap = %snap.name, revision = %rev.revision, "cannot mount: {e:#}");
+                match install::mount_verified(ctx, &snap.name, &rev.revision, &rev.sha3_384) {
+                    Ok(Some(note)) => info!(snap = %snap.name, revision = %rev.revision, "{note}"),
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(snap = %snap.name, revision = %rev.revision, "cannot mount: {e:#}")
+                    }
                 }
             }
         }

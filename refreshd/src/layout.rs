@@ -5,6 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// Ends the name of the record beside an extracted payload (`snap/NAME/.REV.refreshd-payload`).
+pub const PAYLOAD_RECORD: &str = ".refreshd-payload";
+
 #[derive(Debug, Clone)]
 pub struct Layout {
     root: PathBuf,
@@ -48,6 +51,11 @@ impl Layout {
     }
     pub fn rev_dir(&self, name: &str, rev: &str) -> PathBuf {
         self.snap_dir(name).join(rev)
+    }
+    /// Extract mode: which blob (its sha3-384) the tree at `rev_dir` was unpacked from; root's,
+    /// beside the tree, written only once the tree is complete and in place.
+    pub fn payload_record(&self, name: &str, rev: &str) -> PathBuf {
+        self.snap_dir(name).join(format!(".{rev}{PAYLOAD_RECORD}"))
     }
     pub fn current_link(&self, name: &str) -> PathBuf {
         self.snap_dir(name).join("current")

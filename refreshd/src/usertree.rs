@@ -385,7 +385,11 @@ fn prepare_as(
     } else {
         let err = line(&out.stderr);
         if err.is_empty() {
-            return Err(format!("{} ended without a word ({})", hook.display(), out.status));
+            return Err(format!(
+                "{} ended without a word ({})",
+                hook.display(),
+                out.status
+            ));
         }
         Err(err
             .strip_prefix("confine-hook: ")

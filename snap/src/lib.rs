@@ -8,6 +8,7 @@
 
 pub mod mount;
 pub mod name;
+pub mod payload;
 pub mod squashfs;
 pub mod yaml;
 
@@ -17,8 +18,8 @@ mod sys;
 pub mod text;
 
 pub use mount::{
-    is_mountpoint, loop_available, mount_squashfs, mounts_under, unmount, unmount_reporting,
-    MountError, Unmounted,
+    is_mountpoint, loop_available, mount_squashfs, mount_squashfs_replacing, mounts_under, unmount,
+    unmount_reporting, MountError, Mounted, Unmounted,
 };
 pub use name::{
     validate_app_name, validate_hook_name, validate_instance_key, validate_instance_name,

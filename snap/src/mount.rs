@@ -8,7 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::Duration;
@@ -98,7 +98,89 @@ pub fn loop_available() -> bool {
 ///
 /// Idempotent: if `target` already has this same image (same file, by device and inode)
 /// mounted, this succeeds without mounting again, so a retried install step is harmless.
+/// Anything else mounted there is refused ([`MountError::TargetBusy`]); see
+/// [`mount_squashfs_replacing`] to replace it.
 pub fn mount_squashfs(image: &Path, target: &Path) -> Result<(), MountError> {
+    let (backing, id) = open_image(image)?;
+    check_target(target)?;
+    if let Some(top) = top_mount_at(target)? {
+        if loop_backing_of(&top) == Some(id) {
+            return Ok(());
+        }
+        return Err(MountError::TargetBusy {
+            image: image.to_owned(),
+            target: target.to_owned(),
+            mounted: describe(&top),
+        });
+    }
+    mount_backing(image, &backing, target)
+}
+
+/// What [`mount_squashfs_replacing`] found at the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mounted {
+    /// The image was already mounted there: nothing was done.
+    Already,
+    /// Nothing was mounted there; now the image is.
+    Fresh,
+    /// Other mounts were there (described as `SOURCE (FSTYPE)`, topmost first): they were
+    /// unmounted — `detached`: at least one lazily, as something still used it — and the
+    /// image mounted (or found under them).
+    Replaced { stale: Vec<String>, detached: bool },
+}
+
+/// How many stacked mounts at one target [`mount_squashfs_replacing`] takes off at most.
+const REPLACE_LIMIT: usize = 16;
+
+/// Makes `target` show exactly `image`: a mount there is kept only if its loop device is bound
+/// to this very file (device and inode, as the kernel holds it: a mount of another file that
+/// since moved to the image's path, or was deleted, does not count). Anything else mounted
+/// there is unmounted first (lazily when busy), so an earlier, different image at the same
+/// place is never taken for this one.
+pub fn mount_squashfs_replacing(image: &Path, target: &Path) -> Result<Mounted, MountError> {
+    let (backing, id) = open_image(image)?;
+    check_target(target)?;
+    let mut stale = vec![];
+    let mut detached = false;
+    while let Some(top) = top_mount_at(target)? {
+        if loop_backing_of(&top) == Some(id) {
+            return Ok(if stale.is_empty() {
+                Mounted::Already
+            } else {
+                Mounted::Replaced { stale, detached }
+            });
+        }
+        if stale.len() >= REPLACE_LIMIT {
+            return Err(MountError::TargetBusy {
+                image: image.to_owned(),
+                target: target.to_owned(),
+                mounted: format!("{} and {} more mounts", describe(&top), stale.len()),
+            });
+        }
+        stale.push(describe(&top));
+        match unmount_reporting(target)? {
+            Unmounted::Detached => detached = true,
+            Unmounted::Done => {}
+            // The table named a mount that umount2 says is not there: do not loop on it.
+            Unmounted::NotMounted => {
+                return Err(MountError::TargetBusy {
+                    image: image.to_owned(),
+                    target: target.to_owned(),
+                    mounted: describe(&top),
+                })
+            }
+        }
+    }
+    mount_backing(image, &backing, target)?;
+    Ok(if stale.is_empty() {
+        Mounted::Fresh
+    } else {
+        Mounted::Replaced { stale, detached }
+    })
+}
+
+/// Opens and checks an image; returns it with its (device, inode).
+fn open_image(image: &Path) -> Result<(File, (u64, u64)), MountError> {
     let image_err = |source| MountError::Image {
         image: image.to_owned(),
         source,
@@ -113,12 +195,16 @@ pub fn mount_squashfs(image: &Path, target: &Path) -> Result<(), MountError> {
     // mount a truncated image and fail only on reads). Checking the fd we will attach means the
     // file cannot be swapped between check and mount.
     check_open_image(&backing, image).map_err(image_err)?;
-    let backing_meta = backing.metadata().map_err(|source| {
+    let meta = backing.metadata().map_err(|source| {
         image_err(ImageError::Read {
             path: image.to_owned(),
             source,
         })
     })?;
+    Ok((backing, (meta.dev(), meta.ino())))
+}
+
+fn check_target(target: &Path) -> Result<(), MountError> {
     let target_meta = fs::metadata(target).map_err(|source| MountError::Target {
         path: target.to_owned(),
         source,
@@ -128,21 +214,16 @@ pub fn mount_squashfs(image: &Path, target: &Path) -> Result<(), MountError> {
             path: target.to_owned(),
         });
     }
+    Ok(())
+}
 
-    if let Some(top) = top_mount_at(target)? {
-        if backing_file_of(&top)
-            .is_some_and(|(dev, ino)| dev == backing_meta.dev() && ino == backing_meta.ino())
-        {
-            return Ok(());
-        }
-        return Err(MountError::TargetBusy {
-            image: image.to_owned(),
-            target: target.to_owned(),
-            mounted: format!("{} ({})", top.source, top.fstype),
-        });
-    }
+fn describe(e: &MountEntry) -> String {
+    format!("{} ({})", e.source, e.fstype)
+}
 
-    let (device_path, device) = attach(image, &backing)?;
+/// Attaches the checked `backing` file to a loop device and mounts it on `target`.
+fn mount_backing(image: &Path, backing: &File, target: &Path) -> Result<(), MountError> {
+    let (device_path, device) = attach(image, backing)?;
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
     if let Err(errno) = nix::mount::mount(
         Some(device_path.as_path()),
@@ -220,19 +301,24 @@ fn open_device(path: &Path) -> Result<File, MountError> {
         })
 }
 
-/// The (device, inode) of the file backing a loop-mounted entry, from sysfs; `None` if the
-/// entry is not a loop device or the file is gone.
-fn backing_file_of(entry: &MountEntry) -> Option<(u64, u64)> {
-    let sys = format!(
-        "/sys/dev/block/{}:{}/loop/backing_file",
-        entry.major, entry.minor
-    );
-    let text = fs::read(sys).ok()?;
-    let path = Path::new(std::ffi::OsStr::from_bytes(
-        text.strip_suffix(b"\n").unwrap_or(&text),
-    ));
-    let meta = fs::metadata(path).ok()?;
-    Some((meta.dev(), meta.ino()))
+/// The block devices' major number of loop devices (linux/major.h).
+const LOOP_MAJOR: u32 = 7;
+
+/// The (device, inode) of the file bound to the loop device a mount entry shows, as the kernel
+/// holds it (`LOOP_GET_STATUS64`); `None` if the entry is not a loop device or cannot be asked.
+/// Not the recorded path (sysfs `backing_file`): that may name another file by now.
+fn loop_backing_of(entry: &MountEntry) -> Option<(u64, u64)> {
+    if entry.major != LOOP_MAJOR {
+        return None;
+    }
+    let device = File::open(&entry.source).ok()?;
+    let meta = device.metadata().ok()?;
+    // The source is only a name: the node opened must be the very device mounted.
+    let want = libc::makedev(entry.major, entry.minor);
+    if !meta.file_type().is_block_device() || meta.rdev() != want {
+        return None;
+    }
+    sys::loop_backing(device.as_fd()).ok()
 }
 
 /// How an [`unmount_reporting`] call ended.
@@ -485,6 +571,75 @@ mod tests {
             unmount_reporting(&tmp.path().join("missing")).unwrap(),
             Unmounted::NotMounted
         );
+    }
+
+    /// A mount of another image at the target is replaced, even when that image's file was
+    /// deleted and a new one put at its path (what a failed change followed by a new change of
+    /// the same revision leaves): the kernel's device and inode decide, not the path.
+    #[test]
+    fn a_stale_mount_is_replaced_not_reused() {
+        if !can_run("a_stale_mount_is_replaced_not_reused") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let _cleanup = Cleanup(tmp.path().to_owned());
+        let target = tmp.path().join("mnt");
+        fs::create_dir(&target).unwrap();
+        let path = tmp.path().join("blob.snap");
+        let old = build_image(tmp.path(), "old", "old\n");
+        fs::rename(&old, &path).unwrap();
+        mount_squashfs(&path, &target).unwrap();
+        // A process still in the stale payload: it must be detached lazily.
+        let held = File::open(target.join("greeting")).unwrap();
+        fs::remove_file(&path).unwrap();
+        let new = build_image(tmp.path(), "new", "new\n");
+        fs::rename(&new, &path).unwrap();
+
+        // The plain mount refuses it rather than taking it for the new file.
+        let err = mount_squashfs(&path, &target).unwrap_err();
+        assert!(matches!(err, MountError::TargetBusy { .. }), "{err:?}");
+        let got = mount_squashfs_replacing(&path, &target).unwrap();
+        assert!(
+            matches!(&got, Mounted::Replaced { stale, detached: true } if stale.len() == 1),
+            "{got:?}"
+        );
+        assert_eq!(
+            fs::read_to_string(target.join("greeting")).unwrap(),
+            "new\n"
+        );
+        assert_eq!(io::read_to_string(&held).unwrap(), "old\n");
+        drop(held);
+        assert_eq!(mounts_under(tmp.path()).unwrap().len(), 1);
+        assert_eq!(
+            mount_squashfs_replacing(&path, &target).unwrap(),
+            Mounted::Already
+        );
+
+        // Stacked mounts: everything above the right one goes, the right one stays.
+        nix::mount::mount(
+            Some("tmpfs"),
+            &target,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let got = mount_squashfs_replacing(&path, &target).unwrap();
+        assert!(
+            matches!(&got, Mounted::Replaced { stale, detached: false } if stale[0].contains("tmpfs")),
+            "{got:?}"
+        );
+        assert_eq!(
+            fs::read_to_string(target.join("greeting")).unwrap(),
+            "new\n"
+        );
+        unmount(&target).unwrap();
+        assert_eq!(
+            mount_squashfs_replacing(&path, &target).unwrap(),
+            Mounted::Fresh
+        );
+        unmount(&target).unwrap();
+        assert_released(&path);
     }
 
     #[test]

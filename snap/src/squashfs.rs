@@ -8,7 +8,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -160,6 +160,8 @@ pub enum ImageError {
     },
     #[error("{source}")]
     SnapYaml { image: PathBuf, source: YamlError },
+    #[error("unsquashfs {version} can be made to write outside its destination by a crafted image; install squashfs-tools 4.5.1 or later")]
+    UnsafeTool { version: String },
     #[error("cannot extract the snap to {}: it already exists", dest.display())]
     DestExists { dest: PathBuf },
     #[error("cannot extract the snap: {detail}")]
@@ -383,6 +385,45 @@ pub(crate) struct UnsquashfsCaps {
     cat: bool,
     no_wildcards: bool,
     strict_errors: bool,
+    /// The version from `unsquashfs -version`, when it says one.
+    version: Option<Version>,
+}
+
+/// The first unsquashfs that keeps a crafted image's writes inside the destination: 4.5 checks
+/// names for `/`, `.` and `..` (CVE-2021-40153); 4.5.1 refuses duplicate names, through which a
+/// symlink planted first was written through (CVE-2021-41072).
+const SAFE_UNSQUASHFS: Version = (4, 5, 1);
+
+/// major, minor, patch
+type Version = (u32, u32, u32);
+
+impl UnsquashfsCaps {
+    /// Whether this unsquashfs may unpack an image that nobody checked (every image).
+    fn extracts_safely(&self) -> Result<(), ImageError> {
+        match self.version {
+            Some(v) if v >= SAFE_UNSQUASHFS => Ok(()),
+            v => Err(ImageError::UnsafeTool {
+                version: v.map_or_else(
+                    || "of unknown version".to_owned(),
+                    |(a, b, c)| format!("{a}.{b}.{c}"),
+                ),
+            }),
+        }
+    }
+}
+
+/// `unsquashfs version 4.5.1 (2022/03/17)` → (4, 5, 1).
+fn parse_version(text: &str) -> Option<Version> {
+    let rest = text.split("version ").nth(1)?;
+    let word = rest.split_whitespace().next()?;
+    let mut nums = word.split('.').map(|p| {
+        let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    });
+    let major = nums.next()??;
+    let minor = nums.next().flatten().unwrap_or(0);
+    let patch = nums.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
 }
 
 /// Probes the default unsquashfs once per process; a failed probe is not cached, so installing
@@ -407,10 +448,19 @@ fn probe_caps(tools: &Tools) -> Result<UnsquashfsCaps, ImageError> {
     )?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&out.stderr);
+    let version = run_tool(
+        tools,
+        Tool::Unsquashfs,
+        &[OsStr::new("-version")],
+        Stdout::Keep(STDOUT_KEEP),
+    )?;
+    let version = parse_version(&String::from_utf8_lossy(&version.stdout))
+        .or_else(|| parse_version(&version.stderr));
     Ok(UnsquashfsCaps {
         cat: text.contains("-cat"),
         no_wildcards: text.contains("-no-wild"),
         strict_errors: text.contains("strict-errors"),
+        version,
     })
 }
 
@@ -492,6 +542,7 @@ fn read_file_by_extracting(
     inner: &str,
     limit: usize,
 ) -> Result<Vec<u8>, ImageError> {
+    caps.extracts_safely()?;
     let tmp = tempfile::Builder::new()
         .prefix("refreshd-unsquashfs-")
         .tempdir()
@@ -582,10 +633,18 @@ fn check_inner_path(inner: &str) -> Result<(), ImageError> {
 /// Unpacks an image into `dest`, which must not exist yet (`unsquashfs -d`). Used where loop
 /// devices are unavailable.
 ///
-/// The image is unpacked into a private directory beside `dest` and renamed into place, so
-/// `dest` either appears complete or not at all. For parity with a `nodev,nosuid` loop mount,
-/// device nodes are dropped, setuid/setgid bits are cleared and xattrs (file capabilities) are
-/// not applied.
+/// The image is unpacked into a private directory beside `dest` (mode 0700: no one else can
+/// reach into it meanwhile) and renamed into place, so `dest` either appears complete or not at
+/// all. Before the rename the tree is made as immutable to users as a read-only loop mount,
+/// whatever the image says ([`crate::payload::normalize`]): everything owned by this process's
+/// user (root), no group or other write bits, no setuid, setgid or sticky bits, no device
+/// nodes, fifos or sockets; xattrs (file capabilities) are not applied. A tree with hard links
+/// to files outside it is refused.
+///
+/// What unsquashfs writes stays inside the staging directory: from squashfs-tools 4.5.1 it
+/// refuses names with `/`, `.` or `..` and duplicate names (a symlink and then a file of the
+/// same name, which older versions wrote through), and it links hard links only to files it
+/// made itself.
 pub fn extract(image: &Path, dest: &Path) -> Result<(), ImageError> {
     let tools = Tools::default();
     let caps = default_caps(&tools)?;
@@ -598,6 +657,7 @@ pub(crate) fn extract_with(
     image: &Path,
     dest: &Path,
 ) -> Result<(), ImageError> {
+    caps.extracts_safely()?;
     if fs::symlink_metadata(dest).is_ok() {
         return Err(ImageError::DestExists {
             dest: dest.to_owned(),
@@ -649,7 +709,14 @@ fn extract_into(
     if !out.status.success() {
         return Err(fail(meaningful_line(&out.stderr, out.status)));
     }
-    defuse_tree(&root).map_err(|e| fail(format!("cannot sanitize the extracted tree: {e}")))?;
+    // Still private (the staging directory is root's, mode 0700): made safe before anyone
+    // can see it.
+    let owner = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    crate::payload::normalize(&root, owner)
+        .map_err(|e| fail(format!("cannot make the extracted tree safe: {e}")))?;
     fs::rename(&root, dest).map_err(|source| {
         if source.kind() == io::ErrorKind::AlreadyExists
             || source.raw_os_error() == Some(libc::ENOTEMPTY)
@@ -665,28 +732,6 @@ fn extract_into(
             }
         }
     })
-}
-
-/// Removes device nodes and setuid/setgid bits from an extracted tree, which a loop mount
-/// would neutralise with `nodev,nosuid`. Symlinks are never followed.
-fn defuse_tree(dir: &Path) -> io::Result<()> {
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir)? {
-            let path = entry?.path();
-            let meta = fs::symlink_metadata(&path)?;
-            let ft = meta.file_type();
-            if ft.is_dir() {
-                stack.push(path);
-            } else if ft.is_block_device() || ft.is_char_device() {
-                fs::remove_file(&path)?;
-            } else if ft.is_file() && meta.permissions().mode() & 0o6000 != 0 {
-                let mode = meta.permissions().mode() & !0o6000;
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Builds an image of `dir` at `out` (snapd's mksquashfs options), after checking that
@@ -965,7 +1010,7 @@ fn meaningful_line(stderr: &str, status: ExitStatus) -> String {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{symlink, MetadataExt};
 
     const SNAP_YAML: &str =
         "name: hello\nversion: \"1.0\"\napps:\n  hello:\n    command: bin/hello\n";
@@ -1285,6 +1330,20 @@ mod tests {
         fs::write(&suid, "#!/bin/sh\n").unwrap();
         fs::set_permissions(&suid, fs::Permissions::from_mode(0o4755)).unwrap();
         symlink("hello", dir.join("bin/link")).unwrap();
+        // What a hostile image carries: a directory anyone may write, a user's files, a fifo.
+        fs::create_dir(dir.join("open")).unwrap();
+        fs::set_permissions(dir.join("open"), fs::Permissions::from_mode(0o777)).unwrap();
+        fs::write(dir.join("open/app"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(dir.join("open/app"), fs::Permissions::from_mode(0o777)).unwrap();
+        let root = nix::unistd::geteuid().is_root();
+        if root {
+            std::os::unix::fs::chown(dir.join("open/app"), Some(4242), Some(4242)).unwrap();
+        }
+        nix::unistd::mkfifo(
+            &dir.join("open/fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+        )
+        .unwrap();
         let image = tmp.path().join("x.snap");
         pack(&dir, &image).unwrap();
 
@@ -1307,6 +1366,16 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o7777, 0o755, "setuid bit survived: {mode:o}");
+        for (p, want) in [("open", 0o755), ("open/app", 0o755), ("", 0o755)] {
+            let md = fs::symlink_metadata(dest.join(p)).unwrap();
+            assert_eq!(md.permissions().mode() & 0o7777, want, "{p}");
+            let me = (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            );
+            assert_eq!((md.uid(), md.gid()), me, "{p}");
+        }
+        assert!(fs::symlink_metadata(dest.join("open/fifo")).is_err());
 
         let err = extract(&image, &dest).unwrap_err();
         assert!(matches!(err, ImageError::DestExists { .. }), "{err:?}");
@@ -1414,6 +1483,40 @@ mod tests {
         // The brief's minimum is squashfs-tools 4.5; the fallback is tested separately.
         let caps = default_caps(&Tools::default()).unwrap();
         assert!(caps.cat, "{caps:?}");
+    }
+
+    #[test]
+    fn unsquashfs_versions() {
+        let table: &[(&str, Option<Version>)] = &[
+            (
+                "unsquashfs version 4.5.1 (2022/03/17)\ncopyright",
+                Some((4, 5, 1)),
+            ),
+            ("unsquashfs version 4.6.1 (2023/03/25)", Some((4, 6, 1))),
+            ("unsquashfs version 4.4 (2019/08/29)", Some((4, 4, 0))),
+            ("unsquashfs version 4.5-git (2021/07/22)", Some((4, 5, 0))),
+            ("something else", None),
+        ];
+        for (text, want) in table {
+            assert_eq!(parse_version(text), *want, "{text}");
+        }
+        let caps = |v| UnsquashfsCaps {
+            cat: true,
+            no_wildcards: true,
+            strict_errors: true,
+            version: v,
+        };
+        assert!(caps(Some((4, 5, 1))).extracts_safely().is_ok());
+        assert!(caps(Some((5, 0, 0))).extracts_safely().is_ok());
+        for v in [Some((4, 5, 0)), Some((4, 4, 9)), None] {
+            let e = caps(v).extracts_safely().unwrap_err().to_string();
+            assert!(e.contains("install squashfs-tools 4.5.1 or later"), "{e}");
+        }
+        // The installed one is new enough for the tests to extract at all.
+        default_caps(&Tools::default())
+            .unwrap()
+            .extracts_safely()
+            .unwrap();
     }
 
     #[test]

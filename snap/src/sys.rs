@@ -7,6 +7,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 // From linux/loop.h. These are "bad" ioctl numbers (not built with _IO*), so nix's encoding
 // macros would not produce them.
 const LOOP_CLR_FD: u32 = 0x4C01;
+const LOOP_GET_STATUS64: u32 = 0x4C05;
 const LOOP_CONFIGURE: u32 = 0x4C0A;
 const LOOP_CTL_GET_FREE: u32 = 0x4C82;
 
@@ -121,4 +122,21 @@ pub fn loop_clr_fd(device: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: LOOP_CLR_FD takes no argument; the fd is borrowed and so valid for the call.
     cerr(unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CLR_FD as _) })?;
     Ok(())
+}
+
+/// `LOOP_GET_STATUS64`: the device and inode of the file bound to the loop device, as the
+/// kernel holds it open — not the path it was bound by, which may name another file since.
+pub fn loop_backing(device: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    // SAFETY: an all-zero `struct loop_info64` is a valid value (integers and byte arrays).
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` has the kernel's layout (size asserted above), is writable and outlives
+    // the call; the kernel only writes into it. The fd is borrowed, so it stays open.
+    cerr(unsafe {
+        libc::ioctl(
+            device.as_raw_fd(),
+            LOOP_GET_STATUS64 as _,
+            &mut info as *mut LoopInfo64,
+        )
+    })?;
+    Ok((info.lo_device, info.lo_inode))
 }

@@ -314,9 +314,13 @@ fn remove_leftovers(c: &Ctx, instance: &str, rev: &str, problems: &mut Vec<Strin
     let payload = l.rev_dir(instance, rev);
     note(
         &payload,
-        // Never delete through a mount.
-        unmount_payload(&payload)
-            .and_then(|_| fsutil::remove_tree_if_exists(&payload).map_err(Into::into)),
+        // Never delete through a mount. The record that an extracted tree is whole goes
+        // before the tree does: a removal cut short never leaves a partial tree that a later
+        // change of the same revision would take as whole.
+        unmount_payload(&payload).and_then(|_| {
+            fsutil::remove_file_if_exists(&l.payload_record(instance, rev))?;
+            fsutil::remove_tree_if_exists(&payload).map_err(Into::into)
+        }),
     );
     note(
         &l.launch_dir(instance).join(rev),

@@ -23,6 +23,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
+use refreshd_snap::payload::Trust;
 use refreshd_snap::text::one_line;
 use refreshd_snap::SnapYaml;
 
@@ -221,8 +222,9 @@ enum Ran {
 /// a timeout is an error saying so in one line.
 fn run_hook(c: &Ctx, t: &TaskCtx, rev: &Rev, hook: &str) -> anyhow::Result<Ran> {
     let who = rev.who(hook);
-    let dir = c.layout.rev_dir(&rev.instance, &rev.revision);
-    let Some(path) = find(&dir, hook).with_context(|| who.clone())? else {
+    let payload = format!("{}/{}", rev.instance, rev.revision);
+    let Some(path) = find(&c.layout.snaps_dir(), &payload, hook).with_context(|| who.clone())?
+    else {
         t.log(format!(
             "revision {} of {:?} has no {hook} hook",
             rev.revision, rev.instance
@@ -305,12 +307,18 @@ fn seconds(d: Duration) -> String {
     }
 }
 
-/// `meta/hooks/NAME` in a revision's payload, if there is one. The payload is root's and
-/// read-only, but a snap may carry symlinks pointing anywhere on the machine: neither the hook
-/// nor the directories leading to it may be one, and the hook must be a regular, executable
-/// file.
-fn find(payload: &Path, hook: &str) -> anyhow::Result<Option<PathBuf>> {
-    let meta = payload.join("meta");
+/// `meta/hooks/NAME` in the payload `snaps/PAYLOAD` (`NAME/REV`), if there is one. A snap may
+/// carry symlinks pointing anywhere on the machine: neither the hook nor the directories
+/// leading to it may be one, and the hook must be a regular, executable file. And since it runs
+/// as root, no user may have written it or be able to swap it: it and every directory from
+/// `snaps` down to it must be on a read-only mount (a loop-mounted payload) or the daemon's and
+/// not writable by group or others (an extracted one, or a tree someone changed since).
+///
+/// The hook is then run by its path, not through the descriptor checked: a script needs its own
+/// path as `$0`, and a path whose every directory no one but root can write resolves to the
+/// very file checked.
+fn find(snaps: &Path, payload: &str, hook: &str) -> anyhow::Result<Option<PathBuf>> {
+    let meta = snaps.join(payload).join("meta");
     let hooks = meta.join("hooks");
     let file = hooks.join(hook);
     match fs::symlink_metadata(&meta) {
@@ -356,7 +364,15 @@ fn find(payload: &Path, hook: &str) -> anyhow::Result<Option<PathBuf>> {
             );
         }
     }
-    Ok(Some(file))
+    let rel = format!("{payload}/meta/hooks/{hook}");
+    match refreshd_snap::payload::open_trusted(&Trust::this_process(), snaps, &rel) {
+        Ok(Some(_)) => Ok(Some(file)),
+        // Gone since it was looked at: as if it had never been there.
+        Ok(None) => Ok(None),
+        Err(e) => bail!(
+            "refusing to run it: {e}; refreshd runs as root only what no user can change (make it root's and not writable by group or others, or reinstall the snap)"
+        ),
+    }
 }
 
 /// An ordered environment; setting a name again replaces its value in place.
@@ -836,34 +852,52 @@ mod tests {
     #[test]
     fn hooks_are_found_only_as_regular_executables_inside_the_payload() {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path();
+        fs::create_dir_all(d.path().join("s/1")).unwrap();
+        let (snaps, p) = (d.path(), d.path().join("s/1"));
+        let find = |hook: &str| find(snaps, "s/1", hook);
         let err = |r: anyhow::Result<Option<PathBuf>>| format!("{:#}", r.unwrap_err());
-        assert!(err(find(p, PRE_REFRESH)).contains("payload is not available"));
+        assert!(err(find(PRE_REFRESH)).contains("payload is not available"));
         fs::create_dir(p.join("meta")).unwrap();
-        assert_eq!(find(p, PRE_REFRESH).unwrap(), None, "no hooks dir");
+        assert_eq!(find(PRE_REFRESH).unwrap(), None, "no hooks dir");
         fs::create_dir(p.join("meta/hooks")).unwrap();
-        assert_eq!(find(p, PRE_REFRESH).unwrap(), None, "no such hook");
+        assert_eq!(find(PRE_REFRESH).unwrap(), None, "no such hook");
 
         let hook = p.join("meta/hooks/pre-refresh");
         fs::write(&hook, "#!/bin/sh\n").unwrap();
         fs::set_permissions(&hook, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(err(find(p, PRE_REFRESH)).contains("is not executable"));
+        assert!(err(find(PRE_REFRESH)).contains("is not executable"));
         fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(find(p, PRE_REFRESH).unwrap(), Some(hook.clone()));
+        assert_eq!(find(PRE_REFRESH).unwrap(), Some(hook.clone()));
+
+        // Writable by others, here or on the way: refused, in one line.
+        for (at, mode) in [
+            (hook.clone(), 0o777),
+            (p.join("meta/hooks"), 0o777),
+            (p.clone(), 0o775),
+        ] {
+            fs::set_permissions(&at, fs::Permissions::from_mode(mode)).unwrap();
+            let e = err(find(PRE_REFRESH));
+            assert!(
+                e.contains("refusing to run it") && e.contains("is writable by group or others"),
+                "{e}"
+            );
+            assert_eq!(e.lines().count(), 1, "{e}");
+            fs::set_permissions(&at, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        assert_eq!(find(PRE_REFRESH).unwrap(), Some(hook.clone()));
 
         // A symlink, even to a file inside the payload, is refused.
         std::os::unix::fs::symlink("/bin/true", p.join("meta/hooks/post-refresh")).unwrap();
-        assert!(err(find(p, POST_REFRESH)).contains("is a symbolic link"));
+        assert!(err(find(POST_REFRESH)).contains("is a symbolic link"));
         std::os::unix::fs::symlink("pre-refresh", p.join("meta/hooks/refresh-pending")).unwrap();
-        assert!(err(find(p, REFRESH_PENDING)).contains("is a symbolic link"));
+        assert!(err(find(REFRESH_PENDING)).contains("is a symbolic link"));
         fs::create_dir(p.join("meta/hooks/install")).unwrap();
-        assert!(err(find(p, "install")).contains("is not a regular file"));
+        assert!(err(find("install")).contains("is not a regular file"));
 
         // The hooks directory itself may not lead elsewhere.
-        let q = tempfile::tempdir().unwrap();
-        fs::create_dir(q.path().join("meta")).unwrap();
-        std::os::unix::fs::symlink(p.join("meta/hooks"), q.path().join("meta/hooks")).unwrap();
-        assert!(err(find(q.path(), PRE_REFRESH)).contains("is a symbolic link"));
+        fs::create_dir_all(d.path().join("q/1/meta")).unwrap();
+        std::os::unix::fs::symlink(p.join("meta/hooks"), d.path().join("q/1/meta/hooks")).unwrap();
+        assert!(err(super::find(snaps, "q/1", PRE_REFRESH)).contains("is a symbolic link"));
     }
 
     fn script(dir: &Path, body: &str) -> PathBuf {

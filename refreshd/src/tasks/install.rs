@@ -5,6 +5,8 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
+use refreshd_snap::payload::Trust;
+use refreshd_snap::Mounted;
 use refreshd_state::{now_ms, RevisionRow, SnapRow};
 
 use super::{setup, Ctx, MountMode, SnapSetup};
@@ -110,16 +112,22 @@ fn take_manifest(t: &TaskCtx, mut ss: SnapSetup, blob: &Path) -> anyhow::Result<
 }
 
 /// Makes the payload available at `snap/NAME/REV`: a read-only loop mount, or an unpacked copy.
+/// Whatever is found there already is used only if it shows this change's blob.
 pub fn mount(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     let ss: SnapSetup = setup(t)?;
     let dir = c.layout.rev_dir(&ss.instance, &ss.revision);
     let blob = c.layout.blob(&ss.instance, &ss.revision);
     match phase {
         Phase::Do => {
-            mount_revision(c, &blob, &dir)?;
+            if let Some(note) = mount_verified(c, &ss.instance, &ss.revision, &ss.sha3_384)? {
+                t.log(note);
+            }
             if !dir.join("meta/snap.yaml").is_file() {
                 bail!("{} has no meta/snap.yaml after mounting", dir.display());
             }
+            // Descriptions of this revision number left by an earlier change (another blob,
+            // other apps) must not outlive it: exactly this manifest's are written.
+            super::launchers::remove_descriptions(c, &ss.instance, Some(&ss.revision))?;
             super::launchers::write_descriptions(c, &ss.instance, &ss.revision, &ss.manifest)?;
             t.log(format!(
                 "{} {} at {}",
@@ -145,42 +153,181 @@ fn verb(m: MountMode) -> &'static str {
     }
 }
 
-/// Idempotent: a revision already mounted (or fully extracted) is left as it is.
+/// Makes `snap/INSTANCE/REV` show the blob whose sha3-384 is `sha3` (the one the change, or the
+/// state, verified): a loop mount is kept only if its loop device is bound to this very blob
+/// file, an extracted tree only if its record names this hash; anything else there is
+/// replaced. Returns a note for the log when something stale was replaced.
+pub fn mount_verified(
+    c: &Ctx,
+    instance: &str,
+    rev: &str,
+    sha3: &str,
+) -> anyhow::Result<Option<String>> {
+    let dir = c.layout.rev_dir(instance, rev);
+    let blob = c.layout.blob(instance, rev);
+    ensure_payload(
+        c,
+        &blob,
+        &dir,
+        &c.layout.payload_record(instance, rev),
+        || Ok(sha3.to_owned()),
+    )
+}
+
+/// [`mount_verified`] for a caller that knows the paths but not the blob's hash (in extract
+/// mode the blob is hashed to learn it).
 pub fn mount_revision(c: &Ctx, blob: &Path, dir: &Path) -> anyhow::Result<()> {
+    let record = payload_record_of(dir)?;
+    ensure_payload(c, blob, dir, &record, || {
+        crate::blob::sha3_file(blob)
+            .map(|(h, _)| h)
+            .with_context(|| format!("cannot read {}", blob.display()))
+    })
+    .map(drop)
+}
+
+/// `snap/NAME/.REV.refreshd-payload` for `snap/NAME/REV`.
+fn payload_record_of(dir: &Path) -> anyhow::Result<PathBuf> {
+    let rev = dir.file_name().context("revision dir has no name")?;
+    Ok(dir.with_file_name(format!(
+        ".{}{}",
+        rev.to_string_lossy(),
+        crate::layout::PAYLOAD_RECORD
+    )))
+}
+
+fn ensure_payload(
+    c: &Ctx,
+    blob: &Path,
+    dir: &Path,
+    record: &Path,
+    sha3: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<Option<String>> {
+    secure_parents(dir)?;
     match c.mount_mode {
         MountMode::Loop => {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)?;
-            if !refreshd_snap::mount::is_mountpoint(dir)? {
-                refreshd_snap::mount::mount_squashfs(blob, dir)?;
+            match fs::DirBuilder::new().mode(0o755).create(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(e).with_context(|| format!("cannot create {}", dir.display()))
+                }
+                _ => {}
             }
+            // A tree extracted here by a run with --extract is no longer what this path shows.
+            fsutil::remove_file_if_exists(record)?;
+            Ok(match refreshd_snap::mount_squashfs_replacing(blob, dir)? {
+                Mounted::Replaced { stale, detached } => Some(format!(
+                    "{} showed another image ({}): unmounted{}, and {} mounted instead",
+                    dir.display(),
+                    stale.join(", "),
+                    if detached {
+                        " lazily (something still uses it)"
+                    } else {
+                        ""
+                    },
+                    blob.display()
+                )),
+                Mounted::Already | Mounted::Fresh => None,
+            })
         }
-        MountMode::Extract => {
-            if dir.join("meta/snap.yaml").is_file() {
-                return Ok(());
-            }
-            // The rename below is the commit: a crash leaves only a temporary directory.
-            fsutil::remove_tree_if_exists(dir)?;
-            let tmp = fsutil::tmp_path(dir);
-            fsutil::remove_tree_if_exists(&tmp)?;
-            fs::create_dir_all(dir.parent().context("revision dir has no parent")?)?;
-            refreshd_snap::squashfs::extract(blob, &tmp)?;
-            fs::rename(&tmp, dir)?;
+        MountMode::Extract => extract_verified(blob, dir, record, &sha3()?),
+    }
+}
+
+/// The directories holding payloads (`snap/` and `snap/NAME/`, made here if missing) must be
+/// the daemon's and writable by no one else: a payload is only as safe as the directory it is
+/// reached through.
+fn secure_parents(dir: &Path) -> anyhow::Result<()> {
+    let snap_dir = dir.parent().context("revision dir has no parent")?;
+    let snaps = snap_dir.parent().context("snap dir has no parent")?;
+    match fs::DirBuilder::new().mode(0o755).create(snap_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(e).with_context(|| format!("cannot create {}", snap_dir.display()))
+        }
+        _ => {}
+    }
+    let trust = Trust::this_process();
+    for d in [snaps, snap_dir] {
+        if trust.open_dir(d)?.is_none() {
+            bail!("{} does not exist", d.display());
         }
     }
     Ok(())
 }
 
-pub fn unmount_revision(c: &Ctx, dir: &Path) -> anyhow::Result<()> {
-    match c.mount_mode {
-        MountMode::Loop => {
-            if dir.exists() && refreshd_snap::mount::is_mountpoint(dir)? {
-                refreshd_snap::mount::unmount(dir)?;
+/// Extract mode: `dir` is taken as this blob's payload only if the record beside it names the
+/// blob's hash — written only after the tree was unpacked, made safe and renamed into place,
+/// and removed before anything else happens to it — and it is still a directory of the
+/// daemon's that no one else may write. Otherwise the blob is unpacked again and swapped in.
+fn extract_verified(
+    blob: &Path,
+    dir: &Path,
+    record: &Path,
+    sha3: &str,
+) -> anyhow::Result<Option<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().context("revision dir has no parent")?;
+    let recorded = fs::read_to_string(record).ok();
+    let tree = fs::symlink_metadata(dir).ok();
+    let sound = tree.as_ref().is_some_and(|m| {
+        m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o022 == 0
+    });
+    if sound && recorded.as_deref().map(str::trim) == Some(sha3) {
+        return Ok(None);
+    }
+    // From here until the record is written again, nothing at `dir` counts as complete.
+    fsutil::remove_file_if_exists(record)?;
+    // Never delete through a mount (a payload mounted by a run without --extract).
+    for m in refreshd_snap::mounts_under(dir)? {
+        refreshd_snap::unmount(&m)?;
+    }
+    let tmp = fsutil::tmp_path(dir);
+    fsutil::remove_tree_if_exists(&tmp)?;
+    refreshd_snap::squashfs::extract(blob, &tmp)?;
+    let note = tree.map(|_| {
+        format!(
+            "{} was not known to hold {} ({}): unpacked again",
+            dir.display(),
+            blob.display(),
+            match recorded {
+                Some(_) => "its record names another blob",
+                None => "it has no record of its blob",
             }
-            fsutil::remove_dir_if_empty(dir)?;
-        }
+        )
+    });
+    if fs::symlink_metadata(dir).is_ok() {
+        // Swapped in one step, so the revision's path never stands empty; the old tree then
+        // goes under the temporary name (swept at start if a crash comes first).
+        let p = fs::File::open(parent)?;
+        nix::fcntl::renameat2(
+            &p,
+            tmp.file_name().context("temporary has no name")?,
+            &p,
+            dir.file_name().context("revision dir has no name")?,
+            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        )
+        .with_context(|| format!("cannot swap {} into place", dir.display()))?;
+        fsutil::sync_dir(parent)?;
+        fsutil::remove_tree_if_exists(&tmp)?;
+    } else {
+        fs::rename(&tmp, dir)?;
+        fsutil::sync_dir(parent)?;
+    }
+    // The commit: written after the tree is in place, so a crash before it leaves a tree
+    // without a record, which is unpacked again.
+    fsutil::write_atomic(record, format!("{sha3}\n").as_bytes(), 0o644)?;
+    Ok(note)
+}
+
+/// Takes a revision's payload away: the loop mount (lazily if busy), or the extracted tree —
+/// its record first, so a tree half-removed is never taken as complete.
+pub fn unmount_revision(c: &Ctx, dir: &Path) -> anyhow::Result<()> {
+    fsutil::remove_file_if_exists(&payload_record_of(dir)?)?;
+    // Everything mounted there, stale mounts stacked below included; never delete through one.
+    for m in refreshd_snap::mounts_under(dir)? {
+        refreshd_snap::unmount(&m)?;
+    }
+    match c.mount_mode {
+        MountMode::Loop => fsutil::remove_dir_if_empty(dir)?,
         MountMode::Extract => fsutil::remove_tree_if_exists(dir)?,
     }
     Ok(())
