@@ -72,6 +72,10 @@ pub struct Args {
     /// download) before an attempt is given up and retried (10s, 2m); docs/store.md.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = refreshd_snap::text::parse_duration)]
     pub store_timeout: Duration,
+    /// A PEM file of the certificate authorities to trust for an https:// store instead of the
+    /// Mozilla roots built in: a private store's own CA, or the system's bundle.
+    #[arg(long, value_name = "FILE")]
+    pub store_ca: Option<PathBuf>,
     /// Interval of the polling fallback, in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub poll_interval_ms: u64,
@@ -270,8 +274,11 @@ impl Daemon {
             .with_context(|| format!("cannot open {}", layout.state_db().display()))?;
         let store = match &args.store {
             Some(url) => Some(Arc::new(
-                refreshd_store::Store::open_with(url, store_config(args.store_timeout))
-                    .with_context(|| format!("cannot use the store {url}"))?,
+                refreshd_store::Store::open_with(
+                    url,
+                    store_config(args.store_timeout, args.store_ca.clone()),
+                )
+                .with_context(|| format!("cannot use the store {url}"))?,
             )),
             None => None,
         };
@@ -377,12 +384,13 @@ impl Daemon {
 }
 
 /// The store client's settings: `--store-timeout` bounds every wait on the store; connecting
-/// never waits longer than the client's default either.
-fn store_config(timeout: Duration) -> refreshd_store::StoreConfig {
+/// never waits longer than the client's default either. `--store-ca` names the roots to trust.
+fn store_config(timeout: Duration, ca_file: Option<PathBuf>) -> refreshd_store::StoreConfig {
     let timeout = timeout.max(Duration::from_secs(1));
     let mut config = refreshd_store::StoreConfig::default();
     config.connect_timeout = config.connect_timeout.min(timeout);
     config.read_timeout = timeout;
+    config.ca_file = ca_file;
     config
 }
 
