@@ -397,6 +397,7 @@ impl Daemon {
         crate::systemd::stopping("stopping: letting running tasks reach an end");
         let _ = auto_refresh.await;
         let _ = engine_task.await;
+        self.api.ctx.tracking.unregister_agent();
         if !self.socket_activated {
             let _ = fs::remove_file(self.layout.socket());
         }

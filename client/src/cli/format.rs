@@ -17,7 +17,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::types::{
-    Change, HoldUntil, Snap, SnapProcess, SnapStatus, Status, SystemInfo, Task, Update,
+    Change, HoldUntil, ReleaseAgent, Snap, SnapProcess, SnapStatus, Status, SystemInfo, Task,
+    Update,
 };
 
 /// `value` with every string in it, and every key, made [`printable`]: the one way an API
@@ -239,6 +240,9 @@ pub fn system_info(info: &SystemInfo, clock: &Clock) -> String {
             format!("{} ({})", info.tracking, info.tracking_reason),
         ),
     ];
+    if let Some(agent) = &info.release_agent {
+        rows.push(("release agent", release_agent(agent)));
+    }
     if !info.services.is_empty() {
         rows.push((
             "services",
@@ -250,6 +254,28 @@ pub fn system_info(info: &SystemInfo, clock: &Clock) -> String {
     rows.iter()
         .map(|(k, v)| format!("{:width$} {v}\n", format!("{k}:")))
         .collect()
+}
+
+/// What the kernel runs when a freezer group empties: `/usr/lib/refreshd/refresh-release-agent
+/// (refreshd's, safe)`, `/opt/x/agent (not refreshd's; UNSAFE: /opt/x is writable by everyone
+/// (mode 777))`, or `none`.
+fn release_agent(a: &ReleaseAgent) -> String {
+    if a.path.is_empty() {
+        return match a.why.as_str() {
+            "" => "none".to_string(),
+            why => format!("unknown ({why})"),
+        };
+    }
+    let whose = if a.ours {
+        "refreshd's"
+    } else {
+        "not refreshd's"
+    };
+    if a.safe {
+        format!("{} ({whose}, safe)", a.path)
+    } else {
+        format!("{} ({whose}; UNSAFE: {})", a.path, a.why)
+    }
 }
 
 /// `every 6h, next today at 21:15 UTC (in 6 hours), last today at 15:15 UTC (2 minutes ago)`,
@@ -632,6 +658,12 @@ mod tests {
             auto_refresh: None,
             next_auto_refresh: None,
             last_auto_refresh: None,
+            release_agent: Some(ReleaseAgent {
+                path: "/usr/lib/refreshd/refresh-release-agent".into(),
+                ours: true,
+                safe: true,
+                why: String::new(),
+            }),
         };
         assert_eq!(
             system_info(&info, &clock()),
@@ -644,10 +676,33 @@ snaps:               3
 changes in progress: 1
 mount mode:          loop
 tracking:            v1 (freezer)
+release agent:       /usr/lib/refreshd/refresh-release-agent (refreshd's, safe)
 services:            none (systemd is not PID 1)
 auto-refresh:        off
 "
         );
+        let planted = SystemInfo {
+            release_agent: Some(ReleaseAgent {
+                path: "/tmp/build/refresh-release-agent".into(),
+                ours: false,
+                safe: false,
+                why: "/tmp/build/refresh-release-agent does not exist".into(),
+            }),
+            ..info.clone()
+        };
+        assert!(system_info(&planted, &clock()).contains(
+            "release agent:       /tmp/build/refresh-release-agent (not refreshd's; UNSAFE: /tmp/build/refresh-release-agent does not exist)\n"
+        ));
+        let none = SystemInfo {
+            release_agent: Some(ReleaseAgent {
+                path: String::new(),
+                ours: false,
+                safe: false,
+                why: String::new(),
+            }),
+            ..info.clone()
+        };
+        assert!(system_info(&none, &clock()).contains("release agent:       none\n"));
         let on = SystemInfo {
             auto_refresh: Some("6h".into()),
             next_auto_refresh: Some(ts("2026-11-21T23:00:00Z")),
