@@ -275,9 +275,18 @@ fn a_users_hostile_command_line_reaches_no_terminal_raw() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let out = lines.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    // Read on a thread of its own, so that output that never comes ends at a deadline.
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
     let mut seen = Vec::new();
-    for line in BufReader::new(lines.stdout.take().unwrap()).split(b'\n') {
-        let line = line.unwrap();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
         seen.extend_from_slice(&line);
         seen.push(b'\n');
         if String::from_utf8_lossy(&line).contains("pwned") {
