@@ -26,7 +26,7 @@ trap 'rm -f "$log" "$config"' EXIT
 printf '%s\n' '[profile.default]' 'slow-timeout = { period = "300s" }' > "$config"
 cargo build --workspace --bins --quiet
 suites=()
-for t in crash crash_matrix fs_faults kernel_faults store_attacks hostile hostile_api payload; do
+for t in crash crash_matrix fs_faults kernel_faults store_attacks hostile hostile_api hostile_output payload; do
   [ -f "tests/tests/$t.rs" ] && suites+=(--test "$t")
 done
 # Every test's output is kept, passing or not, so the figures lines reach the log.

@@ -51,6 +51,29 @@ pub struct SystemInfo {
     /// When auto-refresh last ran (kept across restarts); absent if it never did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_auto_refresh: Option<Timestamp>,
+    /// What the kernel runs, as root, when a group of the cgroup v1 freezer empties: the
+    /// hierarchy's `release_agent`, one value for the whole machine. Absent without a freezer
+    /// hierarchy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_agent: Option<ReleaseAgent>,
+}
+
+/// The freezer hierarchy's `release_agent` (docs/runctl-protocol.md).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct ReleaseAgent {
+    /// The path the kernel runs; empty when none is registered.
+    pub path: String,
+    /// A build of refreshd's agent: named `refresh-release-agent` and carrying the agent
+    /// protocol's marker.
+    pub ours: bool,
+    /// A regular file only root can change, on a path only root can write, every directory up
+    /// to `/` included.
+    pub safe: bool,
+    /// Why it is not safe (it names nothing, a directory on the way is writable by others, ...),
+    /// or why it could not be read.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub why: String,
 }
 
 /// How snap payloads are made available.

@@ -72,6 +72,10 @@ pub struct Args {
     /// download) before an attempt is given up and retried (10s, 2m); docs/store.md.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = refreshd_snap::text::parse_duration)]
     pub store_timeout: Duration,
+    /// A PEM file of the certificate authorities to trust for an https:// store instead of the
+    /// Mozilla roots built in: a private store's own CA, or the system's bundle.
+    #[arg(long, value_name = "FILE")]
+    pub store_ca: Option<PathBuf>,
     /// Interval of the polling fallback, in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub poll_interval_ms: u64,
@@ -171,6 +175,7 @@ fn init_tracing() {
     }
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .fmt_fields(escaped_fields())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
     if std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some() {
@@ -178,6 +183,27 @@ fn init_tracing() {
     } else {
         b.init();
     }
+}
+
+/// How the fields of a log line on stderr are written: escaped ([`printable`]), the message
+/// bare and the others as `name=value`. A message or field often holds what a user chose (a
+/// file name in a task log, a command line): a newline there must not start a forged line,
+/// nor an escape sequence reach the terminal of whoever reads the log. (The journal stores
+/// each field as data and shows unprintable ones as such.)
+///
+/// [`printable`]: refreshd_snap::text::printable
+fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        let text = refreshd_snap::text::printable(&text);
+        if field.name() == "message" {
+            write!(w, "{text}")
+        } else {
+            write!(w, "{}={text}", field.name())
+        }
+    })
+    .delimited(" ")
 }
 
 /// A daemon set up and ready to serve.
@@ -296,8 +322,11 @@ impl Daemon {
             .with_context(|| format!("cannot open {}", layout.state_db().display()))?;
         let store = match &args.store {
             Some(url) => Some(Arc::new(
-                refreshd_store::Store::open_with(url, store_config(args.store_timeout))
-                    .with_context(|| format!("cannot use the store {url}"))?,
+                refreshd_store::Store::open_with(
+                    url,
+                    store_config(args.store_timeout, args.store_ca.clone()),
+                )
+                .with_context(|| format!("cannot use the store {url}"))?,
             )),
             None => None,
         };
@@ -389,6 +418,7 @@ impl Daemon {
         crate::systemd::stopping("stopping: letting running tasks reach an end");
         let _ = engine.await;
         self.api.reads.close();
+        self.api.ctx.tracking.unregister_agent();
         if !self.socket_activated {
             let _ = fs::remove_file(self.layout.socket());
         }
@@ -503,12 +533,13 @@ fn api_limits(args: &Args) -> limits::Config {
 }
 
 /// The store client's settings: `--store-timeout` bounds every wait on the store; connecting
-/// never waits longer than the client's default either.
-fn store_config(timeout: Duration) -> refreshd_store::StoreConfig {
+/// never waits longer than the client's default either. `--store-ca` names the roots to trust.
+fn store_config(timeout: Duration, ca_file: Option<PathBuf>) -> refreshd_store::StoreConfig {
     let timeout = timeout.max(Duration::from_secs(1));
     let mut config = refreshd_store::StoreConfig::default();
     config.connect_timeout = config.connect_timeout.min(timeout);
     config.read_timeout = timeout;
+    config.ca_file = ca_file;
     config
 }
 
@@ -626,4 +657,48 @@ fn recover(ctx: &Ctx, state: &mut State) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    /// A line of the log (on stderr) made of what a user chose — a file name in a task log, a
+    /// command line in a field — stays one line, with nothing a terminal would act on.
+    #[test]
+    fn log_lines_cannot_be_forged() {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(super::escaped_fields())
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let evil = "x\u{1b}[2J\r\n2026-01-01T00:00:00Z  INFO refreshd: all good\u{9b}\u{202e}";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(snap = evil, path = %evil, "copied {evil}");
+        });
+        let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(
+            !out.trim_end_matches('\n')
+                .chars()
+                .any(refreshd_snap::text::escapes),
+            "{out:?}"
+        );
+        assert!(out.contains(r"copied x\u{1b}[2J\r\n2026"), "{out}");
+        assert!(out.contains("snap="), "{out}");
+    }
 }

@@ -7,6 +7,7 @@ mod common;
 use std::fs;
 use std::io;
 use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -206,6 +207,19 @@ fn kernel_runs_the_agent_when_a_group_empties() {
     let agent = kernel_agent();
     // release_agent is one value per hierarchy: runs of this test in other processes take turns.
     let _lock = Flock::lock(fs::File::open(&mount).unwrap(), FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    // And daemons wait to register or unregister theirs (refreshd/src/tracking/agent.rs): one
+    // stopping beside this test, seeing no other daemon's group, would clear the value.
+    let agent_lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(refreshd_runctl::AGENT_LOCK)
+        .unwrap();
+    let _agent_lock = Flock::lock(agent_lock, FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
         .unwrap();
     let _setting = match AgentSetting::install(&mount, &agent) {

@@ -19,6 +19,17 @@ pub const LAUNCH_DIR: &str = "var/lib/refreshd/launch";
 pub const AGENT_REGISTRY: &str = "/run/refreshd/agent";
 /// The runctl directory of the daemon whose root is `/`.
 pub const DEFAULT_RUNCTL: &str = "/run/refreshd/runctl";
+/// Taken (flock, exclusive) by a daemon while it reads and writes the freezer's
+/// `release_agent`, which is one value for the whole machine: daemons starting and stopping
+/// side by side do not undo each other. Root's, mode 0600.
+pub const AGENT_LOCK: &str = "/run/refreshd/agent.lock";
+/// The release agent's file name: what refreshd installs and registers.
+pub const AGENT_NAME: &str = "refresh-release-agent";
+/// Compiled into every build of the release agent and looked for by refreshd in the file a
+/// `release_agent` names before taking it for its own: a file merely named like the agent is
+/// not the agent. The number is the agent protocol's (this contract): builds carrying the same
+/// marker serve each other's daemons.
+pub const AGENT_MARKER: &[u8] = b"refresh-release-agent: refreshd runctl agent protocol 1";
 /// Name of the cgroup parent of the daemon whose root is `/`; others use `refreshd.ID`.
 pub const CGROUP_PARENT: &str = "refreshd";
 /// In runctl: which backend the daemon tracks with (`v1`, `v1-poll`, `v2`, `none`), one line.

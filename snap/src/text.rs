@@ -1,10 +1,15 @@
 //! Turning untrusted text into safe one-line messages.
 //!
 //! Names, snap.yaml contents and tool output all come from the snap file, which anyone may
-//! upload; escaping and truncating them keeps an error message from rewriting a terminal or
-//! flooding a log. Durations (`2h`, `1h30m`) are read and written here too, one syntax for the
-//! daemon's options and the command line.
+//! upload; command lines and file names come from users; indexes from the store. Escaping and
+//! truncating them keeps a message from rewriting a terminal, forging a line of a log, or
+//! flooding either. [`escapes`] is the one rule of what is escaped, for every program of the
+//! project: [`printable`] applies it to text shown to people (the daemon's task logs, wait
+//! reasons and log lines, refreshctl's output), [`one_line`] and [`quote`] to messages,
+//! [`json_printable`] to JSON that goes to a terminal. Durations (`2h`, `1h30m`) are read and
+//! written here too, one syntax for the daemon's options and the command line.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 /// How many characters of a rejected input an error message shows.
@@ -13,15 +18,83 @@ const QUOTE_MAX_CHARS: usize = 60;
 /// How long a flattened message may grow before it is cut.
 const ONE_LINE_MAX_CHARS: usize = 300;
 
-/// Quotes untrusted input: escaped with `{:?}` and truncated to a short prefix.
+/// Whether `c` must not reach a terminal or a log as it is: control characters (C0 — newline,
+/// carriage return, escape —, DEL, C1 — a lone CSI is a terminal command too), the invisible
+/// formatting characters that reorder or hide text (bidirectional overrides, embeddings and
+/// isolates, zero-width characters, the byte-order mark, interlinear annotations, tags), and
+/// the Unicode line and paragraph separators.
+pub fn escapes(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{e0000}'..='\u{e007f}'
+        )
+}
+
+/// `s` with every character [`escapes`] names written as an escape (`\n`, `\r`, `\t`,
+/// `\u{1b}`, `\u{202e}`), everything else as it is: what a user, a store or a snap controls,
+/// shown to people. Borrowed when there is nothing to escape; escaping twice changes nothing.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(escapes) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        push_printable(&mut out, c);
+    }
+    Cow::Owned(out)
+}
+
+fn push_printable(out: &mut String, c: char) {
+    if escapes(c) {
+        out.extend(c.escape_default());
+    } else {
+        out.push(c);
+    }
+}
+
+/// JSON text (as serde_json writes it) with the characters [`escapes`] names that JSON leaves
+/// as they are (DEL, C1, the formatting characters) written as `\uXXXX`: the same value, safe
+/// to print on a terminal. Such characters only occur inside JSON strings, where `\uXXXX`
+/// means the character itself; ASCII controls below space are left alone, since serde_json
+/// escapes them in strings and outside them they are the text's own newlines and indents.
+pub fn json_printable(json: &str) -> Cow<'_, str> {
+    let raw_in_json = |c: char| c >= ' ' && escapes(c);
+    if !json.chars().any(raw_in_json) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if raw_in_json(c) {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Quotes untrusted input: escaped with `{:?}` (and what `{:?}` leaves, per [`escapes`]) and
+/// truncated to a short prefix.
 pub fn quote(s: &str) -> String {
     let count = s.chars().count();
-    if count <= QUOTE_MAX_CHARS {
+    let quoted = if count <= QUOTE_MAX_CHARS {
         format!("{s:?}")
     } else {
         let head: String = s.chars().take(QUOTE_MAX_CHARS).collect();
         format!("{head:?}... ({count} characters)")
-    }
+    };
+    printable(&quoted).into_owned()
 }
 
 /// Flattens a possibly multi-line message (from a library or a tool) to one line: whitespace
@@ -44,13 +117,7 @@ pub fn one_line(s: &str) -> String {
             chars += 1;
             pending_space = false;
         }
-        // escape_debug leaves printable characters alone and escapes the rest (controls,
-        // bidi overrides), but it would also escape quotes, which are fine here.
-        if c == '"' || c == '\'' || c == '\\' {
-            out.push(c);
-        } else {
-            out.extend(c.escape_debug());
-        }
+        push_printable(&mut out, c);
         chars += 1;
     }
     out
@@ -217,7 +284,7 @@ mod tests {
             ("  two\n  lines\n", "two lines"),
             ("tab\tand\r\nnewline", "tab and newline"),
             ("esc\u{1b}[2J", "esc\\u{1b}[2J"),
-            ("nul\0", "nul\\0"),
+            ("nul\0", "nul\\u{0}"),
             ("bidi\u{202e}x", "bidi\\u{202e}x"),
             ("say \"hi\" \\ 'x'", "say \"hi\" \\ 'x'"),
             ("", ""),
@@ -230,7 +297,52 @@ mod tests {
     }
 
     #[test]
+    fn printable_escapes_what_could_drive_a_terminal_or_forge_a_line() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "plain text, é, 日本, \"quotes\" \\ 'x'",
+                "plain text, é, 日本, \"quotes\" \\ 'x'",
+            ),
+            (
+                "\u{1b}[2J\u{1b}]0;pwned\u{7}",
+                "\\u{1b}[2J\\u{1b}]0;pwned\\u{7}",
+            ),
+            ("a\r\nroot: done\tx", "a\\r\\nroot: done\\tx"),
+            ("csi\u{9b}31m del\u{7f}", "csi\\u{9b}31m del\\u{7f}"),
+            ("rtl\u{202e}gpj.exe", "rtl\\u{202e}gpj.exe"),
+            (
+                "zw\u{200b}j\u{2066}\u{feff}\u{2028}",
+                "zw\\u{200b}j\\u{2066}\\u{feff}\\u{2028}",
+            ),
+            ("tag\u{e0041}", "tag\\u{e0041}"),
+        ];
+        for (input, want) in cases {
+            let got = printable(input);
+            assert_eq!(got, *want, "input {input:?}");
+            assert!(!got.chars().any(escapes), "{got:?}");
+            // Idempotent: escaping what is escaped changes nothing.
+            assert_eq!(printable(&got), got);
+        }
+        assert!(matches!(printable("fine"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn json_printable_keeps_the_value() {
+        let value = serde_json::json!({"cmd": ["\u{1b}[2J", "a\u{9b}b\u{7f}\u{202e}\u{e0041}\n"]});
+        let json = serde_json::to_string_pretty(&value).unwrap();
+        let safe = json_printable(&json);
+        assert!(!safe.chars().any(|c| c != '\n' && escapes(c)), "{safe}");
+        assert!(
+            safe.contains("\\u009b") && safe.contains("\\u202e"),
+            "{safe}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back, value);
+    }
+
+    #[test]
     fn quote_escapes_and_truncates() {
+        assert_eq!(quote("bidi\u{202e}"), "\"bidi\\u{202e}\"");
         assert_eq!(quote("Foo"), "\"Foo\"");
         assert_eq!(quote("a\nb"), "\"a\\nb\"");
         let q = quote(&"a".repeat(5000));

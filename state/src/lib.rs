@@ -11,10 +11,12 @@ mod batch;
 mod schema;
 mod settings;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use refreshd_snap::text::printable;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
@@ -742,7 +744,12 @@ fn insert_change(tx: &Connection, new: &NewChange, now: i64) -> Result<ChangeId>
     Ok(change)
 }
 
+/// Text people read — log lines, retry and wait reasons, the progress label — is stored
+/// escaped ([`printable`]): much of it quotes what users or the store chose (file names,
+/// command lines, server messages), and whatever a task handler wrote, nothing that reaches
+/// `refreshctl tasks` or the API may start a forged line or drive a terminal.
 fn save_task_on(conn: &Connection, t: &TaskRow) -> Result<()> {
+    let log: Vec<Cow<'_, str>> = t.log.iter().map(|l| printable(l)).collect();
     conn.execute(
         "UPDATE tasks SET status = ?2, data = ?3, log = ?4, progress_label = ?5,
            progress_done = ?6, progress_total = ?7, retry_count = ?8, retry_reason = ?9,
@@ -752,15 +759,15 @@ fn save_task_on(conn: &Connection, t: &TaskRow) -> Result<()> {
             t.id as i64,
             t.status.as_str(),
             t.data.to_string(),
-            serde_json::to_string(&t.log)?,
-            t.progress_label,
+            serde_json::to_string(&log)?,
+            printable(&t.progress_label),
             t.progress_done as i64,
             t.progress_total as i64,
             t.retry_count,
-            t.retry_reason,
+            t.retry_reason.as_deref().map(printable),
             t.wait_until,
             t.wait_event,
-            t.wait_reason,
+            t.wait_reason.as_deref().map(printable),
             t.ready_time
         ],
     )?;

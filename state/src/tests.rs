@@ -142,6 +142,31 @@ fn change_with_ordered_tasks() {
     assert_eq!(st.tasks_waiting_on("snap-idle:hello").unwrap(), vec![t]);
 }
 
+/// What a task records for people to read is stored escaped, whatever a handler wrote: a file
+/// name or command line with a newline or an escape sequence cannot forge a line of
+/// `refreshctl tasks` or drive a terminal.
+#[test]
+fn task_text_is_stored_escaped() {
+    let mut st = State::open_in_memory().unwrap();
+    let id = st
+        .create_change(&install_change("hello"), None)
+        .unwrap()
+        .id();
+    let mut t = st.tasks(id).unwrap()[0].clone();
+    let hostile = "a\u{1b}[2J\r\n2026-01-01T00:00:00Z root: done\u{202e}";
+    t.log.push(format!("copied {hostile}"));
+    t.retry_reason = Some(hostile.into());
+    t.wait_reason = Some(hostile.into());
+    t.progress_label = hostile.into();
+    st.save_task(&t).unwrap();
+    let back = st.task(t.id).unwrap().unwrap();
+    let want = "a\\u{1b}[2J\\r\\n2026-01-01T00:00:00Z root: done\\u{202e}";
+    assert_eq!(back.log, [format!("copied {want}")]);
+    assert_eq!(back.retry_reason.as_deref(), Some(want));
+    assert_eq!(back.wait_reason.as_deref(), Some(want));
+    assert_eq!(back.progress_label, want);
+}
+
 #[test]
 fn one_unfinished_change_per_snap() {
     let mut st = State::open_in_memory().unwrap();

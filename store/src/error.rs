@@ -73,7 +73,20 @@ pub enum Error {
         detail: String,
     },
 
-    /// An answer that retrying will not change (403, a TLS failure, too many redirects).
+    /// A redirect refreshd does not follow (crate::redirect): to plain HTTP from HTTPS, to
+    /// another scheme, to this machine from elsewhere, a loop or too many. Nothing was
+    /// requested from where it leads.
+    #[error(
+        "refused the redirect from {url} to {}: {reason}; nothing was fetched from there: the store's operator must serve the file without that redirect",
+        quote(.location)
+    )]
+    Redirect {
+        url: String,
+        location: String,
+        reason: String,
+    },
+
+    /// An answer that retrying will not change (403, a TLS failure).
     #[error("cannot download {url}: {detail}; check the store address")]
     Transfer { url: String, detail: String },
 

@@ -10,11 +10,9 @@ use ureq::Body;
 
 use crate::error::{one_line, Error};
 use crate::index::{Entry, MAX_INDEX_SIZE};
+use crate::redirect;
 use crate::source::{Failure, Opened};
 use crate::StoreConfig;
-
-/// How many redirects a request follows (a CDN may send one or two).
-const MAX_REDIRECTS: u32 = 5;
 
 pub(crate) struct HttpSource {
     agent: ureq::Agent,
@@ -49,7 +47,10 @@ impl HttpSource {
             // slow link takes as long as it takes, a stalled one fails after `read_timeout`.
             .timeout_per_read(read)
             .timeout_per_write(read)
-            .max_redirects(MAX_REDIRECTS)
+            // Redirects are followed by `get`, which checks each one first (crate::redirect).
+            .max_redirects(0)
+            // And should anything ever follow one by itself: an https store stays HTTPS-only.
+            .https_only(base.starts_with("https://"))
             .proxy(proxy)
             .user_agent(format!("refreshd-store/{}", env!("CARGO_PKG_VERSION")))
             // Bytes on the wire must be bytes of the blob, or ranges would mean nothing.
@@ -75,19 +76,79 @@ impl HttpSource {
         format!("{}/{}", self.base, entry.path)
     }
 
+    /// A GET of `url` (from `offset` when given) that follows only the redirects
+    /// [`redirect::check`] allows, each checked before it is requested: every request this
+    /// transport makes goes through here. Returns the answer and the URL that gave it.
+    fn get(
+        &self,
+        url: &str,
+        offset: Option<u64>,
+        index: bool,
+    ) -> Result<(Response<Body>, String), Failure> {
+        let mut current = url.to_owned();
+        let mut visited = vec![current.clone()];
+        loop {
+            let mut req = self.agent.get(&current);
+            if let Some(offset) = offset {
+                // Kept on every hop: a redirect is to the same bytes elsewhere.
+                req = req.header(header::RANGE, format!("bytes={offset}-"));
+            }
+            if index {
+                // An index is small (at most 16 MiB, a few KiB in practice): a server that
+                // drips it a byte at a time, never silent for `read_timeout`, must not hold
+                // the caller (an API request) for ever.
+                req = req
+                    .config()
+                    .timeout_recv_body(Some(self.index_budget))
+                    .build();
+            }
+            let resp = req.call().map_err(|e| classify(&current, e))?;
+            if !redirect::is_redirect(resp.status().as_u16()) {
+                return Ok((resp, current));
+            }
+            let refuse = |location: &str, reason: String| {
+                Failure::Fatal(Error::Redirect {
+                    url: current.clone(),
+                    location: location.to_owned(),
+                    reason,
+                })
+            };
+            let location = match resp.headers().get(header::LOCATION) {
+                None => return Err(refuse("", "the answer has no Location".into())),
+                Some(v) => match v.to_str() {
+                    Ok(v) => v.to_owned(),
+                    Err(_) => {
+                        let raw = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                        return Err(refuse(&raw, "its Location is not plain text".into()));
+                    }
+                },
+            };
+            // Not read: the body of a redirect says nothing we use.
+            drop(resp);
+            let next = redirect::resolve(&current, &location).map_err(|r| refuse(&location, r))?;
+            redirect::check(&self.base, &current, &next).map_err(|r| refuse(&location, r))?;
+            if visited.contains(&next) {
+                return Err(refuse(
+                    &location,
+                    "it leads back to an address already asked (a redirect loop)".into(),
+                ));
+            }
+            if visited.len() > redirect::MAX_REDIRECTS {
+                return Err(refuse(
+                    &location,
+                    format!(
+                        "it is one too many (at most {} redirects are followed)",
+                        redirect::MAX_REDIRECTS
+                    ),
+                ));
+            }
+            visited.push(next.clone());
+            current = next;
+        }
+    }
+
     pub(crate) fn index(&self, name: &str) -> Result<Option<Vec<u8>>, Failure> {
-        let url = self.index_url(name);
-        let resp = self
-            .agent
-            .get(&url)
-            .config()
-            // An index is small (at most 16 MiB, a few KiB in practice): a server that drips
-            // it a byte at a time, never silent for `read_timeout`, must not hold the caller
-            // (an API request) for ever.
-            .timeout_recv_body(Some(self.index_budget))
-            .build()
-            .call()
-            .map_err(|e| classify(&url, e))?;
+        let (resp, url) = self.get(&self.index_url(name), None, true)?;
         match resp.status().as_u16() {
             200 => {
                 let body = resp
@@ -114,12 +175,7 @@ impl HttpSource {
     /// GETs a blob from `offset` (with `Range: bytes=OFFSET-` when not at the start) and checks
     /// what the server says about its length against the index before any byte is read.
     pub(crate) fn open_blob(&self, entry: &Entry, offset: u64) -> Result<Opened, Failure> {
-        let url = self.blob_url(entry);
-        let mut req = self.agent.get(&url);
-        if offset > 0 {
-            req = req.header(header::RANGE, format!("bytes={offset}-"));
-        }
-        let resp = req.call().map_err(|e| classify(&url, e))?;
+        let (resp, url) = self.get(&self.blob_url(entry), (offset > 0).then_some(offset), false)?;
         let status = resp.status().as_u16();
         let too_large = |actual| {
             Failure::Fatal(Error::BlobTooLarge {
@@ -271,7 +327,7 @@ fn status_failure(url: &str, status: u16) -> Failure {
 }
 
 /// Sorts a client error into "try again" (the network) and "give up" (everything a new
-/// connection would meet again: TLS, bad URLs, redirect loops).
+/// connection would meet again: TLS, bad URLs).
 fn classify(url: &str, e: ureq::Error) -> Failure {
     let detail = one_line(&e.to_string());
     match e {

@@ -20,6 +20,7 @@ mod http;
 mod index;
 mod location;
 mod publish;
+mod redirect;
 mod source;
 mod store;
 

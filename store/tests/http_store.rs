@@ -6,10 +6,9 @@ mod common;
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use common::nginx::{store_root, Nginx, Proxy, ProxyPlan};
+use common::nginx::{make_certificates, non_loopback_ipv4, store_root, Nginx, Proxy, ProxyPlan};
 use common::*;
 use refreshd_store::{Entry, Error, Store, StoreConfig};
 
@@ -395,92 +394,12 @@ fn a_silent_server_times_out_and_retries_are_bounded() {
     drop(listener);
 }
 
-/// A CA and a certificate for 127.0.0.1 signed by it, made with the openssl command:
-/// `(ca.pem, server.pem, server.key)`.
-fn make_certificates(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
-    let openssl = find_program("openssl")?;
-    let run = |args: &[&str]| {
-        let out = Command::new(&openssl)
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=refreshd test CA",
-        ],
-    ]
-    .concat());
-    run(&[
-        &["req"][..],
-        &ec,
-        &[
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    ]
-    .concat());
-    fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    Some((
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    ))
-}
-
 #[test]
 fn https_with_a_trusted_ca_works_and_an_unknown_one_is_refused() {
     let tmp = scratch("https");
     let blob = noise(SIZE, 19);
     let root = store_with(tmp.path(), &blob);
-    let Some((ca, cert, key)) = make_certificates(tmp.path()) else {
+    let Some((ca, cert, key)) = make_certificates(tmp.path(), &[]) else {
         return skip("openssl not installed");
     };
     let Some(nginx) = Nginx::start_tls(&root, &cert, &key) else {
@@ -523,4 +442,227 @@ fn key_not_cert(dir: &Path) -> PathBuf {
     let p = dir.join("not-a-ca.pem");
     fs::write(&p, "hello\n").unwrap();
     p
+}
+
+/// The TLS nginx of a redirect test: serves `root`, and while one of the flag files exists in
+/// `flags` redirects what it names: `v1-http` the indexes to plain HTTP at `evil`, `blobs-http`
+/// the blobs there, `blobs-https` the blobs to another HTTPS server at `mirror`.
+fn redirecting_tls_store(
+    root: &Path,
+    flags: &Path,
+    cert: &Path,
+    key: &Path,
+    evil: u16,
+    mirror: u16,
+) -> Option<Nginx> {
+    let f = flags.display();
+    let extra = format!(
+        "location /v1/ {{
+            if (-f {f}/v1-http) {{ return 302 http://127.0.0.1:{evil}$request_uri; }}
+        }}
+        location /blobs/ {{
+            if (-f {f}/blobs-http) {{ return 302 http://127.0.0.1:{evil}$request_uri; }}
+            if (-f {f}/blobs-https) {{ return 307 https://127.0.0.1:{mirror}$request_uri; }}
+        }}"
+    );
+    Nginx::start_tls_with(root, cert, key, &extra)
+}
+
+/// An `https://` store that redirects to `http://` — its index to a tampered one, its blobs to
+/// the very same bytes, a resumed download's range too — is refused at once, naming the
+/// redirect, and nothing is requested over plain HTTP; a redirect to another HTTPS server is
+/// followed (a CDN); once the redirects are gone the same store works, and the refused
+/// download resumes where it was.
+#[test]
+fn an_https_store_never_follows_a_redirect_to_plain_http() {
+    let tmp = scratch("https-redirect");
+    let blob = noise(SIZE, 31);
+    let root = store_with(tmp.path(), &blob);
+    let Some((ca, cert, key)) = make_certificates(tmp.path(), &[]) else {
+        return skip("openssl not installed");
+    };
+    // Plain HTTP: a tampered store (another blob, an index that matches it).
+    let evil_dir = tmp.path().join("evil");
+    let evil_blob = noise(SIZE, 32);
+    let evil_root = store_with(&evil_dir, &evil_blob);
+    let Some(evil) = start_nginx(&evil_root, "") else {
+        return;
+    };
+    let Some(mirror) = Nginx::start_tls(&root, &cert, &key) else {
+        return skip("nginx not installed");
+    };
+    let flags = tmp.path().join("flags");
+    fs::create_dir(&flags).unwrap();
+    let Some(nginx) = redirecting_tls_store(&root, &flags, &cert, &key, evil.port(), mirror.port())
+    else {
+        return skip("nginx not installed");
+    };
+    let config = StoreConfig {
+        ca_file: Some(ca),
+        ..test_config()
+    };
+    let store = Store::open_with(&nginx.https_url(), config).unwrap();
+    let flag = |name: &str, on: bool| {
+        let p = flags.join(name);
+        if on {
+            fs::write(p, "").unwrap();
+        } else {
+            let _ = fs::remove_file(p);
+        }
+    };
+    let evil_url = format!("http://127.0.0.1:{}", evil.port());
+    let refused = |e: Error, what: &str| {
+        let msg = e.to_string();
+        println!("{what}: {msg}");
+        assert!(matches!(e, Error::Redirect { .. }), "{what}: {msg}");
+        assert!(
+            msg.contains(&evil_url),
+            "{what}: the redirect is named: {msg}"
+        );
+        assert!(msg.contains("plain HTTP"), "{what}: {msg}");
+        assert!(!msg.contains('\n'));
+        assert_eq!(evil.access_log(), "", "{what}: plain HTTP was asked");
+    };
+    let mut attacks = 0;
+
+    // The index.
+    flag("v1-http", true);
+    attacks += 1;
+    refused(store.snap("hello").unwrap_err(), "index");
+    flag("v1-http", false);
+    let entry = stable(&store);
+    assert_eq!(entry.sha3_384, sha3_hex(&blob));
+
+    // A blob, from the start and resumed (a range request).
+    flag("blobs-http", true);
+    let dest = tmp.path().join("hello_1.snap");
+    attacks += 1;
+    refused(
+        store
+            .fetch(&entry, &dest, &mut |_, _| {}, &never)
+            .unwrap_err(),
+        "blob",
+    );
+    assert!(!dest.exists());
+    let partial = tmp.path().join("hello_1.snap.partial");
+    let have = 300_000usize;
+    fs::write(&partial, &blob[..have]).unwrap();
+    attacks += 1;
+    refused(
+        store
+            .fetch(&entry, &dest, &mut |_, _| {}, &never)
+            .unwrap_err(),
+        "resumed blob",
+    );
+    assert_eq!(fs::metadata(&partial).unwrap().len(), have as u64);
+    assert!(!dest.exists());
+    flag("blobs-http", false);
+
+    // Another HTTPS server (a CDN's edge): followed, and the range goes with it.
+    flag("blobs-https", true);
+    let stats = store
+        .fetch(&entry, &dest, &mut |_, _| {}, &never)
+        .unwrap_or_else(|e| panic!("{e}\nnginx: {}", nginx.error_log()));
+    assert_eq!(stats.resumed_from, have as u64);
+    assert_eq!(fs::read(&dest).unwrap(), blob);
+    assert!(
+        mirror.access_log().contains("/blobs/hello_1.snap"),
+        "the mirror served it: {}",
+        mirror.access_log()
+    );
+    flag("blobs-https", false);
+
+    // No redirect: the same store as ever.
+    let dest2 = tmp.path().join("again.snap");
+    store.fetch(&entry, &dest2, &mut |_, _| {}, &never).unwrap();
+    assert_eq!(fs::read(&dest2).unwrap(), blob);
+    assert_eq!(evil.access_log(), "");
+    println!("figures: store: attacks={attacks} refused={attacks}");
+}
+
+/// Redirects that lead off http(s), in a loop, too far, or — from a store on another host — to
+/// this machine are refused in one line naming them, before anything is asked there; a chain
+/// within the limit is followed.
+#[test]
+fn redirects_off_http_in_loops_too_far_or_to_this_machine_are_refused() {
+    let tmp = scratch("http-redirects");
+    let blob = noise(4096, 33);
+    let root = store_with(tmp.path(), &blob);
+    let hops: String = (1..=7)
+        .map(|i| {
+            let next = if i == 7 {
+                "/v1/snaps/hello.json".to_owned()
+            } else {
+                format!("/v1/snaps/far{}.json", i + 1)
+            };
+            format!("location = /v1/snaps/far{i}.json {{ return 302 {next}; }}\n")
+        })
+        .collect();
+    let extra = format!(
+        "location = /v1/snaps/file.json {{ return 302 file:///etc/passwd; }}
+        location = /v1/snaps/ftp.json {{ return 301 ftp://127.0.0.1/x; }}
+        location = /v1/snaps/loop.json {{ return 302 /v1/snaps/loop2.json; }}
+        location = /v1/snaps/loop2.json {{ return 301 loop.json; }}
+        location = /v1/snaps/near.json {{ return 302 /hop/a; }}
+        location = /hop/a {{ return 307 b; }}
+        location = /hop/b {{ return 308 /idx/v1/snaps/near.json; }}
+        {hops}"
+    );
+    let Some(nginx) = start_nginx(&root, &extra) else {
+        return;
+    };
+    let store = open(&nginx.url());
+    let cases = [
+        ("file", "another scheme (\"file\")"),
+        ("ftp", "another scheme (\"ftp\")"),
+        ("loop", "redirect loop"),
+        ("far1", "at most 5 redirects"),
+    ];
+    let mut attacks = 0;
+    for (name, why) in cases {
+        attacks += 1;
+        let e = store.snap(name).unwrap_err();
+        let msg = e.to_string();
+        println!("{name}: {msg}");
+        assert!(matches!(e, Error::Redirect { .. }), "{name}: {msg}");
+        assert!(msg.contains(why), "{name}: {msg}");
+        assert!(!msg.contains('\n'));
+    }
+    // Three hops, then the index: fine.
+    write_index(
+        &root.join("idx"),
+        "near",
+        1,
+        4096,
+        &sha3_hex(&blob),
+        "blobs/hello_1.snap",
+    );
+    let index = store.snap("near").unwrap().expect("the index at the end");
+    assert_eq!(index.name(), "near");
+
+    // A store on another host (an address of this machine other than loopback stands in for
+    // one) redirecting to 127.0.0.1.
+    let Some(ip) = non_loopback_ipv4() else {
+        println!("figures: store: attacks={attacks} refused={attacks}");
+        return skip("no address but loopback: cannot stand in for another host");
+    };
+    let to_local = format!(
+        "location = /v1/snaps/hello.json {{ return 302 http://127.0.0.1:{}/v1/snaps/hello.json; }}",
+        nginx.port()
+    );
+    let Some(remote) = Nginx::start_on(&ip, &root, &to_local) else {
+        return;
+    };
+    attacks += 1;
+    let e = open(&remote.url()).snap("hello").unwrap_err();
+    let msg = e.to_string();
+    println!("to this machine: {msg}");
+    assert!(matches!(e, Error::Redirect { .. }), "{msg}");
+    assert!(msg.contains("this machine"), "{msg}");
+    assert!(
+        !nginx.access_log().contains("/v1/snaps/hello.json"),
+        "the local server was asked: {}",
+        nginx.access_log()
+    );
+    println!("figures: store: attacks={attacks} refused={attacks}");
 }

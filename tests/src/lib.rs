@@ -3,6 +3,7 @@
 //! Everything a test makes is owned by a guard that undoes it on drop — daemons are stopped,
 //! mounts under the scratch root unmounted, users deleted — even when the test fails.
 pub mod installed;
+pub mod safe_agent;
 pub mod systemd;
 
 use std::fs;
@@ -252,6 +253,13 @@ impl Daemon {
             None => Command::new(bin("refreshd")),
         };
         cmd.arg("--root").arg(root).args(&opts.extra_args);
+        if is_root() && !opts.extra_args.iter().any(|a| a == "--release-agent") {
+            // Never where cargo built it: the checkout may be anywhere (under /tmp, say), and
+            // refreshd registers only an agent no user could replace (safe_agent.rs).
+            let agent = safe_agent::install_release_agent(&bin("refresh-release-agent"))
+                .unwrap_or_else(|e| panic!("cannot install the release agent for tests: {e}"));
+            cmd.arg("--release-agent").arg(agent);
+        }
         cmd.env("RUST_LOG", "info")
             .env_remove("REFRESHD_FAILPOINTS")
             .envs(opts.env.iter().map(|(k, v)| (k, v)));

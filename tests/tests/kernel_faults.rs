@@ -544,15 +544,32 @@ impl Drop for Cont {
 /// A user namespace (root mapped to root, so the daemon keeps its access) whose inotify limits
 /// are the given values: EMFILE from `inotify_init`, or ENOSPC from `inotify_add_watch`, as when
 /// another process of the same user has used them up. The global limits stay untouched.
-fn inotify_limited(instances: u32, watches: u32) -> Vec<String> {
+///
+/// The freezer's `release_agent` cannot be written from a user namespace (EPERM): the file
+/// `agent_value` is bound over it in a mount namespace of the daemon's own, so the backend the
+/// daemon picks does not depend on what the machine's value is.
+fn inotify_limited(instances: u32, watches: u32, agent_value: &Path) -> Vec<String> {
+    let bind = cgroup_mounts()
+        .0
+        .map(|f| {
+            format!(
+                "mount --bind '{}' '{}' && ",
+                agent_value.display(),
+                f.join("release_agent").display()
+            )
+        })
+        .unwrap_or_default();
     vec![
         "unshare".into(),
         "--user".into(),
         "--map-root-user".into(),
+        "--mount".into(),
+        "--propagation".into(),
+        "private".into(),
         "sh".into(),
         "-c".into(),
         format!(
-            "echo {instances} > /proc/sys/user/max_inotify_instances && echo {watches} > /proc/sys/user/max_inotify_watches && exec \"$@\""
+            "{bind}echo {instances} > /proc/sys/user/max_inotify_instances && echo {watches} > /proc/sys/user/max_inotify_watches && exec \"$@\""
         ),
         "sh".into(),
     ]
@@ -584,10 +601,12 @@ fn daemon_without_inotify_polls_and_says_why() {
     ] {
         let root = Root::new(&format!("kf-noino-{tag}"));
         let r = root.path();
+        let agent_value = root.aux("release_agent");
+        fs::write(&agent_value, "\n").unwrap();
         let d = Daemon::start_with(
             r,
             DaemonOpts {
-                wrapper: inotify_limited(instances, watches),
+                wrapper: inotify_limited(instances, watches, &agent_value),
                 // Loop mounts need the initial user namespace; payloads are extracted.
                 extra_args: ["--extract", "--poll-interval-ms", "200"]
                     .map(String::from)
@@ -931,7 +950,287 @@ fn foreign_release_agent_is_left_alone() {
     let took = done_within(r, id, Duration::from_secs(10));
     println!("foreign agent: polling finished the refresh {took:?} after the exit");
     assert_eq!(fs::read_to_string(&foreign).unwrap(), "/bin/true\n");
-    figures(1, 1);
+    // Status says exactly what the kernel runs: not ours, safe.
+    assert_eq!(
+        status_agent(r),
+        ("/bin/true".to_owned(), false, true, String::new())
+    );
+    let shown = text(&ctl(r, &["status"]).stdout);
+    assert!(
+        shown.contains("release agent:       /bin/true (not refreshd's, safe)"),
+        "{shown}"
+    );
+    drop(_d);
+    assert_eq!(
+        fs::read_to_string(&foreign).unwrap(),
+        "/bin/true\n",
+        "a foreign agent was cleared at shutdown"
+    );
+
+    // A foreign agent anyone could replace: still someone else's, left alone; status and the
+    // log say it is unsafe.
+    let planted = root.aux("their-agent");
+    fs::write(&planted, "#!/bin/sh\n").unwrap();
+    fs::set_permissions(&planted, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::write(&foreign, format!("{}\n", planted.display())).unwrap();
+    let d = agent_daemon(&root, &freezer, &foreign, "", &[]);
+    let (kind, why) = tracking_of(r);
+    assert_eq!(kind, "v1-poll", "{why}");
+    assert!(
+        why.contains("left alone") && why.contains("unsafe"),
+        "{why}"
+    );
+    let (path, ours, safe, unsafe_why) = status_agent(r);
+    assert_eq!(
+        (path.as_str(), ours, safe),
+        (planted.to_str().unwrap(), false, false)
+    );
+    assert!(unsafe_why.contains("writable by everyone"), "{unsafe_why}");
+    println!("an unsafe foreign agent: {unsafe_why}");
+    assert!(d.log_text().contains("is not ours and is unsafe"));
+    d.stop();
+    assert_eq!(value_of(&foreign), planted.to_str().unwrap());
+    figures(2, 2);
+}
+
+/// A daemon in a mount namespace of its own where the freezer's `release_agent` is the file
+/// `value` (bound over it: what the daemon reads and writes, never the kernel's) and
+/// /run/refreshd a tmpfs (an agent registry and lock of its own: daemons elsewhere on the
+/// machine are not seen); `script` (shell) runs there first.
+fn agent_daemon(root: &Root, freezer: &Path, value: &Path, script: &str, extra: &[&str]) -> Daemon {
+    fs::create_dir_all("/run/refreshd").unwrap();
+    let mut setup = format!(
+        "mount --bind '{}' '{}' && mount -t tmpfs -o mode=0755 tmpfs /run/refreshd",
+        value.display(),
+        freezer.join("release_agent").display()
+    );
+    if !script.is_empty() {
+        setup = format!("{setup} && {script}");
+    }
+    let mut args: Vec<String> = ["--extract", "--poll-interval-ms", "200"]
+        .map(String::from)
+        .to_vec();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Daemon::start_with(
+        root.path(),
+        DaemonOpts {
+            wrapper: private_mounts(&setup),
+            extra_args: args,
+            ..Default::default()
+        },
+    )
+}
+
+/// A directory under /run/refreshd-tests (root's, 0755 on the way: safe), removed on drop.
+struct SafeDir(PathBuf);
+
+impl SafeDir {
+    fn new(tag: &str) -> SafeDir {
+        let base = Path::new(safe_agent::SAFE_AGENT_DIR);
+        fs::create_dir_all(base).unwrap();
+        let d = tempfile::Builder::new()
+            .prefix(&format!("kf-{tag}-"))
+            .tempdir_in(base)
+            .unwrap()
+            .keep();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        SafeDir(d)
+    }
+}
+
+impl Drop for SafeDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A copy of the agent binary at `dest`, root's, mode 0755 (and its directory made).
+fn agent_copy(dest: &Path) -> PathBuf {
+    fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    fs::copy(bin("refresh-release-agent"), dest).unwrap();
+    std::os::unix::fs::chown(dest, Some(0), Some(0)).unwrap();
+    fs::set_permissions(dest, fs::Permissions::from_mode(0o755)).unwrap();
+    dest.to_owned()
+}
+
+/// What `refreshctl status` says the kernel runs: (path, ours, safe, why).
+fn status_agent(r: &Path) -> (String, bool, bool, String) {
+    let a = &ctl_json(r, &["status", "--json"])["release-agent"];
+    (
+        a["path"].as_str().unwrap_or_default().to_owned(),
+        a["ours"] == true,
+        a["safe"] == true,
+        a["why"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn value_of(file: &Path) -> String {
+    fs::read_to_string(file).unwrap().trim().to_owned()
+}
+
+/// An agent where a user could put another binary — under a world-writable directory (a build
+/// tree in /tmp), owned by a user, or reached through a link into /tmp — is never registered:
+/// tracking falls back to v1-poll and says why in one line; `release_agent` stays as it was.
+#[test]
+fn an_agent_users_could_replace_is_refused() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(freezer) = cgroup_mounts().0 else {
+        skip("no cgroup v1 freezer hierarchy");
+        return;
+    };
+    let root = Root::new("kf-agent-unsafe");
+    let value = root.aux("release_agent");
+    // Under /tmp: the scratch root's own directory is root's 0755, /tmp is 1777.
+    let in_tmp = agent_copy(&root.aux("build/refresh-release-agent"));
+    let safe = SafeDir::new("unsafe");
+    let users = agent_copy(&safe.0.join("users/refresh-release-agent"));
+    std::os::unix::fs::chown(&users, Some(65534), None).unwrap();
+    let link_dir = safe.0.join("linked");
+    fs::create_dir(&link_dir).unwrap();
+    std::os::unix::fs::symlink(root.aux("build"), link_dir.join("bin")).unwrap();
+    let cases: [(&str, PathBuf, &str); 3] = [
+        ("under /tmp", in_tmp, "/tmp is writable by everyone"),
+        ("owned by a user", users, "belongs to uid 65534"),
+        (
+            "through a link into /tmp",
+            link_dir.join("bin/refresh-release-agent"),
+            "/tmp is writable by everyone",
+        ),
+    ];
+    let mut injected = 0;
+    let mut handled = 0;
+    for (what, agent, why) in cases {
+        fs::write(&value, "\n").unwrap();
+        injected += 1;
+        let d = agent_daemon(
+            &root,
+            &freezer,
+            &value,
+            "",
+            &["--release-agent", agent.to_str().unwrap()],
+        );
+        let (kind, reason) = tracking_of(root.path());
+        println!("{what}: tracking {kind}: {reason}");
+        assert_eq!(kind, "v1-poll", "{what}: {reason}");
+        assert!(
+            reason.contains("refusing to register") && reason.contains(why),
+            "{what}: {reason}"
+        );
+        assert_eq!(value_of(&value), "", "{what}: registered anyway");
+        let (path, _, _, _) = status_agent(root.path());
+        assert_eq!(path, "", "{what}: status says the kernel runs nothing");
+        d.stop();
+        assert_eq!(value_of(&value), "", "{what}");
+        handled += 1;
+    }
+    figures(injected, handled);
+}
+
+/// A registered value that is ours by name but stale — naming nothing under /tmp (a deleted
+/// build tree: anyone may create it), an existing build under /tmp, a same-named file without
+/// the agent protocol's marker — is replaced by the daemon's own safe agent, and the log says
+/// so; status shows what the kernel runs now. At an orderly shutdown, with no other daemon
+/// running, the value is cleared; with another daemon running (its lock held), it is kept.
+#[test]
+fn a_stale_agent_of_ours_is_replaced_and_ours_unregistered_when_unused() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(freezer) = cgroup_mounts().0 else {
+        skip("no cgroup v1 freezer hierarchy");
+        return;
+    };
+    let root = Root::new("kf-agent-stale");
+    let r = root.path();
+    let value = root.aux("release_agent");
+    let ours = safe_agent::install_release_agent(&bin("refresh-release-agent")).unwrap();
+    let safe = SafeDir::new("stale");
+    let unmarked = safe.0.join("old/refresh-release-agent");
+    fs::create_dir_all(unmarked.parent().unwrap()).unwrap();
+    fs::write(&unmarked, "#!/bin/sh\nexit 0\n").unwrap();
+    fs::set_permissions(&unmarked, fs::Permissions::from_mode(0o755)).unwrap();
+    let cases: [(&str, PathBuf, &str); 3] = [
+        (
+            "a deleted build under /tmp",
+            root.aux("gone/refresh-release-agent"),
+            "it names nothing",
+        ),
+        (
+            "a build under /tmp",
+            agent_copy(&root.aux("build/refresh-release-agent")),
+            "/tmp is writable by everyone",
+        ),
+        ("a file without the marker", unmarked, "marker"),
+    ];
+    let mut injected = 0;
+    let mut handled = 0;
+    for (what, stale, why) in cases {
+        fs::write(&value, format!("{}\n", stale.display())).unwrap();
+        injected += 1;
+        // The log file is the root's, appended to by each daemon: this one's part.
+        let from = fs::read_to_string(root.aux("refreshd.log"))
+            .unwrap_or_default()
+            .len();
+        let d = agent_daemon(&root, &freezer, &value, "", &[]);
+        let (kind, reason) = tracking_of(r);
+        println!("{what}: tracking {kind}: {reason}");
+        assert_eq!(kind, "v1", "{what}: {reason}");
+        assert_eq!(
+            value_of(&value),
+            ours.to_str().unwrap(),
+            "{what}: not replaced"
+        );
+        let log = d.log_text();
+        let line = log[from..]
+            .lines()
+            .find(|l| l.contains("replacing the registered release agent"))
+            .unwrap_or_else(|| panic!("{what}: the log does not say so: {log}"));
+        assert!(
+            line.contains(stale.to_str().unwrap()) && line.contains(why),
+            "{what}: {line}"
+        );
+        println!("{what}: {line}");
+        assert_eq!(
+            status_agent(r),
+            (ours.to_str().unwrap().to_owned(), true, true, String::new()),
+            "{what}: status"
+        );
+        let text = text(&ctl(r, &["status"]).stdout);
+        assert!(
+            text.contains(&format!(
+                "release agent:       {} (refreshd's, safe)",
+                ours.display()
+            )),
+            "{text}"
+        );
+        // Alone on the machine (as the namespace shows it): cleared at an orderly shutdown.
+        d.stop();
+        assert_eq!(value_of(&value), "", "{what}: not unregistered at shutdown");
+        handled += 1;
+    }
+
+    // Another daemon running (its root registered, its lock held): the agent stays.
+    let other = root.aux("other-root");
+    fs::create_dir_all(other.join(RUNCTL)).unwrap();
+    let other_lock = fs::File::create(other.join("run/refreshd/daemon.lock")).unwrap();
+    let held = nix::fcntl::Flock::lock(other_lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    fs::write(&value, "\n").unwrap();
+    let entry = format!(
+        "mkdir -p /run/refreshd/agent && ln -s '{}' /run/refreshd/agent/00000000000000aa",
+        other.join(RUNCTL).display()
+    );
+    let d = agent_daemon(&root, &freezer, &value, &entry, &[]);
+    assert_eq!(value_of(&value), ours.to_str().unwrap());
+    d.stop();
+    assert_eq!(
+        value_of(&value),
+        ours.to_str().unwrap(),
+        "unregistered while another daemon runs"
+    );
+    drop(held);
+    figures(injected, handled);
 }
 
 /// A process holds the snap's lock (as a launcher stopped in its join would) and then dies by

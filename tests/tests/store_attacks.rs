@@ -25,6 +25,10 @@ use std::time::{Duration, Instant};
 use refreshd_store::Entry;
 use refreshd_tests::*;
 
+// The store crate's nginx harness and certificates, shared rather than copied.
+#[path = "../../store/tests/common/nginx.rs"]
+mod nginx;
+
 /// How the file server behaves for the next requests.
 #[derive(Clone, Debug, PartialEq)]
 enum Mode {
@@ -372,8 +376,13 @@ impl World {
     }
 
     fn start(&mut self, extra: &[&str]) {
+        self.start_at(&self.url(), extra);
+    }
+
+    /// Starts the daemon with the store at `url`.
+    fn start_at(&mut self, url: &str, extra: &[&str]) {
         self.daemon = None;
-        let mut args = vec!["--store".to_owned(), self.url()];
+        let mut args = vec!["--store".to_owned(), url.to_owned()];
         args.extend(extra.iter().map(|s| s.to_string()));
         self.daemon = Some(Daemon::start_with(
             self.root.path(),
@@ -1379,5 +1388,87 @@ fn hostile_index_content_is_refused_in_one_line() {
     assert!(grew < 256 << 10, "peak memory grew by {grew} KiB");
     w.write_index("hostile", &good);
     ok(&ctl(w.r(), &["refresh", "hostile"]));
+    println!("figures: store: attacks={attacks} refused={attacks}");
+}
+
+/// 7. An `https://` store that redirects to `http://` — its index to a tampered one whose
+///    blob matches it, its blobs to the same bytes over plain HTTP — is refused in one line
+///    naming the redirect, with nothing asked over plain HTTP and nothing changed; once the
+///    redirects are gone the same store refreshes the snap.
+#[test]
+fn an_https_store_that_redirects_to_plain_http_is_refused() {
+    if !can_run() {
+        return;
+    }
+    let mut w = World::new("https", false);
+    w.publish("secure", "1.0", 4096);
+    // The plain-HTTP side: a store whose revision 2 of `secure` is another build, its index
+    // matching it (what a network attacker would serve).
+    let evil = w.root.aux("evil");
+    fs::create_dir(&evil).unwrap();
+    for (version, seed) in [("6.6.5", 66), ("6.6.6", 67)] {
+        let file = w.root.aux(&format!("evil_{version}.snap"));
+        build_snap(&file, "secure", version, 4096, seed);
+        refreshd_store::publish(&evil, &file, "stable").unwrap();
+    }
+    let tls = w.root.aux("tls");
+    fs::create_dir(&tls).unwrap();
+    let Some((ca, cert, key)) = nginx::make_certificates(&tls, &[]) else {
+        return skip("openssl not installed");
+    };
+    let Some(evil_server) = nginx::Nginx::start(&evil, "") else {
+        return skip("nginx not installed");
+    };
+    let evil_url = evil_server.url();
+    let flags = w.root.aux("flags");
+    fs::create_dir(&flags).unwrap();
+    let f = flags.display();
+    let redirects = format!(
+        "location /v1/ {{ if (-f {f}/index) {{ return 302 {evil_url}$request_uri; }} }}
+        location /blobs/ {{ if (-f {f}/blobs) {{ return 302 {evil_url}$request_uri; }} }}"
+    );
+    let Some(server) = nginx::Nginx::start_tls_with(&w.store, &cert, &key, &redirects) else {
+        return skip("nginx not installed");
+    };
+    let flag = |name: &str, on: bool| {
+        if on {
+            fs::write(flags.join(name), "").unwrap();
+        } else {
+            fs::remove_file(flags.join(name)).unwrap();
+        }
+    };
+    w.start_at(&server.https_url(), &["--store-ca", ca.to_str().unwrap()]);
+    ok(&ctl(w.r(), &["install", "secure"]));
+    let changes = w.changes();
+    let needles = ["refused the redirect", evil_url.as_str(), "plain HTTP"];
+    let mut attacks = 0;
+
+    // The index (and, should it be followed, the blobs): the lookup fails, no change is made.
+    flag("index", true);
+    flag("blobs", true);
+    attacks += 1;
+    let line = refused(&ctl(w.r(), &["refresh", "secure"]), &needles);
+    println!("index: {line}");
+    assert_eq!(w.changes(), changes);
+    w.untouched("secure", "1");
+
+    // The index over HTTPS, the blob redirected: the download fails, the change is undone.
+    flag("index", false);
+    w.publish("secure", "2.0", 4096);
+    attacks += 1;
+    let line = refused(&ctl(w.r(), &["refresh", "secure"]), &needles);
+    println!("blob: {line}");
+    w.untouched("secure", "1");
+    assert_eq!(
+        evil_server.access_log(),
+        "",
+        "something was asked over plain HTTP"
+    );
+
+    // Without the redirects, the same store.
+    flag("blobs", false);
+    ok(&ctl(w.r(), &["refresh", "secure"]));
+    assert_eq!(w.current("secure"), "2");
+    assert_eq!(w.hello("secure"), "hello from secure 2");
     println!("figures: store: attacks={attacks} refused={attacks}");
 }

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use refreshd_snap::text::printable;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -86,13 +87,13 @@ pub async fn run(client: &Client, timeout: Duration, json: bool) -> Result<()> {
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&outcomes)?);
+        println!("{}", super::format::json_for_terminal(&outcomes)?);
     } else if outcomes.is_empty() {
         println!("No refresh was waiting for apps to close.");
     } else {
         for o in &outcomes {
-            let snap = o.snap.as_deref().unwrap_or("?");
-            println!("{snap}: {} (change {})", o.detail, o.change);
+            let snap = printable(o.snap.as_deref().unwrap_or("?")).into_owned();
+            println!("{snap}: {} (change {})", printable(&o.detail), o.change);
         }
     }
     // A failed refresh makes the unit fail, where an administrator sees it; boot goes on.

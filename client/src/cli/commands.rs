@@ -4,11 +4,12 @@ use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use refreshd_snap::text::printable;
 use serde::Serialize;
 
 use super::args::{ChangeJson, Command, JsonFlag, NoWait};
 use super::exit::{ChangeFailed, UsageError};
-use super::format::{self, Clock, Paint};
+use super::format::{self, for_terminal, Clock, Paint};
 use super::progress::{Follower, Mode};
 use crate::client::{Client, ClientError};
 use crate::types::{Change, Hold, NoteKind, RefreshNote, Select};
@@ -81,6 +82,7 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
             let installed = match change.snap.as_deref().or(name.as_deref()) {
                 Some(snap) => {
                     let snap = client.snap(snap).await.doing("get the installed snap")?;
+                    let snap = for_terminal(&snap);
                     format!("Installed {} {}\n", snap.name, snap.revision)
                 }
                 None => format!("Installed {} (change {id})\n", display_name(&file)),
@@ -127,6 +129,7 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
                 return Ok(());
             }
             let snap = client.snap(&name).await.doing("get the reverted snap")?;
+            let snap = for_terminal(&snap);
             print(&format!("Reverted {} to {}\n", snap.name, snap.revision))
         }
         Command::Pack {
@@ -190,7 +193,7 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
             if conclude(client, id, no_wait, json).await?.is_none() {
                 return Ok(());
             }
-            print(&format!("Removed {name}\n"))
+            print(&format!("Removed {}\n", printable(&name)))
         }
         Command::Changes { all, snap, json } => {
             let select = if all { Select::All } else { Select::InProgress };
@@ -229,6 +232,7 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
             let change = follow(client, id, Follower::new(io::stdout(), mode)).await?;
             check(&change)?;
             if mode != Mode::Json {
+                let change = for_terminal(&change);
                 print(&format!(
                     "Change {} ({}) is {}\n",
                     change.id, change.summary, change.status
@@ -247,6 +251,7 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
             if json {
                 return print_json(&change);
             }
+            let change = for_terminal(&change);
             let text = if change.ready {
                 format!("Change {id} ({}) is {}\n", change.summary, change.status)
             } else {
@@ -295,6 +300,7 @@ async fn refresh_one(
         return Ok(());
     }
     let snap = client.snap(name).await.doing("get the refreshed snap")?;
+    let snap = for_terminal(&snap);
     print(&format!("Refreshed {} to {}\n", snap.name, snap.revision))
 }
 
@@ -361,7 +367,7 @@ async fn refresh_many(
             NoteKind::Error | NoteKind::Held | NoteKind::Busy | NoteKind::Unknown => false,
         };
         if !quiet {
-            eprintln!("{}", note.message);
+            eprintln!("{}", printable(&note.message));
         }
     }
     if result.changes.is_empty() {
@@ -387,6 +393,7 @@ async fn refresh_many(
                 Ok(()) => {
                     let name = change.snap.clone().unwrap_or_default();
                     let snap = client.snap(&name).await.doing("get the refreshed snap")?;
+                    let snap = for_terminal(&snap);
                     print(&format!("Refreshed {} to {}\n", snap.name, snap.revision))?;
                 }
                 Err(e) => {
@@ -421,7 +428,7 @@ async fn refresh_list(client: &Client, clock: &Clock, json: bool) -> Result<()> 
         .filter(|n| n.kind == NoteKind::Error)
         .map(|n| {
             if !json {
-                eprintln!("{}", n.message);
+                eprintln!("{}", printable(&n.message));
             }
             n.snap.as_str()
         })
@@ -447,6 +454,7 @@ async fn hold_refreshes(
         eprintln!("No snaps are installed; there is nothing to hold.");
         return Ok(());
     }
+    let snaps = for_terminal(&snaps);
     let text: String = snaps
         .iter()
         .map(|s| {
@@ -466,6 +474,7 @@ async fn unhold_refreshes(client: &Client, names: &[String], json: bool) -> Resu
         eprintln!("No snaps are installed; there is nothing to unhold.");
         return Ok(());
     }
+    let snaps = for_terminal(&snaps);
     let text: String = snaps
         .iter()
         .map(|s| format!("Refreshes of {} are no longer held\n", s.name))
@@ -541,9 +550,11 @@ fn check(change: &Change) -> Result<()> {
 }
 
 fn display_name(file: &Path) -> String {
-    file.file_name()
+    let name = file
+        .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| file.display().to_string())
+        .unwrap_or_else(|| file.display().to_string());
+    printable(&name).into_owned()
 }
 
 fn print(text: &str) -> Result<()> {
@@ -554,7 +565,7 @@ fn print(text: &str) -> Result<()> {
 }
 
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(value).context("cannot encode JSON")?;
+    let mut text = format::json_for_terminal(value).context("cannot encode JSON")?;
     text.push('\n');
     print(&text)
 }

@@ -107,11 +107,14 @@ pub fn one_line(err: &anyhow::Error) -> String {
         }
         line.push_str(text);
     }
-    line.lines()
+    let line = line
+        .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    // The daemon's messages quote what users and the store chose: escaped like all output.
+    refreshd_snap::text::printable(&line).into_owned()
 }
 
 #[cfg(test)]

@@ -1,14 +1,63 @@
 //! Text output: tables, times, and the renderings of API objects.
+//!
+//! What the daemon sends carries what users, snaps and the store chose (command lines, file
+//! names in task logs, summaries, store messages). Every rendering here starts by passing the
+//! object through [`for_terminal`], so none of it reaches a terminal as a control sequence or a
+//! forged line; JSON output goes through [`json_for_terminal`].
 
+use std::borrow::Cow;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan, Zoned};
+use refreshd_snap::text::{json_printable, printable};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::types::{
-    Change, HoldUntil, Snap, SnapProcess, SnapStatus, Status, SystemInfo, Task, Update,
+    Change, HoldUntil, ReleaseAgent, Snap, SnapProcess, SnapStatus, Status, SystemInfo, Task,
+    Update,
 };
+
+/// `value` with every string in it, and every key, made [`printable`]: the one way an API
+/// object becomes safe to show as text. The types are the API's, which travel as JSON, so they
+/// always make the round trip; escaping only touches characters no valid value of a typed
+/// field (a time, a status) has.
+pub fn for_terminal<T: Serialize + DeserializeOwned>(value: &T) -> T {
+    let mut v = serde_json::to_value(value).expect("API objects are JSON");
+    escape_strings(&mut v);
+    serde_json::from_value(v).expect("escaped API objects are still API objects")
+}
+
+fn escape_strings(v: &mut Value) {
+    match v {
+        Value::String(s) => {
+            if let Cow::Owned(e) = printable(s) {
+                *s = e;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(escape_strings),
+        Value::Object(map) => {
+            *map = std::mem::take(map)
+                .into_iter()
+                .map(|(k, mut v)| {
+                    escape_strings(&mut v);
+                    (printable(&k).into_owned(), v)
+                })
+                .collect();
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// `value` as pretty JSON, with what JSON leaves raw but a terminal would act on (DEL, C1,
+/// bidirectional overrides) written as `\uXXXX`: the same value, safe to print.
+pub fn json_for_terminal<T: Serialize>(value: &T) -> serde_json::Result<String> {
+    let text = serde_json::to_string_pretty(value)?;
+    Ok(json_printable(&text).into_owned())
+}
 
 /// What times are shown relative to: now, in the local zone.
 #[derive(Debug, Clone)]
@@ -177,6 +226,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 pub fn system_info(info: &SystemInfo, clock: &Clock) -> String {
+    let info = &for_terminal(info);
     let mut rows = vec![
         ("version", format!("{} (api {})", info.version, info.api)),
         ("root", info.root.display().to_string()),
@@ -190,6 +240,9 @@ pub fn system_info(info: &SystemInfo, clock: &Clock) -> String {
             format!("{} ({})", info.tracking, info.tracking_reason),
         ),
     ];
+    if let Some(agent) = &info.release_agent {
+        rows.push(("release agent", release_agent(agent)));
+    }
     if !info.services.is_empty() {
         rows.push((
             "services",
@@ -201,6 +254,28 @@ pub fn system_info(info: &SystemInfo, clock: &Clock) -> String {
     rows.iter()
         .map(|(k, v)| format!("{:width$} {v}\n", format!("{k}:")))
         .collect()
+}
+
+/// What the kernel runs when a freezer group empties: `/usr/lib/refreshd/refresh-release-agent
+/// (refreshd's, safe)`, `/opt/x/agent (not refreshd's; UNSAFE: /opt/x is writable by everyone
+/// (mode 777))`, or `none`.
+fn release_agent(a: &ReleaseAgent) -> String {
+    if a.path.is_empty() {
+        return match a.why.as_str() {
+            "" => "none".to_string(),
+            why => format!("unknown ({why})"),
+        };
+    }
+    let whose = if a.ours {
+        "refreshd's"
+    } else {
+        "not refreshd's"
+    };
+    if a.safe {
+        format!("{} ({whose}, safe)", a.path)
+    } else {
+        format!("{} ({whose}; UNSAFE: {})", a.path, a.why)
+    }
 }
 
 /// `every 6h, next today at 21:15 UTC (in 6 hours), last today at 15:15 UTC (2 minutes ago)`,
@@ -234,6 +309,7 @@ pub fn hold(hold: Option<&str>, clock: &Clock) -> Option<String> {
 }
 
 pub fn snaps(snaps: &[Snap], clock: &Clock) -> String {
+    let snaps = &for_terminal(&snaps.to_vec());
     let rows: Vec<Vec<String>> = snaps
         .iter()
         .map(|s| {
@@ -261,6 +337,7 @@ fn notes(snap: &Snap, clock: &Clock) -> String {
 
 /// `refreshctl refresh --list`: each update, from the current revision to the store's.
 pub fn updates(updates: &[Update], clock: &Clock) -> String {
+    let updates = &for_terminal(&updates.to_vec());
     let rows: Vec<Vec<String>> = updates
         .iter()
         .map(|u| {
@@ -287,6 +364,7 @@ pub fn updates(updates: &[Update], clock: &Clock) -> String {
 
 /// `refreshctl changes`: when each was made and became ready, relative to now.
 pub fn changes(changes: &[Change], clock: &Clock, paint: Paint) -> String {
+    let changes = &for_terminal(&changes.to_vec());
     let rows: Vec<Vec<String>> = changes
         .iter()
         .map(|c| {
@@ -303,7 +381,8 @@ pub fn changes(changes: &[Change], clock: &Clock, paint: Paint) -> String {
 }
 
 /// `refreshctl tasks`: the task table, then what tasks wait for, their logs, and the error.
-pub fn tasks(change: &Change, clock: &Clock, paint: Paint) -> String {
+pub fn tasks(raw: &Change, clock: &Clock, paint: Paint) -> String {
+    let change = &for_terminal(raw);
     let rows: Vec<Vec<String>> = change
         .tasks
         .iter()
@@ -354,10 +433,11 @@ pub fn tasks(change: &Change, clock: &Clock, paint: Paint) -> String {
         }
     }
 
-    if let Some(error) = change.error.as_deref().filter(|e| !e.trim().is_empty()) {
+    // The error is a line per failed task: its lines are kept, each escaped.
+    if let Some(error) = raw.error.as_deref().filter(|e| !e.trim().is_empty()) {
         let _ = writeln!(out, "\n{}", paint.red("Error:"));
         for line in error.lines() {
-            let _ = writeln!(out, "  {line}");
+            let _ = writeln!(out, "  {}", printable(line));
         }
     }
     out
@@ -384,6 +464,7 @@ fn task_summary(t: &Task) -> String {
 /// `refreshctl status NAME`: the snap, its change in progress and what that waits for, and
 /// the snap's processes (which a refresh waits for, and never stops).
 pub fn snap_status(st: &SnapStatus, clock: &Clock, paint: Paint) -> String {
+    let st = &for_terminal(st);
     let revision = match (&st.revision, &st.version) {
         (Some(r), Some(v)) => format!("{r} (version {v})"),
         (Some(r), None) => r.clone(),
@@ -509,24 +590,10 @@ fn shell_quote(a: &str) -> String {
             .all(|c| c.is_alphanumeric() || "-_./=:,+@%^".contains(c));
     let a = printable(a);
     if plain {
-        a
+        a.into_owned()
     } else {
         format!("'{}'", a.replace('\'', r"'\''"))
     }
-}
-
-/// `s` with control characters escaped (`\n`, `\u{1b}`), so it cannot move the terminal's
-/// cursor or change its colours.
-fn printable(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -591,6 +658,12 @@ mod tests {
             auto_refresh: None,
             next_auto_refresh: None,
             last_auto_refresh: None,
+            release_agent: Some(ReleaseAgent {
+                path: "/usr/lib/refreshd/refresh-release-agent".into(),
+                ours: true,
+                safe: true,
+                why: String::new(),
+            }),
         };
         assert_eq!(
             system_info(&info, &clock()),
@@ -603,10 +676,33 @@ snaps:               3
 changes in progress: 1
 mount mode:          loop
 tracking:            v1 (freezer)
+release agent:       /usr/lib/refreshd/refresh-release-agent (refreshd's, safe)
 services:            none (systemd is not PID 1)
 auto-refresh:        off
 "
         );
+        let planted = SystemInfo {
+            release_agent: Some(ReleaseAgent {
+                path: "/tmp/build/refresh-release-agent".into(),
+                ours: false,
+                safe: false,
+                why: "/tmp/build/refresh-release-agent does not exist".into(),
+            }),
+            ..info.clone()
+        };
+        assert!(system_info(&planted, &clock()).contains(
+            "release agent:       /tmp/build/refresh-release-agent (not refreshd's; UNSAFE: /tmp/build/refresh-release-agent does not exist)\n"
+        ));
+        let none = SystemInfo {
+            release_agent: Some(ReleaseAgent {
+                path: String::new(),
+                ours: false,
+                safe: false,
+                why: String::new(),
+            }),
+            ..info.clone()
+        };
+        assert!(system_info(&none, &clock()).contains("release agent:       none\n"));
         let on = SystemInfo {
             auto_refresh: Some("6h".into()),
             next_auto_refresh: Some(ts("2026-11-21T23:00:00Z")),
@@ -959,5 +1055,56 @@ PID   User          Started         Command
         ] {
             assert_eq!(shell_quote(arg), want, "{arg:?}");
         }
+    }
+
+    /// Whatever the daemon sends — a command line made with `exec -a`, a file name in a task
+    /// log, a summary or a store message — no rendering lets a control character, a C1 CSI or
+    /// a bidirectional override through, nor a newline of its own.
+    #[test]
+    fn hostile_text_from_the_daemon_reaches_no_terminal() {
+        let evil = "\u{1b}]0;pwned\u{7}\u{1b}[2J\r\nFAKE root: done\u{9b}31m\u{202e}x";
+        let clean = |what: &str, out: &str| {
+            assert!(
+                !out.chars()
+                    .any(|c| c != '\n' && refreshd_snap::text::escapes(c)),
+                "{what}: {out:?}"
+            );
+            assert!(!out.contains("\nFAKE"), "{what}: a forged line: {out}");
+        };
+        let mut st = blocked();
+        st.processes[0].command = Some(vec![evil.into(), evil.into()]);
+        st.processes[0].user = Some(evil.into());
+        st.processes[1].comm = evil.into();
+        st.waiting.as_mut().unwrap().reason = evil.into();
+        let mut waiting = task(Status::Wait);
+        waiting.summary = evil.into();
+        waiting.log = vec![evil.into()];
+        waiting.progress.label = evil.into();
+        waiting.wait = Some(WaitInfo {
+            event: evil.into(),
+            until: None,
+            reason: evil.into(),
+        });
+        waiting.retry = Some(RetryInfo {
+            count: 1,
+            reason: evil.into(),
+            next_attempt: ts("2026-11-21T20:15:05Z"),
+        });
+        let mut change = st.change.clone().unwrap();
+        change.summary = evil.into();
+        change.error = Some(format!("{evil}\n{evil}"));
+        change.tasks = vec![waiting];
+        st.change = Some(change.clone());
+        clean("status", &snap_status(&st, &clock(), Paint::default()));
+        clean("tasks", &tasks(&change, &clock(), Paint::default()));
+        clean("changes", &changes(&[change], &clock(), Paint::default()));
+        let json = json_for_terminal(&st).unwrap();
+        assert!(
+            !json
+                .chars()
+                .any(|c| c != '\n' && refreshd_snap::text::escapes(c)),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<SnapStatus>(&json).unwrap(), st);
     }
 }

@@ -3,6 +3,9 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
+use refreshd_snap::text::json_printable;
+
+use super::format::for_terminal;
 use crate::types::{Change, Progress, Status, Task};
 
 /// How to show the states of a change.
@@ -58,12 +61,14 @@ impl<W: Write> Follower<W> {
     pub fn show(&mut self, change: &Change) -> io::Result<()> {
         match self.mode {
             Mode::Json => {
-                serde_json::to_writer(&mut self.out, change)?;
+                let text = serde_json::to_string(change)?;
+                self.out.write_all(json_printable(&text).as_bytes())?;
                 self.out.write_all(b"\n")?;
             }
-            Mode::Lines => self.lines(change)?,
+            // Wait and retry reasons quote command lines and store messages: escaped first.
+            Mode::Lines => self.lines(&for_terminal(change))?,
             Mode::Live => {
-                let line = live_line(change, LIVE_WIDTH);
+                let line = live_line(&for_terminal(change), LIVE_WIDTH);
                 write!(self.out, "\r\x1b[K{line}")?;
                 self.live_line = true;
             }
@@ -511,5 +516,47 @@ Done     Download snap \"hello\" (2)
             downloading("copy-data", 9_000_000, 0),
         ];
         assert!(!render(Mode::Lines, &unknown).contains("copy-data"));
+    }
+
+    /// A wait reason quoting a command line its user made hostile (`exec -a`), and a retry
+    /// reason quoting a store: neither mode lets a control character through; the live line's
+    /// own `\r\x1b[K` is the only sequence on the terminal.
+    #[test]
+    fn hostile_reasons_reach_no_terminal() {
+        let evil = "\u{1b}]0;pwned\u{7}\u{1b}[2J\r\nFAKE root: done\u{9b}31m\u{202e}";
+        let mut wait = task(2, evil, Status::Wait);
+        wait.wait = Some(WaitInfo {
+            event: "snap-idle:hello".into(),
+            until: None,
+            reason: evil.into(),
+        });
+        let mut retry = task(3, "Download", Status::Doing);
+        retry.retry = Some(RetryInfo {
+            count: 1,
+            reason: evil.into(),
+            next_attempt: ts(),
+        });
+        let states = [change(vec![wait]), change(vec![retry])];
+        let lines = render(Mode::Lines, &states);
+        let live = render(Mode::Live, &states).replace("\r\x1b[K", "");
+        for (mode, out) in [("lines", lines), ("live", live)] {
+            assert!(
+                !out.chars()
+                    .any(|c| c != '\n' && refreshd_snap::text::escapes(c)),
+                "{mode}: {out:?}"
+            );
+            assert!(!out.contains("\nFAKE"), "{mode}: {out}");
+            assert!(
+                out.contains("\\u{1b}]0;pwned"),
+                "{mode}: shown escaped: {out}"
+            );
+        }
+        let json = render(Mode::Json, &states);
+        assert!(
+            !json
+                .chars()
+                .any(|c| c != '\n' && refreshd_snap::text::escapes(c)),
+            "{json:?}"
+        );
     }
 }

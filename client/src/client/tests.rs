@@ -60,6 +60,7 @@ fn info() -> SystemInfo {
         auto_refresh: None,
         next_auto_refresh: None,
         last_auto_refresh: None,
+        release_agent: None,
     }
 }
 

@@ -12,9 +12,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
-        // One line, always: multi-line library messages are folded.
+        // One line, always: multi-line library messages are folded, and what is left that
+        // could drive a terminal (a name or path a user chose, text from the store) escaped.
         let message: String = message.into();
         let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+        let message = refreshd_snap::text::printable(&message).into_owned();
         ApiError {
             body: ErrorBody::new(kind, message),
         }

@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use refreshd_client::types::{
-    AppInfo, ChangeRef, ErrorKind, HoldUntil, InstallQuery, Snap, SnapAction, SnapActionKind,
-    StoreInstall, SystemInfo,
+    AppInfo, ChangeRef, ErrorKind, HoldUntil, InstallQuery, ReleaseAgent, Snap, SnapAction,
+    SnapActionKind, StoreInstall, SystemInfo,
 };
 use refreshd_snap::{InstanceName, Revision};
 use refreshd_state::{Created, IdempotencyKey, Select, SnapRow};
@@ -36,6 +36,25 @@ pub async fn system_info(State(st): St) -> Result<Json<SystemInfo>, ApiError> {
             Ok::<_, refreshd_state::Error>((snaps, changes, auto))
         })
         .await?;
+    let tracking = st.ctx.tracking.clone();
+    let release_agent = tokio::task::spawn_blocking(move || {
+        tracking.release_agent().map(|seen| match seen {
+            Ok(seen) => ReleaseAgent {
+                ours: seen.ours(),
+                safe: !seen.value.is_empty() && seen.unsafe_because.is_none(),
+                why: seen.unsafe_because.clone().unwrap_or_default(),
+                path: seen.value,
+            },
+            Err(why) => ReleaseAgent {
+                path: String::new(),
+                ours: false,
+                safe: false,
+                why,
+            },
+        })
+    })
+    .await
+    .map_err(ApiError::internal)?;
     Ok(Json(SystemInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         api: "v1".to_owned(),
@@ -52,6 +71,7 @@ pub async fn system_info(State(st): St) -> Result<Json<SystemInfo>, ApiError> {
         auto_refresh: auto.every,
         next_auto_refresh: auto.next,
         last_auto_refresh: auto.last,
+        release_agent,
     }))
 }
 

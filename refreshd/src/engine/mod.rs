@@ -87,7 +87,9 @@ pub struct TaskCtx {
 impl TaskCtx {
     /// Appends a line to the task's log (shown by `refreshctl tasks`) and to the daemon's log.
     pub fn log(&self, msg: impl AsRef<str>) {
-        let msg = msg.as_ref();
+        // What users control (file names in their trees, command lines, hook output) is in
+        // these lines: escaped here, so no sink (the journal included) gets raw control bytes.
+        let msg = refreshd_snap::text::printable(msg.as_ref());
         info!(
             snap = self.change.snap.as_deref().unwrap_or(""),
             change = self.change.id,

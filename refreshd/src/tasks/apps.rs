@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
+use refreshd_snap::text::printable;
 
 use super::{setup, Ctx, SnapSetup};
 use crate::engine::{Outcome, Phase, TaskCtx};
@@ -255,7 +256,9 @@ fn plural(n: usize) -> String {
 
 /// `pid 42 (user alice): sleep 100; ...` for the first few processes. The reason is readable by
 /// every user through the API, so where /proc hides other users' processes (`hidepid`) the
-/// command lines are left out, as `refreshctl status NAME` does.
+/// command lines are left out, as `refreshctl status NAME` does. A command line is whatever its
+/// user made it (`exec -a`): escaped ([`printable`]), so it cannot forge a line or drive the
+/// terminal of whoever reads the reason.
 fn describe(procs: &[u32]) -> String {
     let hidden = crate::api::hidepid(&std::fs::read("/proc/self/mountinfo").unwrap_or_default());
     let mut out = String::new();
@@ -292,7 +295,12 @@ fn describe(procs: &[u32]) -> String {
         } else {
             cmd.chars().take(80).collect()
         };
-        let _ = write!(out, "pid {pid} (user {user}): {cmd}");
+        let _ = write!(
+            out,
+            "pid {pid} (user {}): {}",
+            printable(&user),
+            printable(&cmd)
+        );
     }
     if procs.len() > 5 {
         let _ = write!(out, "; and {} more", procs.len() - 5);

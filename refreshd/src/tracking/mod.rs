@@ -10,11 +10,12 @@
 //! - `v2`: inotify on `cgroup.events` says `populated 0`;
 //! - `none`: no cgroup hierarchy usable: snaps are untrackable, and status says so.
 
+pub mod agent;
 pub mod cgroups;
 mod watch;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -97,6 +98,15 @@ pub struct Tracking {
     /// The event backends' inotify instance, made (with its first watch) at start so that a
     /// failure can still choose polling; the watcher takes it.
     pub(crate) inotify: std::sync::Mutex<Option<inotify::Inotify>>,
+    /// Where the v1 freezer hierarchy is mounted, if it is: its `release_agent` is what the
+    /// kernel runs, shown by `refreshctl status`.
+    freezer_mount: Option<PathBuf>,
+    /// Set when this daemon registered (or accepted) the release agent: unregistered at an
+    /// orderly shutdown when nobody else needs it (agent.rs).
+    agent_registered: bool,
+    /// This daemon's lock (`run/refreshd/daemon.lock`), which is not another daemon's.
+    daemon_lock: PathBuf,
+    agent_cache: agent::Cache,
 }
 
 pub struct Options {
@@ -133,6 +143,10 @@ impl Tracking {
             parked: tokio::sync::Notify::new(),
             polled: false,
             inotify: std::sync::Mutex::new(None),
+            freezer_mount: mounts.freezer.clone(),
+            agent_registered: false,
+            daemon_lock: layout.daemon_lock(),
+            agent_cache: agent::Cache::default(),
         };
         // Parents are made now, so launchers only ever create leaves.
         let mut unusable = vec![];
@@ -166,25 +180,53 @@ impl Tracking {
         };
         let v1_agent = |t: &Tracking| {
             match (&t.v1, &mounts.freezer) {
-            (Some(p), Some(mount)) => match register_agent(mount, &opts.release_agent) {
-                Ok(()) => (
+            (Some(p), Some(mount)) => match agent::register(mount, &opts.release_agent) {
+                Ok(agent::Registered::Ours(path)) => (
                     Kind::V1,
-                    format!("cgroup v1 freezer at {} with the release agent {}", p.display(), opts.release_agent.display()),
+                    format!(
+                        "cgroup v1 freezer at {} with the release agent {}",
+                        p.display(),
+                        path.display()
+                    ),
+                    true,
                 ),
-                Err(why) => (
-                    Kind::V1Poll,
-                    format!("cgroup v1 freezer at {}, polled every {:?}: release agent unavailable: {why}", p.display(), opts.poll_interval),
+                Ok(agent::Registered::Another(path)) => (
+                    Kind::V1,
+                    format!(
+                        "cgroup v1 freezer at {} with the release agent {path} (another build of refreshd's)",
+                        p.display()
+                    ),
+                    true,
                 ),
+                Err(why) => {
+                    warn!("release agent unavailable, polling instead: {why}");
+                    (
+                        Kind::V1Poll,
+                        format!(
+                            "cgroup v1 freezer at {}, polled every {:?}: release agent unavailable: {why}",
+                            p.display(),
+                            opts.poll_interval
+                        ),
+                        false,
+                    )
+                }
             },
-            _ => (Kind::Environ, "the cgroup v1 freezer hierarchy is not available".to_owned()),
+            _ => (
+                Kind::Environ,
+                "the cgroup v1 freezer hierarchy is not available".to_owned(),
+                false,
+            ),
         }
         };
-        let (kind, reason) = match opts.choice {
-            Choice::None => (Kind::None, "tracking disabled (--tracking none)".to_owned()),
-            Choice::Environ => (Kind::Environ, "--tracking environ".to_owned()),
-            Choice::V2 => v2_or_none(&t),
+        let with_no_agent = |(k, r): (Kind, String)| (k, r, false);
+        let (kind, reason, registered) = match opts.choice {
+            Choice::None => {
+                with_no_agent((Kind::None, "tracking disabled (--tracking none)".to_owned()))
+            }
+            Choice::Environ => with_no_agent((Kind::Environ, "--tracking environ".to_owned())),
+            Choice::V2 => with_no_agent(v2_or_none(&t)),
             Choice::V1 => v1_agent(&t),
-            Choice::V1Poll => match &t.v1 {
+            Choice::V1Poll => with_no_agent(match &t.v1 {
                 Some(p) => (
                     Kind::V1Poll,
                     format!(
@@ -197,13 +239,14 @@ impl Tracking {
                     Kind::Environ,
                     "the cgroup v1 freezer hierarchy is not available".to_owned(),
                 ),
-            },
+            }),
             // The design's primary: the freezer with its release agent; cgroup2 without it.
             Choice::Auto if t.v1.is_some() => v1_agent(&t),
-            Choice::Auto => v2_or_none(&t),
+            Choice::Auto => with_no_agent(v2_or_none(&t)),
         };
         t.kind = kind;
         t.reason = reason;
+        t.agent_registered = registered;
         if t.kind == Kind::Environ && !unusable.is_empty() {
             // Mounted but not usable (read-only, say): say so, not just "not available".
             t.reason = format!("{} ({})", t.reason, unusable.join("; "));
@@ -239,7 +282,8 @@ impl Tracking {
             }
         }
         if t.kind == Kind::V1 {
-            // Stays registered while the daemon is stopped: the agent keeps the markers true.
+            // Stays registered while the daemon is stopped: an agent still registered for
+            // other daemons keeps this one's markers true.
             register_runctl(layout, &t.runctl)?;
         }
         // For people and tests only: a full run directory (which a user may be able to fill
@@ -252,6 +296,21 @@ impl Tracking {
         }
         info!(backend = t.kind.as_str(), "tracking apps: {}", t.reason);
         Ok(t)
+    }
+
+    /// What the kernel runs when a group of the freezer hierarchy empties (its
+    /// `release_agent`), for `refreshctl status`; `None` without a freezer hierarchy.
+    pub fn release_agent(&self) -> Option<Result<agent::Inspected, String>> {
+        let mount = self.freezer_mount.as_ref()?;
+        Some(self.agent_cache.inspect(mount))
+    }
+
+    /// At an orderly shutdown: the release agent this daemon registered or used is cleared
+    /// when no other daemon is running (agent::unregister).
+    pub fn unregister_agent(&self) {
+        if let (true, Some(mount)) = (self.agent_registered, &self.freezer_mount) {
+            agent::unregister(mount, &self.daemon_lock);
+        }
     }
 
     /// The inotify instance and the backend's first watch: `runctl` for v1, the cgroup2
@@ -492,38 +551,6 @@ fn procs_by_environment(snap_dir: &Path) -> io::Result<Vec<u32>> {
         }
     }
     Ok(found)
-}
-
-/// Sets the freezer hierarchy's release agent to ours, unless another one owns it.
-fn register_agent(freezer_mount: &Path, agent: &Path) -> Result<(), String> {
-    if !agent.is_file() {
-        return Err(format!("{} does not exist", agent.display()));
-    }
-    let file = freezer_mount.join("release_agent");
-    let current =
-        fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let current = current.trim();
-    let ours = agent.to_string_lossy();
-    if current == ours {
-        return Ok(());
-    }
-    // Another build of our agent speaks the same protocol (the registry is fixed), so it
-    // serves us as well; a registered path that no longer exists serves no one and is replaced.
-    let existing = Path::new(current);
-    if !current.is_empty() && existing.exists() {
-        if existing.file_name() == agent.file_name() {
-            return Ok(());
-        }
-        return Err(format!(
-            "the hierarchy's release_agent is already {current} (not ours; left alone)"
-        ));
-    }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
-    f.write_all(ours.as_bytes())
-        .map_err(|e| format!("cannot set {}: {e}", file.display()))
 }
 
 /// For a root other than `/`: `AGENT_REGISTRY/ID -> ROOT/run/refreshd/runctl`, so the agent

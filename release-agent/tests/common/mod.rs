@@ -51,10 +51,18 @@ pub fn extra_agent() -> Option<PathBuf> {
 }
 
 /// The binary installed as the kernel's release agent: `REFRESH_RELEASE_AGENT_BIN` or the
-/// test build of `refresh-release-agent`.
+/// test build of `refresh-release-agent`, copied where only root can write (the checkout may be
+/// anywhere, /tmp included; the kernel runs it as root) — the same copy the daemons of the
+/// integration tests register.
 pub fn kernel_agent() -> PathBuf {
-    extra_agent().unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_refresh-release-agent")))
+    let built =
+        extra_agent().unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_refresh-release-agent")));
+    safe_agent::install_release_agent(&built)
+        .unwrap_or_else(|e| panic!("installing {} for the kernel: {e}", built.display()))
 }
+
+#[path = "../../../tests/src/safe_agent.rs"]
+mod safe_agent;
 
 /// Runs `agent` the way the kernel does: `HOME=/`, the kernel's `PATH`, cwd `/`, no stdio.
 pub fn run_agent<S: AsRef<OsStr>>(agent: &Path, args: &[S]) -> ExitStatus {

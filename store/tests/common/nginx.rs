@@ -16,6 +16,7 @@ use super::{find_program, scratch};
 /// nginx as a child process, killed (that pid only) on drop.
 pub struct Nginx {
     child: Child,
+    ip: String,
     port: u16,
     log: Arc<Mutex<String>>,
     log_thread: Option<JoinHandle<()>>,
@@ -35,19 +36,39 @@ impl Nginx {
     /// socket bound here, through the `NGINX` variable, would avoid the port race, but nginx
     /// 1.22 crashes on inherited sockets with `master_process off`.)
     pub fn start(root: &Path, server_extra: &str) -> Option<Nginx> {
-        Nginx::start_with(root, server_extra, None)
+        Nginx::start_with(root, server_extra, None, "127.0.0.1")
     }
 
     /// [`Nginx::start`] serving HTTPS with the certificate and key in these PEM files.
     pub fn start_tls(root: &Path, cert: &Path, key: &Path) -> Option<Nginx> {
-        Nginx::start_with(root, "", Some((cert, key)))
+        Nginx::start_with(root, "", Some((cert, key)), "127.0.0.1")
     }
 
-    fn start_with(root: &Path, server_extra: &str, tls: Option<(&Path, &Path)>) -> Option<Nginx> {
+    /// [`Nginx::start_tls`] with `server_extra` added to its server block.
+    pub fn start_tls_with(
+        root: &Path,
+        cert: &Path,
+        key: &Path,
+        server_extra: &str,
+    ) -> Option<Nginx> {
+        Nginx::start_with(root, server_extra, Some((cert, key)), "127.0.0.1")
+    }
+
+    /// [`Nginx::start`] listening on `ip` (an address of this machine) instead of 127.0.0.1.
+    pub fn start_on(ip: &str, root: &Path, server_extra: &str) -> Option<Nginx> {
+        Nginx::start_with(root, server_extra, None, ip)
+    }
+
+    fn start_with(
+        root: &Path,
+        server_extra: &str,
+        tls: Option<(&Path, &Path)>,
+        ip: &str,
+    ) -> Option<Nginx> {
         let nginx = find_program("nginx")?;
         let mut failures = Vec::new();
         for _ in 0..START_TRIES {
-            match Nginx::try_start(&nginx, root, server_extra, tls) {
+            match Nginx::try_start(&nginx, root, server_extra, tls, ip) {
                 Ok(n) => return Some(n),
                 Err(output) => failures.push(output),
             }
@@ -60,10 +81,11 @@ impl Nginx {
         root: &Path,
         server_extra: &str,
         tls: Option<(&Path, &Path)>,
+        ip: &str,
     ) -> Result<Nginx, String> {
         let dir = scratch("nginx");
         // A free port: bound and released, then nginx binds it (a race, hence the retries).
-        let port = TcpListener::bind("127.0.0.1:0")
+        let port = TcpListener::bind((ip, 0))
             .and_then(|l| l.local_addr())
             .expect("bind 127.0.0.1:0")
             .port();
@@ -98,7 +120,7 @@ http {{
     # One response a connection: the proxy below counts bytes per connection.
     keepalive_timeout 0;
     server {{
-        listen 127.0.0.1:{port}{ssl};
+        listen {ip}:{port}{ssl};
         root {root};
         {tls_conf}
         {server_extra}
@@ -154,6 +176,7 @@ http {{
         };
         Ok(Nginx {
             child,
+            ip: ip.to_owned(),
             port,
             log,
             log_thread: Some(log_thread),
@@ -162,7 +185,12 @@ http {{
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.ip, self.port)
+    }
+
+    /// The address of a TLS nginx ([`Nginx::start_tls`]).
+    pub fn https_url(&self) -> String {
+        format!("https://{}:{}", self.ip, self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -386,6 +414,114 @@ fn serve(
     // The client sees the end of the connection: mid-body if it was cut, at the end of the
     // body otherwise (nginx closes after each response).
     client.shutdown(Shutdown::Both)
+}
+
+/// A CA and a certificate for 127.0.0.1 (and `more_ips`) signed by it, made with the openssl
+/// command: `(ca.pem, server.pem, server.key)`. `None` without openssl.
+pub fn make_certificates(dir: &Path, more_ips: &[&str]) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let openssl = find_program("openssl")?;
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=refreshd test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    let sans: Vec<String> = std::iter::once("127.0.0.1")
+        .chain(more_ips.iter().copied())
+        .map(|ip| format!("IP:{ip}"))
+        .collect();
+    fs::write(
+        dir.join("ext.cnf"),
+        format!(
+            "subjectAltName={}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            sans.join(",")
+        ),
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    Some((
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    ))
+}
+
+/// An IPv4 address of this machine that is not a loopback one (for a store "on another
+/// host"), if it has one.
+pub fn non_loopback_ipv4() -> Option<String> {
+    // The kernel's own table of local addresses: `LOCAL` entries under each prefix.
+    let trie = fs::read_to_string("/proc/net/fib_trie").ok()?;
+    let mut last_ip = None;
+    for line in trie.lines() {
+        let t = line.trim_start();
+        if let Some(ip) = t.strip_prefix("|-- ") {
+            last_ip = Some(ip.trim().to_owned());
+        } else if t.starts_with("/32 host LOCAL") {
+            if let Some(ip) = last_ip.take() {
+                if !ip.starts_with("127.") {
+                    return Some(ip);
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Returns the path of an nginx store root inside `dir`.
