@@ -724,10 +724,11 @@ impl Matrix {
         let (sys, _) = self.entries();
         let r = self.r();
         let (system, home) = (system_dir(r, SNAP, new), home_dir(r, SNAP, new));
-        // The pre-copy makes neither; setup-data copies the system directory, then root's.
-        let cut_system = task == "precopy-data" || n < sys;
-        let cut_home = task == "precopy-data" || n > sys + 2;
-        for (cut_here, dir) in [(cut_system, &system), (cut_system || cut_home, &home)] {
+        // The daemon copies only the system's data (the pre-copy makes a staging directory,
+        // setup-data the final one); root's own data is made later by root's copy as a user
+        // (the `user-data` task), which no cut inside the daemon reaches.
+        let cut_system = task == "precopy-data" || n <= sys;
+        for (cut_here, dir) in [(cut_system, &system), (cut_system, &home)] {
             if cut_here && fs::symlink_metadata(dir).is_ok() {
                 return Err(format!(
                     "{} stands under its final name after a kill in the middle of its copy",
@@ -831,7 +832,8 @@ impl Matrix {
         Ok(())
     }
 
-    /// Entries the data copies of the current revision walk (system and home).
+    /// Entries of the current revision's data: the system's (which the daemon's copies walk)
+    /// and root's home data (which root's own copy, as a user, walks).
     fn entries(&self) -> (u64, u64) {
         let d = &self.data[self.current.as_deref().unwrap()];
         (
@@ -851,12 +853,9 @@ impl Matrix {
             if n > 1 && self.rng.one_in(3) {
                 // Killed as setup-data starts, the pre-copy lost meanwhile, then killed again
                 // inside the full copy that replaces it.
-                let (sys, home) = self.entries();
+                let (sys, _) = self.entries();
                 return Cut {
-                    second: Some(format!(
-                        "mid-copy:setup-data@{}",
-                        self.rng.range(1, sys + home)
-                    )),
+                    second: Some(format!("mid-copy:setup-data@{}", self.rng.range(1, sys))),
                     lose_precopy: true,
                     ..Cut::new(
                         Class::RandomCopy,
@@ -877,8 +876,8 @@ impl Matrix {
         };
         match class {
             Class::RandomCopy => {
-                let (sys, home) = self.entries();
-                let n = self.rng.range(1, sys + home);
+                let (sys, _) = self.entries();
+                let n = self.rng.range(1, sys);
                 let task = if self.rng.one_in(2) {
                     "precopy-data"
                 } else {
@@ -929,30 +928,20 @@ impl Matrix {
             points.push(format!("before-do:{t}"));
             points.push(format!("after-do:{t}"));
         }
-        let (sys, home) = if self.kind.refresh() {
-            self.entries()
+        let sys = if self.kind.refresh() {
+            self.entries().0
         } else {
-            (0, 0)
+            0
         };
-        if self.kind.index("precopy-data").is_some_and(|p| p >= i) {
+        if self.kind.index("precopy-data").is_some_and(|p| p >= i) && sys > 0 {
             // The pre-copy walks everything again when it runs again.
-            points.push(format!(
-                "mid-copy:precopy-data@{}",
-                self.rng.range(1, sys + home)
-            ));
+            points.push(format!("mid-copy:precopy-data@{}", self.rng.range(1, sys)));
         }
         if let Some(s) = self.kind.index("setup-data").filter(|_| sys > 0) {
-            // Inside setup-data, a directory already copied is not copied again.
-            if s > i {
-                points.push(format!(
-                    "mid-copy:setup-data@{}",
-                    self.rng.range(1, sys + home)
-                ));
-            } else if s == i && cut.entering {
-                points.push(format!(
-                    "mid-copy:setup-data@{}",
-                    self.rng.range(1, sys.min(home.max(1)))
-                ));
+            // A re-run of setup-data walks the whole system directory again (kept entries of
+            // the pre-copy included).
+            if s > i || (s == i && cut.entering) {
+                points.push(format!("mid-copy:setup-data@{}", self.rng.range(1, sys)));
             }
         }
         if self.kind == Kind::RefreshHttp && i == 0 && cut.entering {
