@@ -4,6 +4,7 @@
 //! HTTP API. The `refreshd` binary is a thin wrapper around [`daemon::main`].
 
 pub mod api;
+mod asuser;
 pub mod autorefresh;
 pub mod blob;
 pub mod daemon;

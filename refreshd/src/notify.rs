@@ -8,9 +8,8 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::io::{self, Read};
+use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -286,7 +285,7 @@ impl Notifier {
 
     /// The helper's command line, run as the session's user.
     fn command(&self, s: &Session, n: &Notice) -> anyhow::Result<Command> {
-        let groups = user_groups(s)?;
+        let groups = crate::asuser::groups_of(&s.user, s.gid)?;
         let (uid, gid) = (s.uid, s.gid);
         let runtime = s.bus.parent().unwrap_or(Path::new("/")).to_owned();
         let mut cmd = Command::new(&self.helper);
@@ -313,38 +312,7 @@ impl Notifier {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let parent = nix::unistd::getpid();
-        // SAFETY: the closure runs in the forked child before exec and makes only system calls
-        // (setgroups, setresgid, setresuid, getresuid, prctl, getppid) on data prepared before
-        // the fork: no allocation, no lock.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Groups, then gid, then uid (after that, no more changes are allowed); then
-                // check that the drop stuck.
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setresgid(gid, gid, gid) != 0
-                    || libc::setresuid(uid, uid, uid) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                let (mut r, mut e, mut sv) = (0, 0, 0);
-                if libc::getresuid(&mut r, &mut e, &mut sv) != 0
-                    || r != uid
-                    || e != uid
-                    || sv != uid
-                {
-                    return Err(io::Error::from_raw_os_error(libc::EPERM));
-                }
-                // Dies with refreshd (set after the uid change, which clears it). The signal
-                // follows the thread that forked: it waits for this child.
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-                    .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
-                if nix::unistd::getppid() != parent {
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
-        }
+        crate::asuser::drop_to(&mut cmd, uid, gid, groups);
         Ok(cmd)
     }
 }
@@ -353,15 +321,6 @@ enum Msg {
     /// Output of stdout (0) or stderr (1), up to [`MAX_OUTPUT`].
     Output(usize, Vec<u8>),
     Exited,
-}
-
-/// The session's user's groups, as a login would set them.
-fn user_groups(s: &Session) -> anyhow::Result<Vec<libc::gid_t>> {
-    let name = std::ffi::CString::new(s.user.clone())
-        .map_err(|_| anyhow!("user name {:?} holds a NUL byte", s.user))?;
-    let groups = nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(s.gid))
-        .with_context(|| format!("cannot list the groups of {s}"))?;
-    Ok(groups.into_iter().map(|g| g.as_raw()).collect())
 }
 
 /// After a login is seen, how long before the waiting refreshes are woken (logins close

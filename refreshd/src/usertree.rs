@@ -21,7 +21,6 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -328,13 +327,8 @@ fn prepare_as(
     instance: &str,
     budget: Duration,
 ) -> Result<String, String> {
-    let cname = CString::new(user.name.clone()).map_err(|_| "a NUL in the user name".to_owned())?;
-    let groups: Vec<libc::gid_t> = nix::unistd::getgrouplist(&cname, user.gid)
-        .map_err(|e| format!("cannot list the groups of {}: {e}", user.name))?
-        .into_iter()
-        .map(|g| g.as_raw())
-        .collect();
-    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+    let groups =
+        crate::asuser::groups_of(&user.name, user.gid.as_raw()).map_err(|e| format!("{e:#}"))?;
     let mut cmd = Command::new(hook);
     cmd.arg("--prepare-data")
         .arg(instance)
@@ -344,20 +338,7 @@ fn prepare_as(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: the closure runs in the forked child before exec and makes only system calls
-    // (setgroups, setresgid, setresuid) on data prepared before the fork: no allocation, no
-    // lock.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setresgid(gid, gid, gid) != 0
-                || libc::setresuid(uid, uid, uid) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::asuser::drop_to(&mut cmd, user.uid.as_raw(), user.gid.as_raw(), groups);
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", hook.display()))?;

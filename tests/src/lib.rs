@@ -590,6 +590,34 @@ pub fn temporaries(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A command run as `user` through setpriv: their uid and gid, no supplementary groups (as a
+/// login would have none here).
+pub fn as_user(user: &TestUser, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("/usr/bin/setpriv");
+    c.arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .arg("--clear-groups")
+        .arg(program);
+    c
+}
+
+/// Builds the C program `source` with gcc beside the root as `name`, readable and runnable by
+/// everyone (a hostile user's tools).
+pub fn build_c(root: &Root, name: &str, source: &str) -> PathBuf {
+    let src = root.aux(&format!("{name}.c"));
+    let bin = root.aux(name);
+    fs::write(&src, source).unwrap();
+    let out = Command::new("gcc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("gcc");
+    assert!(out.status.success(), "gcc: {}", text(&out.stderr));
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
 /// A real unprivileged user, deleted on drop.
 pub struct TestUser {
     pub name: String,

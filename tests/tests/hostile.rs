@@ -260,30 +260,9 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// Builds `HELPER_C` beside the root, readable and runnable by everyone.
+/// Builds `HELPER_C` beside the root, runnable by everyone.
 fn build_helper(root: &Root) -> PathBuf {
-    let src = root.aux("hostile-helper.c");
-    let bin = root.aux("hostile-helper");
-    fs::write(&src, HELPER_C).unwrap();
-    let out = Command::new("gcc")
-        .args(["-O2", "-Wall", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .expect("gcc");
-    assert!(out.status.success(), "gcc: {}", text(&out.stderr));
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-    bin
-}
-
-/// A command run as `user` (no supplementary groups, as a login would have none here).
-fn as_user(user: &TestUser, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut c = Command::new("/usr/bin/setpriv");
-    c.arg(format!("--reuid={}", user.uid))
-        .arg(format!("--regid={}", user.gid))
-        .arg("--clear-groups")
-        .arg(program);
-    c
+    build_c(root, "hostile-helper", HELPER_C)
 }
 
 /// `sh -c SCRIPT` as the user, with `$1...` from `args`; (success, stderr).

@@ -100,28 +100,7 @@ int main(int argc, char **argv) {
 
 /// Builds `HELPER_C` beside the root, runnable by everyone.
 fn build_helper(root: &Root) -> PathBuf {
-    let src = root.aux("api-helper.c");
-    let bin = root.aux("api-helper");
-    fs::write(&src, HELPER_C).unwrap();
-    let out = Command::new("gcc")
-        .args(["-O2", "-Wall", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .expect("gcc");
-    assert!(out.status.success(), "gcc: {}", text(&out.stderr));
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-    bin
-}
-
-/// A command run as `user` (no supplementary groups).
-fn as_user(user: &TestUser, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut c = Command::new("setpriv");
-    c.arg(format!("--reuid={}", user.uid))
-        .arg(format!("--regid={}", user.gid))
-        .arg("--clear-groups")
-        .arg(program);
-    c
+    build_c(root, "api-helper", HELPER_C)
 }
 
 fn socket(r: &Path) -> PathBuf {
