@@ -626,6 +626,16 @@ pub struct TestUser {
 }
 
 impl TestUser {
+    /// One real user per tag; None (after saying why) when useradd fails for any.
+    pub fn create_all<const N: usize>(tags: [&str; N]) -> Option<[TestUser; N]> {
+        let users = tags.map(TestUser::create);
+        if users.iter().any(Option::is_none) {
+            skip("useradd failed");
+            return None;
+        }
+        Some(users.map(Option::unwrap))
+    }
+
     pub fn create(tag: &str) -> Option<TestUser> {
         let name = format!("rfd{}{}", tag, std::process::id() % 100000);
         let st = Command::new("useradd")
@@ -963,3 +973,44 @@ pub const REFRESH_TASKS: &[&str] = &[
     "user-data",
     "cleanup",
 ];
+
+/// Counts a hostile test's attempts, how many were refused (rather than run safely as the user)
+/// and how many got through; prints the `figures: hostile:` line that scripts/figures.sh counts
+/// for docs/reliability.md, unless the test failed.
+pub struct Tally {
+    pub test: &'static str,
+    pub attempts: usize,
+    pub refused: usize,
+    pub leaked: usize,
+    /// More ` key=value` figures for the line.
+    pub extra: String,
+}
+
+impl Tally {
+    pub fn new(test: &'static str) -> Tally {
+        Tally {
+            test,
+            attempts: 0,
+            refused: 0,
+            leaked: 0,
+            extra: String::new(),
+        }
+    }
+
+    /// One attempt; `refused`: it was turned down.
+    pub fn attempt(&mut self, refused: bool) {
+        self.attempts += 1;
+        self.refused += usize::from(refused);
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            println!(
+                "figures: hostile: test={} attempts={} refused={} leaked={}{}",
+                self.test, self.attempts, self.refused, self.leaked, self.extra
+            );
+        }
+    }
+}

@@ -32,12 +32,7 @@ fn hostile_users<const N: usize>(tags: [&str; N]) -> Option<[TestUser; N]> {
     if !prerequisites() {
         return None;
     }
-    let users = tags.map(TestUser::create);
-    if users.iter().any(Option::is_none) {
-        skip("useradd failed");
-        return None;
-    }
-    Some(users.map(Option::unwrap))
+    TestUser::create_all(tags)
 }
 
 /// The hostile user's tools (see the module doc): `inotify`, `stoplock`, `argc0`, `as0`, `closed`,
@@ -406,45 +401,6 @@ fn allowed_var(name: &str) -> bool {
         || name.strip_prefix("LC_").is_some_and(|r| {
             !r.is_empty() && r.bytes().all(|c| c.is_ascii_uppercase() || c == b'_')
         })
-}
-
-/// Counts a test's attempts and how many were refused; prints the figures line on drop.
-struct Tally {
-    test: &'static str,
-    attempts: u32,
-    refused: u32,
-    leaked: u32,
-    /// More `key=value` figures for the line.
-    extra: String,
-}
-
-impl Tally {
-    fn new(test: &'static str) -> Tally {
-        Tally {
-            test,
-            attempts: 0,
-            refused: 0,
-            leaked: 0,
-            extra: String::new(),
-        }
-    }
-
-    /// One attempt; `refused`: it was turned down (rather than run safely as the user).
-    fn attempt(&mut self, refused: bool) {
-        self.attempts += 1;
-        self.refused += u32::from(refused);
-    }
-}
-
-impl Drop for Tally {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            println!(
-                "figures: hostile: test={} attempts={} refused={} leaked={}{}",
-                self.test, self.attempts, self.refused, self.leaked, self.extra
-            );
-        }
-    }
 }
 
 /// A process the test started as the user, killed (by pid) and reaped on drop.

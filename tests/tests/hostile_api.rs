@@ -45,12 +45,7 @@ fn users<const N: usize>(tags: [&str; N]) -> Option<[TestUser; N]> {
     if !prerequisites() {
         return None;
     }
-    let users = tags.map(TestUser::create);
-    if users.iter().any(Option::is_none) {
-        skip("useradd failed");
-        return None;
-    }
-    Some(users.map(Option::unwrap))
+    TestUser::create_all(tags)
 }
 
 /// `connect SOCKET N`: connects to SOCKET up to N times as whoever runs it, passes each
@@ -214,41 +209,6 @@ fn settle(count: fn(i32) -> usize, pid: i32, base: usize, limit: Duration) -> us
             return n.saturating_sub(base);
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Counts a test's attempts and how many were refused; prints the figures line on drop.
-struct Tally {
-    test: &'static str,
-    attempts: usize,
-    refused: usize,
-    leaked: usize,
-    extra: String,
-}
-
-impl Tally {
-    fn new(test: &'static str) -> Tally {
-        Tally {
-            test,
-            attempts: 0,
-            refused: 0,
-            leaked: 0,
-            extra: String::new(),
-        }
-    }
-
-    fn attempt(&mut self, refused: bool) {
-        self.attempts += 1;
-        self.refused += usize::from(refused);
-    }
-}
-
-impl Drop for Tally {
-    fn drop(&mut self) {
-        println!(
-            "figures: hostile: test={} attempts={} refused={} leaked={}{}",
-            self.test, self.attempts, self.refused, self.leaked, self.extra
-        );
     }
 }
 

@@ -69,18 +69,14 @@ fn terminal_text(bytes: &[u8]) -> Vec<u8> {
     text.into_bytes()
 }
 
-/// Counts what was shown hostile text, and fails on a leak; prints the figures line.
-struct Tally {
-    test: &'static str,
-    attempts: u32,
-    refused: u32,
-}
+/// Counts what was shown hostile text, and fails on a leak.
+struct Shown(Tally);
 
-impl Tally {
+impl Shown {
     /// `what` showed hostile text as `bytes`; `needle` (if any) must appear in it, escaped, so
     /// that the check is not passed by output that simply left it out.
     fn shown(&mut self, what: &str, bytes: &[u8], needle: Option<&str>) {
-        self.attempts += 1;
+        self.0.attempt(false);
         let found = leaks(bytes);
         assert!(
             found.is_empty(),
@@ -97,18 +93,7 @@ impl Tally {
     /// An attempt turned down with an error (the hostile text never got in).
     fn refused(&mut self, what: &str, bytes: &[u8]) {
         self.shown(what, bytes, None);
-        self.refused += 1;
-    }
-}
-
-impl Drop for Tally {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            println!(
-                "figures: hostile: test={} attempts={} refused={} leaked=0",
-                self.test, self.attempts, self.refused
-            );
-        }
+        self.0.refused += 1;
     }
 }
 
@@ -216,11 +201,7 @@ fn a_users_hostile_command_line_reaches_no_terminal_raw() {
     let d = Daemon::start(r);
     let out = ctl(r, &["install", b1.to_str().unwrap()]);
     assert!(out.status.success(), "install: {}", text(&out.stderr));
-    let mut tally = Tally {
-        test: "hostile_command_line",
-        attempts: 0,
-        refused: 0,
-    };
+    let mut tally = Shown(Tally::new("hostile_command_line"));
 
     let app = App::launch_as(r, "ho.hold", Some((user.uid, user.gid)));
     let cmdline = fs::read(format!("/proc/{}/cmdline", app.pid)).unwrap();
@@ -367,11 +348,7 @@ fn a_hostile_store_s_strings_reach_no_terminal_raw() {
     );
     let out = ctl(r, &["install", "bidi"]);
     assert!(out.status.success(), "install: {}", text(&out.stderr));
-    let mut tally = Tally {
-        test: "hostile_store_strings",
-        attempts: 0,
-        refused: 0,
-    };
+    let mut tally = Shown(Tally::new("hostile_store_strings"));
     let out = ctl(r, &["list"]);
     tally.shown("list", &all_output(&out), Some(r"\u{202e}gpj.exe"));
     let out = ctl(r, &["list", "--json"]);
