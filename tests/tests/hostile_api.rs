@@ -957,7 +957,11 @@ fn a_users_flood_holds_up_neither_root_nor_the_critical_section() {
     let beyond = (attempts - refused).saturating_sub(USER_CONNECTIONS);
     let left = settle(unix_sockets, pid, base_fds, Duration::from_secs(5));
     tally.leaked = beyond + left;
-    tally.extra = format!(" served={served} busy={busy} forbidden={forbidden} streams={streams}");
+    tally.extra = format!(
+        " served={served} busy={busy} forbidden={forbidden} streams={streams} section_quiet_us={} section_flooded_us={}",
+        quiet.as_micros(),
+        loud.as_micros()
+    );
     let ratio = loud.as_secs_f64() / quiet.as_secs_f64().max(1e-6);
     let slowest = lists.iter().map(|l| l.0).max().unwrap_or_default();
     println!(
