@@ -16,8 +16,8 @@ use refreshd_state::now_ms;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::api::refresh::refresh_snaps;
-use crate::api::ApiState;
+use crate::ops::refresh::refresh_snaps;
+use crate::ops::Ops;
 
 /// When auto-refresh last started a run (unix ms): kept across restarts.
 const LAST: &str = "auto-refresh.last";
@@ -61,9 +61,9 @@ pub fn next_run(last: Option<i64>, now: i64, every: Duration) -> i64 {
 /// Starts auto-refresh every `every`, or records that it is off (`None`, or no store to
 /// refresh from). The schedule is recorded before this returns, so the API, served after,
 /// never shows a previous daemon's. The task ends when the daemon shuts down.
-pub async fn start(api: Arc<ApiState>, every: Option<Duration>) -> JoinHandle<()> {
+pub async fn start(ops: Arc<Ops>, every: Option<Duration>) -> JoinHandle<()> {
     let every = match every {
-        Some(_) if api.ctx.store.is_none() => {
+        Some(_) if ops.ctx.store.is_none() => {
             warn!("auto-refresh is off: refreshd has no store to refresh from (--store URL)");
             None
         }
@@ -74,7 +74,7 @@ pub async fn start(api: Arc<ApiState>, every: Option<Duration>) -> JoinHandle<()
         }
     };
     let now = now_ms();
-    let saved = api
+    let saved = ops
         .engine
         .db()
         .call(move |s| {
@@ -89,17 +89,17 @@ pub async fn start(api: Arc<ApiState>, every: Option<Duration>) -> JoinHandle<()
     }
     tokio::spawn(async move {
         if let Some(every) = every {
-            run(api, every).await;
+            run(ops, every).await;
         }
     })
 }
 
-async fn run(api: Arc<ApiState>, every: Duration) {
-    let shutdown = api.shutdown.clone();
+async fn run(ops: Arc<Ops>, every: Duration) {
+    let shutdown = ops.shutdown.clone();
     let mut first = true;
     loop {
         let now = now_ms();
-        let scheduled = api
+        let scheduled = ops
             .engine
             .db()
             .call(move |s| {
@@ -132,7 +132,7 @@ async fn run(api: Arc<ApiState>, every: Duration) {
         }
         // Recorded before the run, so a crash during it does not make the next start run again.
         let started = now_ms();
-        let recorded = api
+        let recorded = ops
             .engine
             .db()
             .call(move |s| s.set_setting(LAST, Some(&started.to_string())))
@@ -144,11 +144,11 @@ async fn run(api: Arc<ApiState>, every: Duration) {
         // at all, and the store may take long to answer.
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = refresh_snaps(&api, 0, None, &[]) => r,
+            r = refresh_snaps(&ops, 0, None, &[]) => r,
         };
         match result {
             Ok(result) => report(&result),
-            Err(e) => warn!("auto-refresh failed: {}", e.body.error.message),
+            Err(e) => warn!("auto-refresh failed: {e}"),
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::db::{Db, Reads};
 use crate::engine::Engine;
 use crate::fsutil;
 use crate::layout::Layout;
+use crate::ops::{Ops, Workers};
 use crate::tasks::services;
 use crate::tasks::{self, install, Ctx, MountMode, SnapSetup};
 use crate::tracking::{self, Tracking};
@@ -344,7 +345,12 @@ impl Daemon {
             hook_timeout: Duration::from_secs(args.hook_timeout.max(1)),
             retain: args.retain as usize,
             user_data_budget: args.user_data_budget.max(Duration::from_secs(1)),
-            notify: Arc::new(crate::notify::Notifier::from_args(&layout, args)?),
+            notify: Arc::new(crate::notify::Notifier::from_options(
+                &layout,
+                args.notify,
+                args.notify_reminder,
+                args.notify_helper.clone(),
+            )?),
             inhibit: crate::inhibit::Inhibitors::new(root == std::path::Path::new("/")),
         });
         recover(&ctx, &mut state)?;
@@ -353,19 +359,29 @@ impl Daemon {
             max_age_ms: i64::from(args.prune_age_hours) * 3600 * 1000,
             max_count: args.prune_count,
         };
-        let engine = Engine::new(Db::new(state), tasks::handlers(ctx.clone()), prune);
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let engine = Engine::observed(
+            Db::new(state),
+            tasks::handlers(ctx.clone()),
+            prune,
+            metrics.clone(),
+        );
         let reads = Reads::open(&layout.state_db(), limits::READERS, limits::WAIT)
             .with_context(|| format!("cannot open {}", layout.state_db().display()))?;
-        let api = Arc::new(ApiState {
+        let ops = Arc::new(Ops {
             engine: engine.clone(),
             ctx,
+            reads,
+            workers: Workers::new(limits::WORKERS, limits::WAIT),
+            shutdown,
+        });
+        let api = Arc::new(ApiState {
+            ops,
+            metrics,
             started: jiff::Timestamp::now(),
             admin_gid,
             max_upload: args.max_upload,
-            shutdown,
             limits: limits::Limits::new(api_limits(args)),
-            reads,
-            workers: limits::Workers::new(limits::WORKERS, limits::WAIT),
             plan: Default::default(),
             watches: Default::default(),
         });
@@ -410,15 +426,15 @@ impl Daemon {
     /// the API serves on the caller's runtime. However busy clients keep the API's threads,
     /// the engine's steps are never queued behind their requests.
     pub async fn run(self, listener: UnixListener) -> anyhow::Result<()> {
-        let shutdown = self.api.shutdown.clone();
+        let shutdown = self.api.ops.shutdown.clone();
         let engine = spawn_engine(self.api.clone(), self.auto_refresh).await?;
         crate::systemd::ready("ready");
         let served = api::serve(listener, self.api.clone()).await;
         shutdown.cancel();
         crate::systemd::stopping("stopping: letting running tasks reach an end");
         let _ = engine.await;
-        self.api.reads.close();
-        self.api.ctx.tracking.unregister_agent();
+        self.api.ops.reads.close();
+        self.api.ops.ctx.tracking.unregister_agent();
         if !self.socket_activated {
             let _ = fs::remove_file(self.layout.socket());
         }
@@ -436,7 +452,7 @@ async fn spawn_engine(
 ) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let shutdown = api.shutdown.clone();
+    let shutdown = api.ops.shutdown.clone();
     std::thread::Builder::new()
         .name("refreshd-engine".into())
         .spawn(move || {
@@ -453,9 +469,9 @@ async fn spawn_engine(
                 }
             };
             rt.block_on(async move {
-                let engine = api.engine.clone();
+                let engine = api.ops.engine.clone();
                 if let Err(e) = tracking::spawn_watcher(
-                    api.ctx.tracking.clone(),
+                    api.ops.ctx.tracking.clone(),
                     engine.clone(),
                     shutdown.clone(),
                 ) {
@@ -463,11 +479,11 @@ async fn spawn_engine(
                     return;
                 }
                 crate::notify::spawn_login_watcher(
-                    api.ctx.notify.clone(),
+                    api.ops.ctx.notify.clone(),
                     engine.clone(),
                     shutdown.clone(),
                 );
-                let auto = crate::autorefresh::start(api.clone(), auto_refresh).await;
+                let auto = crate::autorefresh::start(api.ops.clone(), auto_refresh).await;
                 crate::systemd::spawn_status(engine.clone(), shutdown.clone());
                 crate::systemd::spawn_watchdog(engine.clone(), shutdown.clone());
                 let _ = started_tx.send(Ok(()));

@@ -15,6 +15,8 @@ pub mod inhibit;
 pub mod layout;
 pub mod metrics;
 pub mod notify;
+pub mod ops;
+pub mod procfs;
 pub mod systemd;
 pub mod tasks;
 pub mod tracking;

@@ -6,8 +6,8 @@
 //! cannot come from the state database, whose ready changes are pruned. Gauges are read from
 //! the database at each scrape, so they are right after a restart too.
 //!
-//! The engine calls [`observe_task`] when it commits a task step and [`refresh_outcome`] when
-//! a change becomes ready; both only read what the engine has just written.
+//! The engine tells [`Metrics`], its [`Observer`], of each task step it commits and of each
+//! change that becomes ready, with what it has just written.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use refreshd_state::{ChangeRow, Select, TaskRow};
 
-use crate::engine::{Phase, Status};
+use crate::engine::{Observer, Phase, Status};
 use crate::tracking::IDLE_EVENT;
 
 /// The task that waits for a snap's processes to exit and enters the critical section.
@@ -354,20 +354,10 @@ pub fn wait_started(tasks: &[TaskRow], t: &TaskRow) -> i64 {
 }
 
 /// True for the steps [`observe_task`] learns from: the critical section's edges, done.
-pub fn observes(t: &TaskRow, phase: Phase) -> bool {
+fn observes(t: &TaskRow, phase: Phase) -> bool {
     phase == Phase::Do
         && t.status == Status::Done
         && (t.kind == WAIT_FOR_APPS || t.kind == LIFT_INHIBITION)
-}
-
-/// What the step just committed for task `t` tells: a wait for apps that ended, or a critical
-/// section that was left. Read errors only cost the observation.
-pub fn observe_task(s: &refreshd_state::State, t: &TaskRow, phase: Phase) -> Option<Observation> {
-    if !observes(t, phase) {
-        return None;
-    }
-    let tasks = s.tasks(t.change_id).ok()?;
-    observation(&tasks, t)
 }
 
 fn observation(tasks: &[TaskRow], t: &TaskRow) -> Option<Observation> {
@@ -402,18 +392,24 @@ fn stamp(t: &TaskRow, needle: &str) -> Option<u128> {
     })
 }
 
-/// When a change became ready: its kind and outcome if it was a refresh (it has a critical
-/// section). Read errors only cost the count.
-pub fn refresh_outcome(
-    s: &refreshd_state::State,
-    change: &ChangeRow,
-    status: Status,
-) -> Option<(String, Outcome)> {
-    let tasks = s.tasks(change.id).ok()?;
-    tasks
-        .iter()
-        .any(|t| t.kind == WAIT_FOR_APPS)
-        .then(|| (change.kind.clone(), Outcome::of(status)))
+impl Observer for Metrics {
+    /// Counts a change that has a critical section (a refresh) by kind and outcome.
+    fn change_ready(&self, change: &ChangeRow, status: Status, tasks: &[TaskRow]) {
+        if tasks.iter().any(|t| t.kind == WAIT_FOR_APPS) {
+            self.finished(&change.kind, Outcome::of(status));
+        }
+    }
+
+    fn wants(&self, t: &TaskRow, phase: Phase) -> bool {
+        observes(t, phase)
+    }
+
+    /// A wait for apps that ended, or a critical section that was left.
+    fn task_step(&self, t: &TaskRow, phase: Phase, tasks: &[TaskRow]) {
+        if let Some(o) = observes(t, phase).then(|| observation(tasks, t)).flatten() {
+            self.observe(o);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -496,14 +492,14 @@ mod tests {
 
     #[test]
     fn only_finished_steps_of_the_two_edges_count() {
-        let s = refreshd_state::State::open_in_memory().unwrap();
         let mut t = task(2, WAIT_FOR_APPS, Status::Wait);
         t.ready_time = Some(5);
-        assert_eq!(observe_task(&s, &t, Phase::Do), None);
+        assert!(!observes(&t, Phase::Do));
         t.status = Status::Done;
-        assert_eq!(observe_task(&s, &t, Phase::Undo), None);
+        assert!(!observes(&t, Phase::Undo));
+        assert!(observes(&t, Phase::Do));
         let other = task(2, "link", Status::Done);
-        assert_eq!(observe_task(&s, &other, Phase::Do), None);
+        assert!(!observes(&other, Phase::Do));
     }
 
     #[test]

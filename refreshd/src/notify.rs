@@ -107,15 +107,20 @@ impl Notifier {
     }
 
     /// From `refreshd --notify`, `--notify-reminder`, `--notify-helper`; says what it will do.
-    pub fn from_args(layout: &Layout, args: &crate::daemon::Args) -> anyhow::Result<Notifier> {
-        if args.notify_reminder.is_some_and(|d| d.is_zero()) {
+    pub fn from_options(
+        layout: &Layout,
+        mode: Mode,
+        reminder: Option<Duration>,
+        helper: Option<PathBuf>,
+    ) -> anyhow::Result<Notifier> {
+        if reminder.is_some_and(|d| d.is_zero()) {
             bail!("--notify-reminder 0s would remind at every look; give an interval like 1d, or leave it out");
         }
-        let helper = match &args.notify_helper {
-            Some(p) => p.clone(),
+        let helper = match helper {
+            Some(p) => p,
             None => default_helper()?,
         };
-        let n = Notifier::new(layout, args.notify, args.notify_reminder, helper);
+        let n = Notifier::new(layout, mode, reminder, helper);
         info!("notifications: {}", n.describe());
         if n.enabled() && !n.helper.is_file() {
             warn!(

@@ -35,6 +35,8 @@ enum Mode {
     Normal,
     /// Accepts, reads the request, never answers.
     Silent,
+    /// Holds index requests unanswered until the mode changes, then answers them.
+    Gate,
     /// Answers with this status: every request, or (`index` false) blob requests only.
     Status {
         code: u16,
@@ -200,6 +202,7 @@ fn serve(mut s: TcpStream, sh: &Shared) {
     let is_index = path.ends_with(".json");
     match mode {
         Mode::Silent => return hold(sh, |m| *m == Mode::Silent),
+        Mode::Gate if is_index => hold(sh, |m| *m == Mode::Gate),
         Mode::Status { code, index } if index || !is_index => {
             let _ = write!(
                 s,
@@ -1471,4 +1474,62 @@ fn an_https_store_that_redirects_to_plain_http_is_refused() {
     assert_eq!(w.current("secure"), "2");
     assert_eq!(w.hello("secure"), "hello from secure 2");
     println!("figures: store: attacks={attacks} refused={attacks}");
+}
+
+/// A refresh is made from the snap as it is when its change is created, not as it was before
+/// the store answered: here another change of the snap (a local revision) completes while the
+/// store is slow to answer the refresh, and the refresh then replaces that revision and carries
+/// its data over. Made from the picture taken before the look-up, it would carry revision 1's
+/// data over (losing what was written since) and its undo would put revision 1 back.
+#[test]
+fn a_refresh_is_made_from_what_is_current_when_its_change_is_created() {
+    if !can_run() {
+        return;
+    }
+    let mut w = World::installed("race-current", true, "racy", 0, &[]);
+    w.publish("racy", "2.0", 0);
+    let r = w.r().to_owned();
+    fs::write(r.join("var/snap/racy/1/data"), "written in 1").unwrap();
+    let local = w.root.aux("racy_local.snap");
+    build_snap(&local, "racy", "1.5", 0, 99);
+
+    w.server().set(Mode::Gate);
+    w.server().forget();
+    let refresh = {
+        let r = r.clone();
+        std::thread::spawn(move || ctl(&r, &["refresh", "racy"]))
+    };
+    // The refresh has read the snap and asked the store, which holds its answer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !w
+        .server()
+        .requests()
+        .iter()
+        .any(|(p, _)| p.ends_with("racy.json"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the refresh never asked the store"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Meanwhile a local revision is installed, and written to.
+    ok(&ctl(&r, &["install", local.to_str().unwrap()]));
+    let local_rev = w.current("racy");
+    assert!(local_rev.starts_with('x'), "{local_rev}");
+    fs::write(
+        r.join(format!("var/snap/racy/{local_rev}/data")),
+        "written in the local revision",
+    )
+    .unwrap();
+    w.server().set(Mode::Normal);
+
+    let out = refresh.join().unwrap();
+    ok(&out);
+    assert_eq!(w.current("racy"), "2", "{}", text(&out.stdout));
+    assert_eq!(
+        fs::read_to_string(r.join("var/snap/racy/2/data")).unwrap(),
+        "written in the local revision",
+        "the refresh carried over the data of a revision that was no longer current"
+    );
 }

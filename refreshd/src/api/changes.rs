@@ -237,8 +237,8 @@ pub async fn action(
     let id = parse_id(&id)?;
     let act: ChangeAction = super::json_body(&body, r#"{"action": "abort"}"#)?;
     // The abort's write takes one of the API's workers, like any write of a request.
-    let permit = st.workers.permit().await?;
-    let aborted = st.engine.abort(id).await;
+    let permit = st.ops.workers.permit().await?;
+    let aborted = st.ops.engine.abort(id).await;
     drop(permit);
     match act.action {
         ChangeActionKind::Abort => match aborted {

@@ -68,6 +68,17 @@ impl From<refreshd_state::Error> for ApiError {
     }
 }
 
+impl From<crate::ops::OpError> for ApiError {
+    fn from(e: crate::ops::OpError) -> ApiError {
+        use crate::ops::OpError;
+        match e {
+            OpError::State(e) => e.into(),
+            OpError::Internal(m) => ApiError::internal(m),
+            e => ApiError::new(e.kind(), e.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.body.error.kind.http_status())

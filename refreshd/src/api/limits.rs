@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use refreshd_client::types::ErrorKind;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
 use super::ApiError;
@@ -277,60 +276,6 @@ fn per(c: &Counts, uid: u32) -> PerUid {
     c.per_uid.get(&uid).copied().unwrap_or_default()
 }
 
-/// The threads that do requests' blocking work (reading `/proc`, asking the store, checking an
-/// upload): a fixed number, taken in turn (first come, first served). A request that cannot
-/// have one within `wait` is answered 503. Each permit is held by the work itself, so work
-/// whose caller went away still counts until it ends.
-pub struct Workers {
-    permits: Arc<Semaphore>,
-    size: usize,
-    wait: Duration,
-}
-
-impl Workers {
-    pub fn new(size: usize, wait: Duration) -> Workers {
-        Workers {
-            permits: Arc::new(Semaphore::new(size)),
-            size,
-            wait,
-        }
-    }
-
-    /// A worker's permit, for work that runs where the caller chooses.
-    pub async fn permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        match tokio::time::timeout(self.wait, self.permits.clone().acquire_owned()).await {
-            Ok(Ok(p)) => Ok(p),
-            _ => Err(busy(self.size, "workers", self.wait)),
-        }
-    }
-
-    /// Runs `f` on a blocking thread once a worker is free.
-    pub async fn run<T, F>(&self, f: F) -> Result<T, ApiError>
-    where
-        T: Send + 'static,
-        F: FnOnce() -> T + Send + 'static,
-    {
-        let permit = self.permit().await?;
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            f()
-        })
-        .await
-        .map_err(ApiError::internal)
-    }
-}
-
-/// `503`: every one of `size` `what` stayed taken for as long as a request may wait.
-pub fn busy(size: usize, what: &str, wait: Duration) -> ApiError {
-    ApiError::new(
-        ErrorKind::Unavailable,
-        format!(
-            "refreshd is busy: its {size} {what} for requests stayed taken for {} s; try again in a moment",
-            wait.as_secs_f64()
-        ),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,15 +348,5 @@ mod tests {
         }
         .fit(8192);
         assert_eq!(c.user_connections, 1024);
-    }
-
-    #[tokio::test]
-    async fn workers_are_taken_in_turn_and_busy_after_a_wait() {
-        let w = Workers::new(1, Duration::from_millis(50));
-        let held = w.permit().await.unwrap();
-        let err = w.run(|| 1).await.expect_err("busy");
-        assert!(err.body.error.message.contains("busy"), "{err:?}");
-        drop(held);
-        assert_eq!(w.run(|| 2).await.unwrap(), 2);
     }
 }

@@ -19,11 +19,11 @@ pub async fn metrics(State(st): State<Arc<ApiState>>) -> Result<Response, ApiErr
     let gauges = st.read(|s| crate::metrics::gauges(s, now_ms())).await?;
     let process = ProcessInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        tracking: st.ctx.tracking.kind.as_str().to_owned(),
+        tracking: st.ops.ctx.tracking.kind.as_str().to_owned(),
         start_time: st.started.as_millisecond() as f64 / 1000.0,
         ..own_figures()
     };
-    let body = st.engine.metrics().render(&gauges, &process);
+    let body = st.metrics.render(&gauges, &process);
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response())
 }
 

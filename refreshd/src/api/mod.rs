@@ -10,7 +10,6 @@ mod server;
 mod snaps;
 mod status;
 mod watch;
-pub(crate) use status::hidepid;
 
 use std::sync::Arc;
 
@@ -19,32 +18,27 @@ use axum::routing::get;
 use axum::Router;
 use refreshd_client::types::{ErrorKind, MountMode as ApiMountMode};
 use refreshd_state::State;
-use tokio_util::sync::CancellationToken;
 
-use crate::db::{ReadError, Reads};
-use crate::engine::Engine;
-use crate::tasks::{Ctx, MountMode};
+use crate::ops::{OpError, Ops};
+use crate::tasks::MountMode;
 pub use auth::Peer;
 pub use error::ApiError;
 pub use server::serve;
 
 /// Everything a request handler can reach.
 pub struct ApiState {
-    pub engine: Engine,
-    pub ctx: Arc<Ctx>,
+    /// The operations requests ask for, and what they work with (the engine, the state's
+    /// connections, the workers, the shutdown).
+    pub ops: Arc<Ops>,
+    /// What finished since the daemon started (docs/metrics.md).
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub started: jiff::Timestamp,
     /// Members of this group may change state, besides root.
     pub admin_gid: Option<u32>,
     /// Largest snap file accepted by upload.
     pub max_upload: u64,
-    /// Fires when the daemon shuts down: streams end, new work is refused.
-    pub shutdown: CancellationToken,
     /// What each caller may hold (connections, requests, streams).
     pub limits: Arc<limits::Limits>,
-    /// The read-only connections every read of the state goes through.
-    pub reads: Reads,
-    /// The threads requests' blocking work runs on.
-    pub workers: limits::Workers,
     /// The answer of `GET /v1/refresh` for callers who are not admins, shared.
     pub plan: refresh::PlanCache,
     /// Watch streams, one snapshot per change shared by all of its watchers.
@@ -53,7 +47,7 @@ pub struct ApiState {
 
 impl ApiState {
     fn mount_mode(&self) -> ApiMountMode {
-        match self.ctx.mount_mode {
+        match self.ops.ctx.mount_mode {
             MountMode::Loop => ApiMountMode::Loop,
             MountMode::Extract => ApiMountMode::Extract,
         }
@@ -66,30 +60,22 @@ impl ApiState {
         E: Into<ApiError> + Send + 'static,
         F: FnOnce(&mut State) -> Result<T, E> + Send + 'static,
     {
-        match self.reads.call(f).await {
-            Ok(r) => r.map_err(Into::into),
-            Err(ReadError::Busy { size, wait }) => {
-                Err(limits::busy(size, "readers of the state", wait))
-            }
-            Err(ReadError::Closed) => Err(ApiError::new(
-                ErrorKind::Unavailable,
-                "refreshd is shutting down; try again when it is back",
-            )),
-            Err(ReadError::State(e)) => Err(e.into()),
-        }
+        self.ops
+            .read(move |s| Ok::<_, OpError>(f(s)))
+            .await?
+            .map_err(Into::into)
     }
 
-    /// Writes the state through the one writing connection, on one of the API's workers. Only
-    /// for requests of callers who may change state.
+    /// Writes the state through the one writing connection, on one of the workers. Only for
+    /// requests of callers who may change state.
     pub async fn write<T, E, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         E: Into<ApiError> + Send + 'static,
         F: FnOnce(&mut State) -> Result<T, E> + Send + 'static,
     {
-        let db = self.engine.db().clone();
-        self.workers
-            .run(move || db.with(f))
+        self.ops
+            .write(move |s| Ok::<_, OpError>(f(s)))
             .await?
             .map_err(Into::into)
     }

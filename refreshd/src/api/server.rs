@@ -36,10 +36,10 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// The most a request head may take in memory.
 const MAX_HEAD: usize = 64 * 1024;
 
-/// Serves the API on `listener` until `state.shutdown` fires; then stops accepting, lets each
+/// Serves the API on `listener` until `state.ops.shutdown` fires; then stops accepting, lets each
 /// connection finish the request it is in (at most [`DRAIN`]) and returns.
 pub async fn serve(listener: UnixListener, state: Arc<ApiState>) -> std::io::Result<()> {
-    let shutdown = state.shutdown.clone();
+    let shutdown = state.ops.shutdown.clone();
     let app = router(state.clone());
     let connections = TaskTracker::new();
     // Fires after the drain: connections still open then are dropped.
@@ -127,7 +127,7 @@ async fn connection(
     state: Arc<ApiState>,
     hard_stop: CancellationToken,
 ) {
-    let shutdown = state.shutdown.clone();
+    let shutdown = state.ops.shutdown.clone();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(state.limits.config.header_timeout)

@@ -19,7 +19,8 @@ use sha3::{Digest, Sha3_384};
 use tokio::io::AsyncWriteExt;
 
 use super::{ApiError, ApiState, Peer};
-use crate::tasks::{Download, RemoveSetup, SnapSetup};
+use crate::ops;
+use crate::tasks::{RemoveSetup, SnapSetup};
 
 type St = State<Arc<ApiState>>;
 
@@ -36,7 +37,7 @@ pub async fn system_info(State(st): St) -> Result<Json<SystemInfo>, ApiError> {
             Ok::<_, refreshd_state::Error>((snaps, changes, auto))
         })
         .await?;
-    let tracking = st.ctx.tracking.clone();
+    let tracking = st.ops.ctx.tracking.clone();
     let release_agent = tokio::task::spawn_blocking(move || {
         tracking.release_agent().map(|seen| match seen {
             Ok(seen) => ReleaseAgent {
@@ -58,16 +59,16 @@ pub async fn system_info(State(st): St) -> Result<Json<SystemInfo>, ApiError> {
     Ok(Json(SystemInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         api: "v1".to_owned(),
-        root: st.ctx.layout.root().to_owned(),
+        root: st.ops.ctx.layout.root().to_owned(),
         pid: std::process::id(),
         started: st.started,
         snaps: snaps as u64,
         changes_in_progress: changes as u64,
         mount_mode: st.mount_mode(),
-        tracking: st.ctx.tracking.kind.as_str().to_owned(),
-        tracking_reason: st.ctx.tracking.reason.clone(),
-        services: st.ctx.services.kind.as_str().to_owned(),
-        services_reason: st.ctx.services.reason.clone(),
+        tracking: st.ops.ctx.tracking.kind.as_str().to_owned(),
+        tracking_reason: st.ops.ctx.tracking.reason.clone(),
+        services: st.ops.ctx.services.kind.as_str().to_owned(),
+        services_reason: st.ops.ctx.services.reason.clone(),
         auto_refresh: auto.every,
         next_auto_refresh: auto.next,
         last_auto_refresh: auto.last,
@@ -143,13 +144,7 @@ pub async fn one(State(st): St, Path(name): Path<String>) -> Result<Json<Snap>, 
 }
 
 pub(super) fn not_installed(name: &str) -> ApiError {
-    ApiError::new(
-        ErrorKind::NotFound,
-        format!(
-            "snap {} is not installed; refreshctl list shows what is",
-            super::error::quote(name)
-        ),
-    )
+    ApiError::new(ErrorKind::NotFound, ops::store::not_installed(name))
 }
 
 /// The Idempotency-Key header, checked: 1–128 printable ASCII characters.
@@ -210,7 +205,7 @@ pub async fn install(
             }
         }
     }
-    if st.shutdown.is_cancelled() {
+    if st.ops.shutdown.is_cancelled() {
         return Err(ApiError::new(
             ErrorKind::Unavailable,
             "refreshd is shutting down; try again when it is back",
@@ -226,7 +221,16 @@ pub async fn install(
             .map_err(|e| ApiError::bad_request(format!("cannot read the request: {e}")))?;
         let req: StoreInstall =
             super::json_body(&bytes, r#"{"name": "hello", "channel": "stable"}"#)?;
-        return store_change(&st, peer.uid, key, &req.name, req.channel.as_deref(), false).await;
+        let id = ops::store::from_store(
+            &st.ops,
+            peer.uid,
+            key,
+            &req.name,
+            req.channel.as_deref(),
+            false,
+        )
+        .await?;
+        return Ok(accepted(id));
     }
     if let Some(name) = &q.instance_name {
         name.parse::<InstanceName>()
@@ -235,6 +239,7 @@ pub async fn install(
 
     // Stream the body to disk, hashing as it comes.
     let path = st
+        .ops
         .ctx
         .layout
         .uploads()
@@ -278,6 +283,7 @@ pub async fn install(
     // Check the file before anything is recorded: a bad snap leaves no trace.
     let p = path.clone();
     let yaml = st
+        .ops
         .workers
         .run(
             move || -> Result<(refreshd_snap::SnapYaml, String), String> {
@@ -352,7 +358,7 @@ pub async fn install(
     if let Created::New(_) = created {
         // The change owns the file now.
         upload.0 = None;
-        st.engine.ensure();
+        st.ops.engine.ensure();
     }
     Ok(accepted(created.id()))
 }
@@ -371,9 +377,12 @@ pub async fn action(
         return revert(&st, peer.uid, key, &name).await;
     }
     if act.action == SnapActionKind::Refresh {
-        return store_change(&st, peer.uid, key, &name, act.channel.as_deref(), true).await;
+        let id =
+            ops::store::from_store(&st.ops, peer.uid, key, &name, act.channel.as_deref(), true)
+                .await?;
+        return Ok(accepted(id));
     }
-    if st.shutdown.is_cancelled() {
+    if st.ops.shutdown.is_cancelled() {
         return Err(ApiError::new(
             ErrorKind::Unavailable,
             "refreshd is shutting down; try again when it is back",
@@ -408,162 +417,8 @@ pub async fn action(
         })
         .await?;
     let created = created.ok_or_else(|| not_installed(&name))?;
-    st.engine.ensure();
+    st.ops.engine.ensure();
     Ok(accepted(created.id()))
-}
-
-/// Installs (`refresh` false) or refreshes NAME from the store: looks up the channel's revision
-/// and makes a change that downloads it. An older revision than the current one is never an
-/// update.
-async fn store_change(
-    st: &ApiState,
-    uid: u32,
-    key: Option<String>,
-    name: &str,
-    channel: Option<&str>,
-    refresh: bool,
-) -> Result<Response, ApiError> {
-    let request = if refresh { "refresh" } else { "install" };
-    if let Some(k) = &key {
-        let k2 = k.clone();
-        if let Some((req, id)) = st.write(move |s| s.idempotency_key(uid, &k2)).await? {
-            if req == request {
-                return Ok(accepted(id));
-            }
-        }
-    }
-    let store = st.ctx.store.clone().ok_or_else(|| {
-        ApiError::bad_request(
-            "refreshd has no store configured; start it with --store URL (a directory or http(s)://...)",
-        )
-    })?;
-    let instance: InstanceName = name
-        .parse()
-        .map_err(|e: refreshd_snap::NameError| ApiError::bad_request(e.to_string()))?;
-    if let Some(ch) = channel {
-        refreshd_store::validate_channel(ch).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    }
-    let n = instance.as_str().to_owned();
-    let row = st.write(move |s| s.snap(&n)).await?;
-    let installed = row.as_ref().is_some_and(|r| r.current.is_some());
-    match (refresh, installed) {
-        (false, true) => {
-            return Err(ApiError::new(
-                ErrorKind::Conflict,
-                format!(
-                    "snap {name} is already installed; refresh it with: refreshctl refresh {name}"
-                ),
-            ))
-        }
-        (true, false) => return Err(not_installed(name)),
-        _ => {}
-    }
-    let channel = channel
-        .map(str::to_owned)
-        .or_else(|| row.as_ref().and_then(|r| r.channel.clone()))
-        .unwrap_or_else(|| "stable".to_owned());
-    let snap_name = instance.snap_name().to_owned();
-    let (s2, sn) = (store.clone(), snap_name.clone());
-    let index = st
-        .workers
-        .run(move || s2.snap(&sn))
-        .await?
-        // Not `unavailable`: that asks clients to retry (refreshd shutting down), and a store
-        // that cannot be reached was already retried; a bad index is no better the next time.
-        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::NotFound,
-                format!("snap {snap_name} is not in the store {}", store.url()),
-            )
-        })?;
-    let entry = index.channel(&channel).cloned().ok_or_else(|| {
-        ApiError::new(
-            ErrorKind::NotFound,
-            format!("snap {snap_name} has no revision in channel {channel} of the store"),
-        )
-    })?;
-    let (n, rev) = (instance.as_str().to_owned(), entry.revision.to_string());
-    let kept = st.write(move |s| s.revision(&n, &rev)).await?;
-    if let Some(kept) = kept.filter(|k| k.sha3_384 != entry.sha3_384) {
-        return Err(ApiError::bad_request(replayed(
-            name,
-            &entry,
-            &kept.sha3_384,
-        )));
-    }
-    let previous = row.as_ref().and_then(|r| r.current.clone());
-    if let Some(Revision::Store(cur)) = previous.as_deref().and_then(|p| p.parse().ok()) {
-        if entry.revision == cur {
-            return Err(ApiError::bad_request(format!(
-                "snap {name} is up to date: revision {cur} is the newest in channel {channel}"
-            )));
-        }
-        if entry.revision < cur {
-            return Err(ApiError::bad_request(format!(
-                "the store offers revision {} of {name}, older than the installed {cur}; not an update (reverting is a separate, explicit action)",
-                entry.revision
-            )));
-        }
-    }
-    let ss = store_setup(&instance, previous, &entry, channel, store.url());
-    let created = st
-        .write(move |s| {
-            let new = crate::tasks::install_change(&ss);
-            let key = key.as_deref().map(|k| IdempotencyKey {
-                uid,
-                key: k,
-                request,
-            });
-            s.create_change(&new, key)
-        })
-        .await?;
-    st.engine.ensure();
-    Ok(accepted(created.id()))
-}
-
-/// Why a store revision whose number is kept here with other content is refused: a revision
-/// never changes, so it is a replay, a tampered index, or a republished number.
-pub(super) fn replayed(name: &str, entry: &refreshd_store::Entry, kept_sha3: &str) -> String {
-    format!(
-        "the store offers revision {} of {name} with other content than the revision {} kept here (sha3-384 {}... against {}...); refused: a revision never changes, so the store's operator must publish a new revision",
-        entry.revision,
-        entry.revision,
-        &entry.sha3_384[..16.min(entry.sha3_384.len())],
-        &kept_sha3[..16.min(kept_sha3.len())]
-    )
-}
-
-/// The setup of a change that installs (`previous` None) or refreshes `instance` to the store
-/// revision `entry` of `channel`.
-pub(super) fn store_setup(
-    instance: &InstanceName,
-    previous: Option<String>,
-    entry: &refreshd_store::Entry,
-    channel: String,
-    store_url: &str,
-) -> SnapSetup {
-    SnapSetup {
-        instance: instance.as_str().to_owned(),
-        snap_name: instance.snap_name().to_owned(),
-        instance_key: instance.instance_key().map(str::to_owned),
-        revision: entry.revision.to_string(),
-        previous,
-        sha3_384: entry.sha3_384.clone(),
-        size: entry.size,
-        upload: None,
-        download: Some(Download {
-            store: store_url.to_owned(),
-            revision: entry.revision,
-            version: entry.version.clone(),
-            path: entry.path.clone(),
-        }),
-        channel: Some(channel),
-        manifest: String::new(),
-        version: entry.version.clone(),
-        summary: None,
-        block_launches: false,
-    }
 }
 
 /// Goes back to the revision before the current one: it is still mounted, its launch
@@ -625,6 +480,6 @@ async fn revert(
             Ok(s.create_change(&new, key)?)
         })
         .await?;
-    st.engine.ensure();
+    st.ops.engine.ensure();
     Ok(accepted(created.id()))
 }

@@ -73,14 +73,15 @@ pub async fn status(
             },
         })
     });
-    let ctx = st.ctx.clone();
+    let ctx = st.ops.ctx.clone();
     let n = name.clone();
     let (processes, inhibited) = st
+        .ops
         .workers
         .run(move || -> std::io::Result<_> {
             let tr = &ctx.tracking;
             let pids = tr.procs(&n)?;
-            let hidden = hidepid(&std::fs::read("/proc/self/mountinfo").unwrap_or_default());
+            let hidden = crate::procfs::hidepid();
             let sys = System::read();
             // One look-up per owner, however many processes they have.
             let mut users = std::collections::HashMap::new();
@@ -106,7 +107,7 @@ pub async fn status(
         name,
         revision: current.as_ref().map(|r| r.revision.clone()),
         version: current.map(|r| r.version),
-        tracking: st.ctx.tracking.kind.as_str().to_owned(),
+        tracking: st.ops.ctx.tracking.kind.as_str().to_owned(),
         inhibited,
         change: change.map(|(c, tasks)| change_json(&c, &tasks, false, view)),
         waiting,
@@ -214,30 +215,6 @@ fn start_ms(stat: &str, sys: &System) -> Option<i64> {
     boot.checked_mul(1000)?.checked_add(i64::try_from(ms).ok()?)
 }
 
-/// Whether /proc (the last mount on /proc in `mountinfo`) hides other users' processes.
-pub(crate) fn hidepid(mountinfo: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(mountinfo);
-    let mut hidden = false;
-    for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        if left.split(' ').nth(4) != Some("/proc") {
-            continue;
-        }
-        let mut r = right.split(' ');
-        if r.next() != Some("proc") {
-            continue;
-        }
-        let opts = r.nth(1).unwrap_or_default();
-        hidden = opts.split(',').any(|o| {
-            o.strip_prefix("hidepid=")
-                .is_some_and(|v| v != "0" && v != "off")
-        });
-    }
-    hidden
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,31 +262,5 @@ mod tests {
         let age = jiff::Timestamp::now().as_second() - started.as_second();
         assert!((0..3600).contains(&age), "started {started}");
         assert!(process(u32::MAX, &System::read()).is_none());
-    }
-
-    #[test]
-    fn hidepid_from_mountinfo() {
-        let line = |mp: &str, fs: &str, opts: &str| {
-            format!(
-                "22 1 0:21 / {mp} rw,nosuid,nodev,noexec,relatime shared:12 - {fs} proc {opts}\n"
-            )
-        };
-        let cases = [
-            (line("/proc", "proc", "rw"), false),
-            (line("/proc", "proc", "rw,hidepid=2"), true),
-            (line("/proc", "proc", "rw,hidepid=invisible,gid=10"), true),
-            (line("/proc", "proc", "rw,hidepid=0"), false),
-            (line("/proc", "proc", "rw,hidepid=off"), false),
-            (line("/srv/proc", "proc", "rw,hidepid=2"), false),
-            (line("/proc", "tmpfs", "rw,hidepid=2"), false),
-            // The last mount on /proc is the one seen.
-            (
-                line("/proc", "proc", "rw,hidepid=2") + &line("/proc", "proc", "rw"),
-                false,
-            ),
-        ];
-        for (text, want) in cases {
-            assert_eq!(hidepid(text.as_bytes()), want, "{text}");
-        }
     }
 }

@@ -89,7 +89,7 @@ impl Watches {
         let hub = Arc::new(Hub { tx });
         hubs.insert(id, Arc::downgrade(&hub));
         // Subscribed before the first read: no step between the two is missed.
-        let changed = st.engine.subscribe();
+        let changed = st.ops.engine.subscribe();
         tokio::spawn(run(st.clone(), id, hub, changed));
         rx
     }
@@ -142,7 +142,7 @@ async fn run(
             Err(e) => {
                 debug!(change = id, "watch: cannot read the change: {:?}", e.body);
                 tokio::select! {
-                    _ = st.shutdown.cancelled() => break,
+                    _ = st.ops.shutdown.cancelled() => break,
                     _ = hub.tx.closed() => break,
                     _ = tokio::time::sleep(RETRY) => continue,
                 }
@@ -165,7 +165,7 @@ async fn next_step(
 ) -> bool {
     loop {
         let r = tokio::select! {
-            _ = st.shutdown.cancelled() => return false,
+            _ = st.ops.shutdown.cancelled() => return false,
             _ = hub.tx.closed() => return false,
             r = changed.recv() => r,
         };
@@ -205,7 +205,7 @@ pub async fn lines(
             Snapshot::Loading => {}
         }
         tokio::select! {
-            _ = st.shutdown.cancelled() => return Err(shutting_down()),
+            _ = st.ops.shutdown.cancelled() => return Err(shutting_down()),
             r = rx.changed() => if r.is_err() { rx = st.watches.subscribe(&st, id) },
         }
     }
@@ -247,7 +247,7 @@ pub async fn lines(
                 Snapshot::Loading => {}
             }
             tokio::select! {
-                _ = w.st.shutdown.cancelled() => return None,
+                _ = w.st.ops.shutdown.cancelled() => return None,
                 r = w.rx.changed() => {
                     // The hub ended before the change was ready (it could not read it, or it
                     // ended just as this watcher came): a new one takes over.

@@ -25,7 +25,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::db::Db;
-use crate::metrics::Metrics;
 pub use status::{change_status, Event, Status};
 
 /// How long a task's log may grow; older lines are dropped.
@@ -40,6 +39,29 @@ const RECORD_RETRY: Duration = Duration::from_secs(5);
 pub enum Phase {
     Do,
     Undo,
+}
+
+/// Who learns what the engine finished: the daemon's metrics (docs/metrics.md). They sit above
+/// the engine and are handed to it at start-up ([`Engine::observed`]). Each call comes after
+/// the commit it reports, with what was committed.
+pub trait Observer: Send + Sync {
+    /// `change` became ready with `status`; `tasks` are its tasks.
+    fn change_ready(&self, change: &ChangeRow, status: Status, tasks: &[TaskRow]);
+    /// Whether a committed step of task `t` in `phase` is of interest: then the engine reads
+    /// the tasks of its change and calls [`Observer::task_step`].
+    fn wants(&self, t: &TaskRow, phase: Phase) -> bool;
+    fn task_step(&self, t: &TaskRow, phase: Phase, tasks: &[TaskRow]);
+}
+
+/// No one listening (tests, benchmarks).
+struct Unobserved;
+
+impl Observer for Unobserved {
+    fn change_ready(&self, _: &ChangeRow, _: Status, _: &[TaskRow]) {}
+    fn wants(&self, _: &TaskRow, _: Phase) -> bool {
+        false
+    }
+    fn task_step(&self, _: &TaskRow, _: Phase, _: &[TaskRow]) {}
 }
 
 /// What a handler reports back.
@@ -221,7 +243,7 @@ struct Inner {
     /// last firing. A handler that parks on an event which fired while it ran (after it looked,
     /// before its Wait was committed) is woken at once: no lost wake-ups.
     events: Mutex<(u64, HashMap<String, u64>)>,
-    metrics: Metrics,
+    observer: Arc<dyn Observer>,
     /// The monotonic and the wall clock at the last pass: a wall clock set back between passes
     /// moves the stored deadlines back with it (see [`Engine::clock_set_back`]).
     clock: Mutex<(std::time::Instant, i64)>,
@@ -244,6 +266,16 @@ pub enum AbortError {
 
 impl Engine {
     pub fn new(db: Db, handlers: HashMap<String, Arc<dyn Handler>>, prune: PrunePolicy) -> Engine {
+        Engine::observed(db, handlers, prune, Arc::new(Unobserved))
+    }
+
+    /// An engine that tells `observer` what it finished.
+    pub fn observed(
+        db: Db,
+        handlers: HashMap<String, Arc<dyn Handler>>,
+        prune: PrunePolicy,
+        observer: Arc<dyn Observer>,
+    ) -> Engine {
         let (changed, _) = broadcast::channel(256);
         Engine {
             inner: Arc::new(Inner {
@@ -256,7 +288,7 @@ impl Engine {
                 cancel: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 events: Mutex::new((0, HashMap::new())),
-                metrics: Metrics::default(),
+                observer,
                 clock: Mutex::new((std::time::Instant::now(), now_ms())),
             }),
         }
@@ -264,11 +296,6 @@ impl Engine {
 
     pub fn db(&self) -> &Db {
         &self.inner.db
-    }
-
-    /// What finished since the daemon started (docs/metrics.md).
-    pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
     }
 
     /// Ids of changes whose state changed, for watchers. A lagging receiver should re-read.
@@ -434,7 +461,9 @@ impl Engine {
                     if plan.ready {
                         s.set_change_ready(change.id, Some(now_ms()))?;
                         ready.push((change.id, plan.status));
-                        refreshes.extend(crate::metrics::refresh_outcome(s, &change, plan.status));
+                        // Read errors only cost the observer this change.
+                        let tasks = s.tasks(change.id).unwrap_or_default();
+                        refreshes.push((change.clone(), plan.status, tasks));
                     }
                     plans.push((change, plan));
                 }
@@ -444,8 +473,8 @@ impl Engine {
                 Ok::<_, refreshd_state::Error>((plans, ready, refreshes))
             })
             .await?;
-        for (kind, outcome) in refreshes {
-            self.inner.metrics.finished(&kind, outcome);
+        for (change, status, tasks) in refreshes {
+            self.inner.observer.change_ready(&change, status, &tasks);
         }
         let mut deadline: Option<i64> = None;
         for (change, plan) in plans {
@@ -583,20 +612,16 @@ impl Engine {
 }
 
 impl Engine {
-    /// Records what a committed task step tells the metrics (after the commit: a step that
+    /// Tells the observer of a committed task step it wants (after the commit: a step that
     /// was not recorded was not observed either).
     async fn observe(&self, t: &TaskRow, phase: Phase) {
-        if !crate::metrics::observes(t, phase) {
+        if !self.inner.observer.wants(t, phase) {
             return;
         }
-        let t = t.clone();
-        let seen = self
-            .inner
-            .db
-            .call(move |s| crate::metrics::observe_task(s, &t, phase))
-            .await;
-        if let Some(o) = seen {
-            self.inner.metrics.observe(o);
+        let id = t.change_id;
+        // Read errors only cost the observation.
+        if let Ok(tasks) = self.inner.db.call(move |s| s.tasks(id)).await {
+            self.inner.observer.task_step(t, phase, &tasks);
         }
     }
 }

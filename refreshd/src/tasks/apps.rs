@@ -260,7 +260,7 @@ fn plural(n: usize) -> String {
 /// user made it (`exec -a`): escaped ([`printable`]), so it cannot forge a line or drive the
 /// terminal of whoever reads the reason.
 fn describe(procs: &[u32]) -> String {
-    let hidden = crate::api::hidepid(&std::fs::read("/proc/self/mountinfo").unwrap_or_default());
+    let hidden = crate::procfs::hidepid();
     let mut out = String::new();
     for (i, pid) in procs.iter().take(5).enumerate() {
         if i > 0 {
