@@ -210,11 +210,16 @@ impl Client {
     }
 
     /// `POST /v1/refresh {"action": "refresh"}`: one refresh change per snap in `names`, or per
-    /// snap with an update when `names` is empty (held snaps skipped).
-    pub async fn refresh_many(&self, names: &[String]) -> Result<RefreshResult, ClientError> {
+    /// snap with an update when `names` is empty (held snaps skipped); `channel` with exactly
+    /// one name.
+    pub async fn refresh_many(
+        &self,
+        names: &[String],
+        channel: Option<&str>,
+    ) -> Result<RefreshResult, ClientError> {
         let req = Req::post(
             "/v1/refresh".to_string(),
-            Payload::json(&RefreshRequest::refresh(names)),
+            Payload::json(&RefreshRequest::refresh(names, channel)),
         );
         self.send(&req).await
     }

@@ -144,7 +144,7 @@ async fn run(ops: Arc<Ops>, every: Duration) {
         // at all, and the store may take long to answer.
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = refresh_snaps(&ops, 0, None, &[]) => r,
+            r = refresh_snaps(&ops, 0, None, &[], None) => r,
         };
         match result {
             Ok(result) => report(&result),

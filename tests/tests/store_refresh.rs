@@ -7,29 +7,60 @@ use std::path::Path;
 
 use refreshd_tests::*;
 
+/// A scratch root with a directory store beside it, whose builds of snap `name` (a tracking
+/// snap: `NAME.hold` runs until released) are published with [`StoreRoot::publish`], and a
+/// daemon refreshing from it. None (after saying why) when the machine cannot.
+struct StoreRoot {
+    root: Root,
+    store: std::path::PathBuf,
+    name: &'static str,
+    _daemon: Daemon,
+}
+
+impl StoreRoot {
+    fn new(tag: &str, name: &'static str) -> Option<StoreRoot> {
+        if !mksquashfs_available() || !is_root() {
+            skip("needs root and mksquashfs");
+            return None;
+        }
+        let root = Root::new(tag);
+        let store = root.aux("store");
+        fs::create_dir(&store).unwrap();
+        let daemon = Daemon::start_with(
+            root.path(),
+            DaemonOpts {
+                extra_args: vec!["--store".into(), store.to_str().unwrap().into()],
+                ..Default::default()
+            },
+        );
+        Some(StoreRoot {
+            root,
+            store,
+            name,
+            _daemon: daemon,
+        })
+    }
+
+    fn r(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Publishes a build of the snap at `version` to `stable`.
+    fn publish(&self, version: &str) -> refreshd_store::Entry {
+        let blob = self.root.aux(&format!("{}-{version}.snap", self.name));
+        tracking_snap(&blob, self.name, version, false);
+        refreshd_store::publish(&self.store, &blob, "stable").unwrap()
+    }
+}
+
 #[test]
 fn refresh_from_a_directory_store_waits_for_the_app() {
-    if !mksquashfs_available() || !is_root() {
-        skip("needs root and mksquashfs");
+    let Some(w) = StoreRoot::new("store", "tracked") else {
         return;
-    }
-    let root = Root::new("store");
-    let r = root.path();
-    let store = root.aux("store");
-    fs::create_dir(&store).unwrap();
-    let publish = |version: &str| {
-        let blob = root.aux(&format!("tracked-{version}.snap"));
-        tracking_snap(&blob, "tracked", version, false);
-        refreshd_store::publish(&store, &blob, "stable").unwrap()
     };
+    let (r, store) = (w.r(), &w.store);
+    let publish = |version: &str| w.publish(version);
     assert_eq!(publish("1.0").revision, 1);
-    let _d = Daemon::start_with(
-        r,
-        DaemonOpts {
-            extra_args: vec!["--store".into(), store.to_str().unwrap().into()],
-            ..Default::default()
-        },
-    );
     let out = ctl(r, &["install", "tracked"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "Installed tracked 1");
@@ -40,17 +71,12 @@ fn refresh_from_a_directory_store_waits_for_the_app() {
     );
     fs::write(r.join("var/snap/tracked/1/state"), "precious").unwrap();
 
+    // Nothing newer: said, and no failure (as `snap refresh NAME`).
     let out = ctl(r, &["refresh", "tracked"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
-        out.status.code(),
-        Some(1),
-        "nothing newer: {}",
-        text(&out.stderr)
-    );
-    assert!(
-        text(&out.stderr).contains("up to date"),
-        "{}",
-        text(&out.stderr)
+        text(&out.stdout),
+        "snap tracked has no updates available (revision 1 is the newest in channel stable)\n"
     );
 
     let app = App::launch(r, "tracked.hold");
@@ -198,4 +224,68 @@ fn pack_and_publish_from_the_command_line() {
         text(&out.stderr)
     );
     assert_eq!(snapshot(&store, &[]), before);
+}
+
+/// What `refreshctl` says and exits with, as a user meets it: no update is no failure (and the
+/// same JSON shape as several names), only a change in progress is a conflict (exit 5), and
+/// installing what is installed or aborting what is finished fails plainly (exit 1).
+#[test]
+fn exit_codes_say_conflict_only_for_a_change_in_progress() {
+    let Some(w) = StoreRoot::new("exit-codes", "ec") else {
+        return;
+    };
+    let r = w.r();
+    let publish = |version: &str| w.publish(version);
+    publish("1.0");
+    assert!(ctl(r, &["install", "ec"]).status.success());
+    let one_error = |out: &std::process::Output, code: i32, needle: &str| {
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert!(
+            lines.len() == 1 && lines[0].contains(needle),
+            "one error line with {needle:?}: {err}"
+        );
+    };
+
+    one_error(
+        &ctl(r, &["install", "ec"]),
+        1,
+        "already installed; refresh it with",
+    );
+
+    let out = ctl(r, &["refresh", "ec"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "snap ec has no updates available (revision 1 is the newest in channel stable)\n"
+    );
+    let json = ctl_json(r, &["refresh", "ec", "--json"]);
+    assert_eq!(json["changes"], serde_json::json!([]), "{json}");
+    assert_eq!(json["notes"][0]["kind"], "up-to-date", "{json}");
+
+    // A refresh waiting for the app: a second one conflicts with it.
+    publish("2.0");
+    let app = App::launch(r, "ec.hold");
+    let out = ctl(r, &["refresh", "ec", "--no-wait"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = newest_change(r);
+    one_error(
+        &ctl(r, &["refresh", "ec"]),
+        5,
+        &format!("change {id} is in progress"),
+    );
+    one_error(
+        &ctl(r, &["remove", "ec"]),
+        5,
+        &format!("change {id} in progress"),
+    );
+
+    app.release();
+    assert_eq!(watch_until_ready(r, id)["status"], "Done");
+    one_error(
+        &ctl(r, &["abort", &id.to_string()]),
+        1,
+        "already finished; there is nothing to abort",
+    );
 }

@@ -8,7 +8,7 @@ use refreshd_snap::text::printable;
 use serde::Serialize;
 
 use super::args::{ChangeJson, Command, JsonFlag, NoWait};
-use super::exit::{ChangeFailed, UsageError};
+use super::exit::{ChangeFailed, InProgress, UsageError};
 use super::format::{self, for_terminal, Clock, Paint};
 use super::progress::{Follower, Mode};
 use crate::client::{Client, ClientError};
@@ -107,14 +107,13 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
             if unhold {
                 return unhold_refreshes(client, &names, json).await;
             }
-            match &names[..] {
-                [name] => refresh_one(client, clock, name, channel.as_deref(), no_wait, json).await,
-                _ if channel.is_some() => Err(UsageError(
+            if channel.is_some() && names.len() != 1 {
+                return Err(UsageError(
                     "--channel goes with exactly one NAME; refresh the others separately".into(),
                 )
-                .into()),
-                _ => refresh_many(client, &names, no_wait, json).await,
+                .into());
             }
+            refresh(client, &names, channel.as_deref(), no_wait, json).await
         }
         Command::Revert {
             name,
@@ -265,45 +264,6 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
     }
 }
 
-/// `refresh NAME`: the one snap, or an error saying why not (up to date, busy, not installed).
-/// A held snap is refreshed because it was named; a note says it was held.
-async fn refresh_one(
-    client: &Client,
-    clock: &Clock,
-    name: &str,
-    channel: Option<&str>,
-    no_wait: NoWait,
-    json: bool,
-) -> Result<()> {
-    let before = client.snap(name).await.doing(&format!("refresh {name}"))?;
-    let id = client
-        .refresh(name, channel)
-        .await
-        .doing(&format!("refresh {name}"))?;
-    if let Some(held) = format::hold(before.hold.as_deref(), clock) {
-        eprintln!("Note: {name} is {held}; refreshing it because it was named");
-    }
-    if json {
-        // The shape of `refresh` with several names, so that scripts need only one.
-        let change = settle(client, id, no_wait).await?;
-        print_json(&Refreshed {
-            changes: std::slice::from_ref(&change),
-            notes: &[],
-        })?;
-        return if no_wait.no_wait {
-            Ok(())
-        } else {
-            check(&change)
-        };
-    }
-    if conclude(client, id, no_wait, false).await?.is_none() {
-        return Ok(());
-    }
-    let snap = client.snap(name).await.doing("get the refreshed snap")?;
-    let snap = for_terminal(&snap);
-    print(&format!("Refreshed {} to {}\n", snap.name, snap.revision))
-}
-
 /// `refresh --json` (without --list, --hold, --unhold): the changes made, each as
 /// `GET /v1/changes/ID` shows it, and the notes of `POST /v1/refresh` (docs/api.md).
 #[derive(Serialize)]
@@ -312,11 +272,14 @@ struct Refreshed<'a> {
     notes: &'a [RefreshNote],
 }
 
-/// `refresh` (every snap with an update, held ones skipped) or `refresh A B ...`: one change
-/// per snap, followed together; what was skipped is said on stderr.
-async fn refresh_many(
+/// `refresh` (every snap with an update, held ones skipped) or `refresh A B ...` (`--channel`
+/// with one name): one change per snap, followed together; what was skipped is said on stderr.
+/// A named snap with no update says so on stdout and is no failure; one name whose snap has a
+/// change in progress is a conflict (exit code 5).
+async fn refresh(
     client: &Client,
     names: &[String],
+    channel: Option<&str>,
     no_wait: NoWait,
     json: bool,
 ) -> Result<()> {
@@ -325,13 +288,24 @@ async fn refresh_many(
     } else {
         format!("refresh {}", names.join(" "))
     };
-    let result = client.refresh_many(names).await.doing(&what)?;
+    let result = client.refresh_many(names, channel).await.doing(&what)?;
     let errors: Vec<&str> = result
         .notes
         .iter()
         .filter(|n| n.kind == NoteKind::Error)
         .map(|n| n.snap.as_str())
         .collect();
+    // One snap named that cannot be refreshed: its note is the error (a change in progress is
+    // a conflict).
+    let one_failed = match (names, &result.notes[..]) {
+        ([_], [note]) if note.kind == NoteKind::Busy => Some(anyhow::Error::from(InProgress(
+            printable(&note.message).into_owned(),
+        ))),
+        ([_], [note]) if note.kind == NoteKind::Error => {
+            Some(anyhow::anyhow!("{}", printable(&note.message)))
+        }
+        _ => None,
+    };
     if json {
         // The changes run side by side in refreshd; following them one after the other misses
         // nothing, since a watch starts with the change's current state.
@@ -353,31 +327,47 @@ async fn refresh_many(
         if let Some(e) = failed {
             return Err(e);
         }
+        if let Some(e) = one_failed {
+            return Err(e);
+        }
         if !errors.is_empty() {
             anyhow::bail!("cannot check {} for updates", errors.join(", "));
         }
         return Ok(());
     }
     let named = !names.is_empty();
+    let mut told = String::new();
     for note in &result.notes {
-        let quiet = match note.kind {
-            NoteKind::Refreshing => note.hold.is_none(),
+        if one_failed.is_some() {
+            // Said once, as the error.
+            break;
+        }
+        match note.kind {
+            NoteKind::Refreshing if note.hold.is_none() => {}
+            // A snap named and up to date is the answer, not a remark.
+            NoteKind::UpToDate if named => {
+                told.push_str(&format!("{}\n", printable(&note.message)))
+            }
             // Without names, every snap is considered: only what needs a look is told.
-            NoteKind::UpToDate | NoteKind::NotFromStore => !named,
-            NoteKind::Error | NoteKind::Held | NoteKind::Busy | NoteKind::Unknown => false,
-        };
-        if !quiet {
-            eprintln!("{}", printable(&note.message));
+            NoteKind::UpToDate => {}
+            _ => eprintln!("{}", printable(&note.message)),
         }
     }
+    if let Some(e) = one_failed {
+        return Err(e);
+    }
+    print(&told)?;
     if result.changes.is_empty() {
-        let only_current = result
-            .notes
-            .iter()
-            .all(|n| matches!(n.kind, NoteKind::UpToDate | NoteKind::NotFromStore));
-        if errors.is_empty() {
-            if only_current {
+        let up_to_date = |k: NoteKind| k == NoteKind::UpToDate;
+        if errors.is_empty() && !named {
+            if result.notes.iter().all(|n| up_to_date(n.kind)) {
                 print("All snaps are up to date.\n")?;
+            } else if result
+                .notes
+                .iter()
+                .all(|n| up_to_date(n.kind) || n.kind == NoteKind::NotFromStore)
+            {
+                print("All snaps from the store are up to date.\n")?;
             } else {
                 print("Nothing was refreshed.\n")?;
             }
@@ -396,10 +386,12 @@ async fn refresh_many(
                     let snap = for_terminal(&snap);
                     print(&format!("Refreshed {} to {}\n", snap.name, snap.revision))?;
                 }
-                Err(e) => {
-                    eprintln!("error: {}", super::exit::one_line(&e));
-                    failed.get_or_insert(e);
-                }
+                // The first failure ends the command (and is said last); any other is said
+                // as it comes.
+                Err(e) => match failed {
+                    None => failed = Some(e),
+                    Some(_) => eprintln!("error: {}", super::exit::one_line(&e)),
+                },
             }
         }
         if let Some(e) = failed {
@@ -415,12 +407,24 @@ async fn refresh_many(
 /// `refresh --list`: the updates there are, and changes nothing.
 async fn refresh_list(client: &Client, clock: &Clock, json: bool) -> Result<()> {
     let plan = client.refresh_plan().await.doing("list updates")?;
+    let skipped = plan
+        .notes
+        .iter()
+        .filter(|n| n.kind == NoteKind::NotFromStore);
     if json {
         print_json(&plan)?;
-    } else if plan.updates.is_empty() {
-        eprintln!("All snaps are up to date.");
     } else {
-        print(&format::updates(&plan.updates, clock))?;
+        // What is not looked up is said, so that "up to date" never covers it.
+        for n in skipped.clone() {
+            eprintln!("{}", printable(&n.message));
+        }
+        if !plan.updates.is_empty() {
+            print(&format::updates(&plan.updates, clock))?;
+        } else if skipped.count() == 0 {
+            eprintln!("All snaps are up to date.");
+        } else {
+            eprintln!("All snaps from the store are up to date.");
+        }
     }
     let errors: Vec<&str> = plan
         .notes

@@ -55,6 +55,12 @@ fn describe_failure(change: &Change) -> String {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// A request that conflicts with a change in progress, said by a note rather than a `409`
+/// (`refresh NAME` of a snap that is busy).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InProgress(pub String);
+
 /// The exit code for an error that ended the command.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
@@ -63,6 +69,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         }
         if cause.downcast_ref::<UsageError>().is_some() {
             return USAGE;
+        }
+        if cause.downcast_ref::<InProgress>().is_some() {
+            return CONFLICT;
         }
     }
     FAILURE

@@ -193,6 +193,10 @@ async fn refresh_post(Json(req): Json<RefreshRequest>) -> axum::response::Respon
                     "broken" => result.notes.push(note(&name, NoteKind::Error, None)),
                     "held" => result.notes.push(note(&name, NoteKind::Held, None)),
                     "current" => result.notes.push(note(&name, NoteKind::UpToDate, None)),
+                    "busy" => result.notes.push(RefreshNote {
+                        message: "snap \"busy\" has change 12 in progress; skipped".into(),
+                        ..note(&name, NoteKind::Busy, Some(12))
+                    }),
                     _ => {
                         result.changes.push(7);
                         result
@@ -365,12 +369,20 @@ async fn refreshing_many_follows_every_change_and_says_what_was_skipped() {
                 "GET /v1/snaps/hello",
             ],
         ),
-        // One name goes through the snap's own endpoint, which says why it cannot be done.
+        // One name is a refresh of several with one name: a change in progress is a conflict,
+        // no update is no failure.
         (
             &["refresh", "busy"],
             5,
             "snap \"busy\" has change 12 in progress",
-            &["GET /v1/snaps/busy", "POST /v1/snaps/busy"],
+            &["POST /v1/refresh"],
+        ),
+        (&["refresh", "current"], 0, "", &["POST /v1/refresh"]),
+        (
+            &["refresh", "broken"],
+            1,
+            "broken: Error",
+            &["POST /v1/refresh"],
         ),
         (&["refresh", "--list"], 0, "", &["GET /v1/refresh"]),
         (
@@ -397,7 +409,7 @@ async fn refreshing_many_follows_every_change_and_says_what_was_skipped() {
             &["refresh", "a", "--json", "--no-wait"],
             0,
             "",
-            &["GET /v1/snaps/a", "POST /v1/snaps/a", "GET /v1/changes/7"],
+            &["POST /v1/refresh", "GET /v1/changes/7"],
         ),
         (
             &["refresh", "failing", "b", "--json"],

@@ -109,6 +109,10 @@ pub struct RefreshRequest {
     /// For `hold`: how long (default `forever`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<Hold>,
+    /// For `refresh` of exactly one name: the channel to refresh from (and follow from then
+    /// on), instead of the snap's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,11 +124,12 @@ pub enum RefreshActionKind {
 }
 
 impl RefreshRequest {
-    pub fn refresh(names: &[String]) -> Self {
+    pub fn refresh(names: &[String], channel: Option<&str>) -> Self {
         RefreshRequest {
             action: RefreshActionKind::Refresh,
             names: names.to_vec(),
             hold: None,
+            channel: channel.map(str::to_owned),
         }
     }
 
@@ -133,6 +138,7 @@ impl RefreshRequest {
             action: RefreshActionKind::Hold,
             names: names.to_vec(),
             hold: Some(hold),
+            channel: None,
         }
     }
 
@@ -141,6 +147,7 @@ impl RefreshRequest {
             action: RefreshActionKind::Unhold,
             names: names.to_vec(),
             hold: None,
+            channel: None,
         }
     }
 }
@@ -282,7 +289,7 @@ mod tests {
             json!({"action": "hold", "names": ["a"], "hold": "2h"})
         );
         let all: RefreshRequest = serde_json::from_value(json!({"action": "refresh"})).unwrap();
-        assert_eq!(all, RefreshRequest::refresh(&[]));
+        assert_eq!(all, RefreshRequest::refresh(&[], None));
         assert!(
             serde_json::from_value::<RefreshRequest>(json!({"action": "hold", "hold": "2"}))
                 .is_err()

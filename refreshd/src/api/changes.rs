@@ -245,11 +245,12 @@ pub async fn action(
             Ok(()) => {}
             Err(AbortError::NotFound(id)) => return Err(no_change(id)),
             Err(AbortError::Ready(id)) => {
+                // Not a conflict: nothing is in progress; there is nothing to do.
                 return Err(ApiError::new(
-                    ErrorKind::Conflict,
+                    ErrorKind::BadRequest,
                     format!("change {id} is already finished; there is nothing to abort"),
                 )
-                .with_change(id))
+                .with_change(id));
             }
             Err(AbortError::State(e)) => return Err(e.into()),
         },

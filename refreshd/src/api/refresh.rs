@@ -82,6 +82,11 @@ pub async fn post(
     peer.require_admin(&st, "refreshing snaps or holding their refreshes")?;
     let req: RefreshRequest =
         super::json_body(&body, r#"{"action": "refresh", "names": ["hello"]}"#)?;
+    if req.channel.is_some() && req.action != RefreshActionKind::Refresh {
+        return Err(ApiError::bad_request(
+            "\"channel\" goes with the refresh action only; send {\"action\": \"refresh\", \"names\": [\"hello\"], \"channel\": \"beta\"}",
+        ));
+    }
     if req.hold.is_some() && req.action != RefreshActionKind::Hold {
         return Err(ApiError::bad_request(
             "\"hold\" goes with the hold action only; send {\"action\": \"hold\", \"names\": [...], \"hold\": \"2h\"}",
@@ -91,7 +96,14 @@ pub async fn post(
         RefreshActionKind::Refresh => {
             peer.require_admin(&st, "refreshing snaps")?;
             let key = idempotency_key(&headers)?;
-            let result = ops::refresh::refresh_snaps(&st.ops, peer.uid, key, &req.names).await?;
+            let result = ops::refresh::refresh_snaps(
+                &st.ops,
+                peer.uid,
+                key,
+                &req.names,
+                req.channel.as_deref(),
+            )
+            .await?;
             let status = if result.changes.is_empty() {
                 StatusCode::OK
             } else {

@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use refreshd_client::types::{
-    AppInfo, ChangeRef, ErrorKind, HoldUntil, InstallQuery, ReleaseAgent, Snap, SnapAction,
-    SnapActionKind, StoreInstall, SystemInfo,
+    AppInfo, ChangeRef, ErrorKind, HoldUntil, InstallQuery, NoteKind, ReleaseAgent, Snap,
+    SnapAction, SnapActionKind, StoreInstall, SystemInfo,
 };
 use refreshd_snap::{InstanceName, Revision};
 use refreshd_state::{Created, IdempotencyKey, Select, SnapRow};
@@ -221,15 +221,8 @@ pub async fn install(
             .map_err(|e| ApiError::bad_request(format!("cannot read the request: {e}")))?;
         let req: StoreInstall =
             super::json_body(&bytes, r#"{"name": "hello", "channel": "stable"}"#)?;
-        let id = ops::store::from_store(
-            &st.ops,
-            peer.uid,
-            key,
-            &req.name,
-            req.channel.as_deref(),
-            false,
-        )
-        .await?;
+        let id =
+            ops::store::install(&st.ops, peer.uid, key, &req.name, req.channel.as_deref()).await?;
         return Ok(accepted(id));
     }
     if let Some(name) = &q.instance_name {
@@ -377,10 +370,7 @@ pub async fn action(
         return revert(&st, peer.uid, key, &name).await;
     }
     if act.action == SnapActionKind::Refresh {
-        let id =
-            ops::store::from_store(&st.ops, peer.uid, key, &name, act.channel.as_deref(), true)
-                .await?;
-        return Ok(accepted(id));
+        return refresh_one(&st, peer.uid, key, name, act.channel.as_deref()).await;
     }
     if st.ops.shutdown.is_cancelled() {
         return Err(ApiError::new(
@@ -419,6 +409,36 @@ pub async fn action(
     let created = created.ok_or_else(|| not_installed(&name))?;
     st.ops.engine.ensure();
     Ok(accepted(created.id()))
+}
+
+/// `{"action": "refresh"}` of one snap: the refresh of several with one name; a change made is
+/// answered `202 {"change": ID}`, a snap with nothing to refresh with the reason as an error
+/// (`409` when a change of it is in progress).
+async fn refresh_one(
+    st: &ApiState,
+    uid: u32,
+    key: Option<String>,
+    name: String,
+    channel: Option<&str>,
+) -> Result<Response, ApiError> {
+    let result =
+        ops::refresh::refresh_snaps(&st.ops, uid, key, std::slice::from_ref(&name), channel)
+            .await?;
+    if let Some(&id) = result.changes.first() {
+        return Ok(accepted(id));
+    }
+    let note = result.notes.into_iter().next();
+    Err(match note {
+        Some(n) if n.kind == NoteKind::Busy => {
+            let err = ApiError::new(ErrorKind::Conflict, n.message);
+            match n.change {
+                Some(c) => err.with_change(c),
+                None => err,
+            }
+        }
+        Some(n) => ApiError::bad_request(n.message),
+        None => ApiError::internal(format!("the refresh of {name} said nothing")),
+    })
 }
 
 /// Goes back to the revision before the current one: it is still mounted, its launch

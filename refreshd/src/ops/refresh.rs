@@ -19,6 +19,26 @@ use super::{OpError, Ops, Result};
 /// What an idempotency key of a refresh of several snaps is recorded as.
 const REQUEST: &str = "refresh-many";
 
+/// An update to make, as decided before the store's answer is acted on.
+struct Planned {
+    instance: InstanceName,
+    entry: Entry,
+    channel: String,
+    named: bool,
+}
+
+/// What became of a planned update in the transaction that makes it.
+enum Outcome {
+    /// A change (or the snap's change in progress) replaces revision `from` (`version`).
+    Made {
+        from: String,
+        version: String,
+        hold: Option<HoldUntil>,
+    },
+    /// Not made, and why.
+    Note(NoteKind, String),
+}
+
 /// An installed snap, as a refresh of several sees it.
 struct Candidate {
     row: SnapRow,
@@ -34,6 +54,8 @@ struct Candidate {
     busy: Option<ChangeId>,
     /// The revisions kept here and their sha3-384.
     kept: Vec<(String, String)>,
+    /// The channel asked for, instead of the snap's (one snap named).
+    switch_to: Option<String>,
 }
 
 impl Candidate {
@@ -41,9 +63,12 @@ impl Candidate {
         &self.row.name
     }
 
-    /// The channel to look in: the snap's; a named snap installed from a file follows
-    /// `stable`, like `refreshctl refresh NAME`.
+    /// The channel to look in: the one asked for, else the snap's; a named snap installed
+    /// from a file follows `stable`, like `refreshctl refresh NAME`.
     fn channel(&self) -> Option<String> {
+        if let Some(c) = &self.switch_to {
+            return Some(c.clone());
+        }
         match &self.row.channel {
             Some(c) => Some(c.clone()),
             None if self.named => Some("stable".to_owned()),
@@ -218,6 +243,7 @@ async fn candidates(ops: &Ops, names: &[String]) -> Result<Vec<Candidate>> {
             hold,
             busy,
             kept,
+            switch_to: None,
         });
     }
     Ok(out)
@@ -267,34 +293,45 @@ async fn look_up(ops: &Ops, cands: &[&Candidate]) -> Result<Vec<Looked>> {
                 Ok(entry) => entry,
                 Err(e) => return Looked::Note(c.note(NoteKind::Error, format!("{n}: {e}"))),
             };
-            let replay = c
-                .kept
-                .iter()
-                .find(|(r, sha)| *r == entry.revision.to_string() && *sha != entry.sha3_384);
-            if let Some((_, sha)) = replay {
-                return Looked::Note(c.note(
-                    NoteKind::Error,
-                    format!("{n}: {}", replayed(n, &entry, sha)),
-                ));
-            }
-            match c.current.parse::<Revision>() {
-                Ok(Revision::Store(cur)) if entry.revision == cur => Looked::Note(c.note(
-                    NoteKind::UpToDate,
-                    format!("{n}: up to date (revision {cur} is the newest in channel {channel})"),
-                )),
-                // Not quietly up to date: a channel that went back is the store's mistake or
-                // a rollback attack, and this snap no longer follows it.
-                Ok(Revision::Store(cur)) if entry.revision < cur => Looked::Note(c.note(
-                    NoteKind::Error,
-                    format!(
-                        "{n}: the store offers revision {}, older than the installed {cur}; not an update (reverting is a separate, explicit action)",
-                        entry.revision
-                    ),
-                )),
-                _ => Looked::Update(entry),
+            match judge(n, &c.current, &c.kept, &entry, &channel) {
+                Some((kind, message)) => Looked::Note(c.note(kind, message)),
+                None => Looked::Update(entry),
             }
         })
         .collect())
+}
+
+/// Why `entry`, the revision channel `channel` offers, is no update of snap `n` whose current
+/// revision is `current` and which keeps `kept` (revision, sha3-384): None when it is one.
+fn judge(
+    n: &str,
+    current: &str,
+    kept: &[(String, String)],
+    entry: &Entry,
+    channel: &str,
+) -> Option<(NoteKind, String)> {
+    let replay = kept
+        .iter()
+        .find(|(r, sha)| *r == entry.revision.to_string() && *sha != entry.sha3_384);
+    if let Some((_, sha)) = replay {
+        return Some((NoteKind::Error, format!("{n}: {}", replayed(n, entry, sha))));
+    }
+    match current.parse::<Revision>() {
+        Ok(Revision::Store(cur)) if entry.revision == cur => Some((
+            NoteKind::UpToDate,
+            format!("snap {n} has no updates available (revision {cur} is the newest in channel {channel})"),
+        )),
+        // Not quietly up to date: a channel that went back is the store's mistake or a
+        // rollback attack, and this snap no longer follows it.
+        Ok(Revision::Store(cur)) if entry.revision < cur => Some((
+            NoteKind::Error,
+            format!(
+                "{n}: the store offers revision {}, older than the installed {cur}; not an update (reverting is a separate, explicit action)",
+                entry.revision
+            ),
+        )),
+        _ => None,
+    }
 }
 
 /// What a refresh of every snap would do: every snap whose channel has a newer revision, held
@@ -331,14 +368,25 @@ pub async fn plan(ops: &Ops) -> Result<RefreshPlan> {
 /// Makes one refresh change per snap in `names`, or per snap with an update when `names` is
 /// empty (held snaps skipped; a named snap is refreshed even if held). A snap with a change in
 /// progress is skipped, not an error for the others; an unknown name fails the whole request
-/// before anything is made. With an idempotency key, a repeat answers with the changes the
-/// first attempt made.
+/// before anything is made. `channel` (with exactly one name) refreshes from that channel,
+/// which the snap follows from then on. With an idempotency key, a repeat answers with the
+/// changes the first attempt made. Every refresh, of one snap or many, asked for or
+/// automatic, is made here.
 pub async fn refresh_snaps(
     ops: &Ops,
     uid: u32,
     key: Option<String>,
     names: &[String],
+    channel: Option<&str>,
 ) -> Result<RefreshResult> {
+    if let Some(ch) = channel {
+        if names.len() != 1 {
+            return Err(OpError::Invalid(
+                "a channel goes with exactly one snap name; refresh the others separately".into(),
+            ));
+        }
+        refreshd_store::validate_channel(ch).map_err(|e| OpError::Invalid(e.to_string()))?;
+    }
     if let Some(k) = &key {
         let k2 = k.clone();
         let earlier = ops
@@ -362,7 +410,10 @@ pub async fn refresh_snaps(
     }
     ops.open_for_work()?;
     let store = ops.store()?;
-    let cands = candidates(ops, names).await?;
+    let mut cands = candidates(ops, names).await?;
+    if let (Some(ch), [c]) = (channel, &mut cands[..]) {
+        c.switch_to = Some(ch.to_owned());
+    }
 
     // One note per candidate, in order; updates fill theirs in once their change exists.
     let mut notes: Vec<Option<RefreshNote>> = vec![None; cands.len()];
@@ -385,64 +436,104 @@ pub async fn refresh_snaps(
         }
     }
 
-    let planned: Vec<(String, String)> = updates
-        .iter()
-        .map(|(i, _)| (cands[*i].name().to_owned(), cands[*i].current.clone()))
-        .collect();
-    let news: Vec<_> = updates
+    // What each update is made from is read again in the transaction that makes it: a snap
+    // refreshed, reverted or removed since it was looked at gets its change from what it is now
+    // (or a note), never from the picture taken before the store answered.
+    let planned: Vec<Planned> = updates
         .iter()
         .map(|(i, entry)| {
             let c = &cands[*i];
-            let channel = c.channel().unwrap_or_default();
-            let ss = store_setup(
-                &c.instance,
-                Some(c.current.clone()),
-                entry,
-                channel,
-                store.url(),
-            );
-            crate::tasks::install_change(&ss)
+            Planned {
+                instance: c.instance.clone(),
+                entry: entry.clone(),
+                channel: c.channel().unwrap_or_default(),
+                named: c.named,
+            }
         })
         .collect();
-    let items = if news.is_empty() {
-        vec![]
+    let url = store.url().to_owned();
+    let made = if planned.is_empty() {
+        Ok(vec![])
     } else {
-        let made = ops
-            .write(move |s| {
-                // The same request, retried while this one looked at the store, got through
-                // first: its answer is this one's.
-                if let Some(k) = &key {
-                    let earlier = s.idempotency_batch(uid, k)?;
-                    if !earlier.is_empty() {
-                        return Ok(Err(earlier));
+        ops.write(move |s| {
+            // The same request, retried while this one looked at the store, got through
+            // first: its answer is this one's.
+            if let Some(k) = &key {
+                let earlier = s.idempotency_batch(uid, k)?;
+                if !earlier.is_empty() {
+                    return Ok(Err(earlier));
+                }
+            }
+            let now = Timestamp::now();
+            let mut outcomes = vec![];
+            let mut batch = vec![];
+            for p in &planned {
+                let name = p.instance.as_str();
+                let Some(row) = s.snap(name)?.filter(|r| r.current.is_some()) else {
+                    outcomes.push(Outcome::Note(
+                        NoteKind::Busy,
+                        format!("{name}: removed while refreshd was checking it; skipped"),
+                    ));
+                    continue;
+                };
+                let current = row.current.clone().unwrap_or_default();
+                let kept: Vec<(String, String)> = s
+                    .revisions(name)?
+                    .into_iter()
+                    .map(|r| (r.revision, r.sha3_384))
+                    .collect();
+                if let Some((kind, message)) = judge(name, &current, &kept, &p.entry, &p.channel)
+                {
+                    outcomes.push(Outcome::Note(kind, message));
+                    continue;
+                }
+                let hold = row
+                    .hold
+                    .as_deref()
+                    .and_then(HoldUntil::parse)
+                    .filter(|h| h.is_active(now));
+                if let (Some(h), false) = (hold, p.named) {
+                    outcomes.push(Outcome::Note(
+                        NoteKind::Held,
+                        format!(
+                            "{name}: refreshes are held {}; skipped revision {} ({}) (refreshctl refresh --unhold {name} lifts the hold)",
+                            describe(h),
+                            p.entry.revision,
+                            p.entry.version
+                        ),
+                    ));
+                    continue;
+                }
+                let version = s
+                    .revision(name, &current)?
+                    .map(|r| r.version)
+                    .unwrap_or_default();
+                let ss = store_setup(&p.instance, Some(current.clone()), &p.entry, p.channel.clone(), &url);
+                batch.push(crate::tasks::install_change(&ss));
+                outcomes.push(Outcome::Made { from: current, version, hold });
+            }
+            let key = key.as_deref().map(|k| IdempotencyKey {
+                uid,
+                key: k,
+                request: REQUEST,
+            });
+            let mut made = s.create_changes(&batch, key)?.into_iter();
+            let items = outcomes
+                .into_iter()
+                .map(|o| match o {
+                    Outcome::Made { from, version, hold } => {
+                        (Some((made.next(), from, version, hold)), None)
                     }
-                }
-                // A snap refreshed or removed since it was looked at would get a change made
-                // from a stale picture: it is left for the next attempt.
-                let mut fresh = vec![];
-                for (j, (name, current)) in planned.iter().enumerate() {
-                    if s.snap(name)?.and_then(|r| r.current).as_deref() == Some(current.as_str()) {
-                        fresh.push(j);
-                    }
-                }
-                let batch: Vec<_> = fresh.iter().map(|&j| news[j].clone()).collect();
-                let key = key.as_deref().map(|k| IdempotencyKey {
-                    uid,
-                    key: k,
-                    request: REQUEST,
-                });
-                let made = s.create_changes(&batch, key)?;
-                let mut items = vec![None; planned.len()];
-                for (j, item) in fresh.into_iter().zip(made) {
-                    items[j] = Some(item);
-                }
-                Ok::<_, refreshd_state::Error>(Ok(items))
-            })
-            .await?;
-        match made {
-            Ok(items) => items,
-            Err(earlier) => return Ok(retried(earlier)),
-        }
+                    Outcome::Note(kind, message) => (None, Some((kind, message))),
+                })
+                .collect::<Vec<_>>();
+            Ok::<_, refreshd_state::Error>(Ok(items))
+        })
+        .await?
+    };
+    let items = match made {
+        Ok(items) => items,
+        Err(earlier) => return Ok(retried(earlier)),
     };
 
     let mut result = RefreshResult::default();
@@ -450,28 +541,29 @@ pub async fn refresh_snaps(
         let c = &cands[*i];
         let n = c.name();
         notes[*i] = Some(match item {
-            Some(BatchItem::Created(id)) => {
+            (Some((Some(BatchItem::Created(id)), from, version, hold)), _) => {
                 result.changes.push(id);
                 let mut message = format!(
-                    "{n}: refreshing from {} ({}) to {} ({}) (change {id})",
-                    c.current, c.version, entry.revision, entry.version
+                    "{n}: refreshing from {from} ({version}) to {} ({}) (change {id})",
+                    entry.revision, entry.version
                 );
-                if let Some(hold) = c.hold {
+                if let Some(hold) = hold {
                     message.push_str(&format!("; it is held {}, but was named", describe(hold)));
                 }
                 let mut note = c.note(NoteKind::Refreshing, message);
                 note.change = Some(id);
-                note.hold = c.hold.map(|h| h.to_string());
+                note.hold = hold.map(|h| h.to_string());
                 note
             }
-            Some(BatchItem::Busy(id)) => busy(
+            (Some((Some(BatchItem::Busy(id)), ..)), _) => busy(
                 c,
                 id,
                 &format!("revision {} ({})", entry.revision, entry.version),
             ),
-            None => c.note(
-                NoteKind::Busy,
-                format!("{n}: changed while refreshd was checking it; skipped, try again"),
+            (_, Some((kind, message))) => c.note(kind, message),
+            _ => c.note(
+                NoteKind::Error,
+                format!("{n}: refreshd lost track of its change; see its log"),
             ),
         });
     }

@@ -1,29 +1,27 @@
-//! Installing or refreshing one snap from the store by name.
+//! Installing a snap from the store by name (refreshes are [`super::refresh`]'s).
 
-use refreshd_snap::{InstanceName, Revision};
+use refreshd_snap::InstanceName;
 use refreshd_state::{ChangeId, Created, IdempotencyKey};
 
 use super::{OpError, Ops, Result};
 use crate::tasks::{Download, SnapSetup};
 
-/// Installs (`refresh` false) or refreshes `name` from the store: looks up the channel's
-/// revision and makes a change that downloads it. An older revision than the current one is
-/// never an update. The store is asked outside any transaction; what the change is made from
-/// (the current revision it replaces, the revisions kept) is read again in the transaction
-/// that makes it, so a change of the snap finished meanwhile is never undone by this one.
-pub async fn from_store(
+/// Installs `name` from the store: looks up the channel's revision (`stable` unless given) and
+/// makes a change that downloads it. The store is asked outside any transaction; whether the
+/// snap is installed, and the revisions kept, are read again in the transaction that makes the
+/// change.
+pub async fn install(
     ops: &Ops,
     uid: u32,
     key: Option<String>,
     name: &str,
     channel: Option<&str>,
-    refresh: bool,
 ) -> Result<ChangeId> {
-    let request = if refresh { "refresh" } else { "install" };
+    const REQUEST: &str = "install";
     if let Some(k) = &key {
         let k2 = k.clone();
         if let Some((req, id)) = ops.write(move |s| s.idempotency_key(uid, &k2)).await? {
-            if req == request {
+            if req == REQUEST {
                 return Ok(id);
             }
         }
@@ -36,18 +34,11 @@ pub async fn from_store(
     if let Some(ch) = channel {
         refreshd_store::validate_channel(ch).map_err(|e| OpError::Invalid(e.to_string()))?;
     }
-    // A first look, to fail at once (before the store is asked) and to know the channel.
+    // A first look, to fail at once, before the store is asked.
     let n = instance.as_str().to_owned();
     let row = ops.read(move |s| s.snap(&n)).await?;
-    installed_as_asked(
-        name,
-        refresh,
-        row.as_ref().is_some_and(|r| r.current.is_some()),
-    )?;
-    let channel = channel
-        .map(str::to_owned)
-        .or_else(|| row.as_ref().and_then(|r| r.channel.clone()))
-        .unwrap_or_else(|| "stable".to_owned());
+    not_installed_yet(name, row.is_some_and(|r| r.current.is_some()))?;
+    let channel = channel.unwrap_or("stable").to_owned();
 
     let snap_name = instance.snap_name().to_owned();
     let (s2, sn) = (store.clone(), snap_name.clone());
@@ -72,7 +63,7 @@ pub async fn from_store(
     let created = ops
         .write(move |s| -> Result<Created> {
             let row = s.snap(instance.as_str())?;
-            installed_as_asked(&name, refresh, row.as_ref().is_some_and(|r| r.current.is_some()))?;
+            not_installed_yet(&name, row.as_ref().is_some_and(|r| r.current.is_some()))?;
             let rev = entry.revision.to_string();
             if let Some(kept) = s
                 .revision(instance.as_str(), &rev)?
@@ -80,26 +71,12 @@ pub async fn from_store(
             {
                 return Err(OpError::Invalid(replayed(&name, &entry, &kept.sha3_384)));
             }
-            let previous = row.and_then(|r| r.current);
-            if let Some(Revision::Store(cur)) = previous.as_deref().and_then(|p| p.parse().ok()) {
-                if entry.revision == cur {
-                    return Err(OpError::Invalid(format!(
-                        "snap {name} is up to date: revision {cur} is the newest in channel {channel}"
-                    )));
-                }
-                if entry.revision < cur {
-                    return Err(OpError::Invalid(format!(
-                        "the store offers revision {} of {name}, older than the installed {cur}; not an update (reverting is a separate, explicit action)",
-                        entry.revision
-                    )));
-                }
-            }
-            let ss = store_setup(&instance, previous, &entry, channel, &url);
+            let ss = store_setup(&instance, None, &entry, channel, &url);
             let new = crate::tasks::install_change(&ss);
             let key = key.as_deref().map(|k| IdempotencyKey {
                 uid,
                 key: k,
-                request,
+                request: REQUEST,
             });
             Ok(s.create_change(&new, key)?)
         })
@@ -108,15 +85,15 @@ pub async fn from_store(
     Ok(created.id())
 }
 
-/// An install of a snap already installed, or a refresh of one that is not, is refused.
-fn installed_as_asked(name: &str, refresh: bool, installed: bool) -> Result<()> {
-    match (refresh, installed) {
-        (false, true) => Err(OpError::Conflict(format!(
+/// An install of a snap already installed is refused: it is refreshed instead. Not a conflict
+/// (nothing is in progress): the request asked for the wrong thing.
+fn not_installed_yet(name: &str, installed: bool) -> Result<()> {
+    if installed {
+        return Err(OpError::Invalid(format!(
             "snap {name} is already installed; refresh it with: refreshctl refresh {name}"
-        ))),
-        (true, false) => Err(OpError::NotFound(not_installed(name))),
-        _ => Ok(()),
+        )));
     }
+    Ok(())
 }
 
 /// The message for a snap that is not installed.
