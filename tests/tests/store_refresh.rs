@@ -289,3 +289,75 @@ fn exit_codes_say_conflict_only_for_a_change_in_progress() {
         "already finished; there is nothing to abort",
     );
 }
+
+/// `install X` reads X as `snap install` does: a path (a `/` in it) or a name ending in `.snap`
+/// is a file, and anything else a snap in the store, even beside a file of that name. What is
+/// wrong with a file is said in one line naming it.
+#[test]
+fn install_reads_its_argument_as_snap_does() {
+    let Some(w) = StoreRoot::new("install-arg", "word") else {
+        return;
+    };
+    let r = w.r();
+    w.publish("1.0");
+    let cwd = w.root.aux("cwd");
+    fs::create_dir(&cwd).unwrap();
+    // A file named like the snap, and a snap's source directory.
+    fs::write(cwd.join("word"), "not a snap").unwrap();
+    fs::create_dir_all(cwd.join("src/meta")).unwrap();
+    fs::write(cwd.join("src/meta/snap.yaml"), "name: word\nversion: '1'\n").unwrap();
+    fs::write(cwd.join("junk.snap"), "not squashfs").unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin("refreshctl"))
+            .arg("--root")
+            .arg(r)
+            .args(args)
+            .current_dir(&cwd)
+            .env_remove("REFRESHD_SOCKET")
+            .output()
+            .unwrap()
+    };
+    let one_error = |out: &std::process::Output, code: i32, line: &str| {
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert!(
+            lines.len() == 1 && lines[0].contains(line),
+            "one error line with {line:?}: {err}"
+        );
+    };
+
+    let out = run(&["install", "word"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "Installed word 1\n");
+
+    one_error(
+        &run(&["install", "./src"]),
+        1,
+        "./src is a directory; pack it first: refreshctl pack ./src",
+    );
+    one_error(
+        &run(&["install", "missing.snap"]),
+        1,
+        "cannot read the snap file missing.snap",
+    );
+    one_error(
+        &run(&["install", "./junk.snap"]),
+        1,
+        "cannot install ./junk.snap: ",
+    );
+    one_error(
+        &run(&["install", "word", "--name", "word_x"]),
+        2,
+        "--name goes with a FILE",
+    );
+    one_error(
+        &run(&["install", "./junk.snap", "--channel", "beta"]),
+        2,
+        "--channel goes with a store NAME",
+    );
+    assert_eq!(
+        ctl_json(r, &["list", "--json"]).as_array().unwrap().len(),
+        1
+    );
+}

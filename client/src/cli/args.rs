@@ -52,7 +52,8 @@ pub enum Command {
     List(JsonFlag),
     /// Install a snap from a local .snap file, or by name from refreshd's store
     Install {
-        /// The .snap file, or the name of a snap in the store
+        /// A .snap file (a path with a `/`, or a name ending in .snap), else the name of a
+        /// snap in the store
         file: PathBuf,
         /// Install as this parallel instance (NAME_KEY)
         #[arg(long, value_name = "INSTANCE")]

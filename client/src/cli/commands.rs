@@ -12,7 +12,7 @@ use super::exit::{ChangeFailed, InProgress, UsageError};
 use super::format::{self, for_terminal, Clock, Paint};
 use super::progress::{Follower, Mode};
 use crate::client::{Client, ClientError};
-use crate::types::{Change, Hold, NoteKind, RefreshNote, Select};
+use crate::types::{Change, ErrorKind, Hold, NoteKind, RefreshNote, Select};
 
 /// Runs `command`. Times in text are shown against `clock`; `paint` colours standard output.
 pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint) -> Result<()> {
@@ -62,19 +62,38 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
             wait: no_wait,
             json: ChangeJson { json },
         } => {
-            // A path names a file; a bare word that is no file names a snap in the store.
-            let by_name = file
-                .to_str()
-                .filter(|s| !s.contains('/') && !s.ends_with(".snap") && !file.exists());
+            let by_name = store_name(&file)?;
+            if by_name.is_some() && name.is_some() {
+                return Err(UsageError(
+                    "--name goes with a FILE; a snap from the store is installed under its own name".into(),
+                )
+                .into());
+            }
+            if by_name.is_none() && channel.is_some() {
+                return Err(UsageError(
+                    "--channel goes with a store NAME; a FILE is installed as it is".into(),
+                )
+                .into());
+            }
             let id = match by_name {
                 Some(snap) => client
                     .install_from_store(snap, channel.as_deref())
                     .await
                     .doing(&format!("install {snap}"))?,
+                // What is wrong with the file is said with its name (refreshd never sees it).
                 None => client
                     .install_file(&file, name.as_deref())
                     .await
-                    .doing(&format!("install {}", file.display()))?,
+                    .map_err(|e| match e {
+                        ClientError::Api {
+                            kind: ErrorKind::InvalidSnap | ErrorKind::TooLarge,
+                            ..
+                        } => anyhow::Error::new(e)
+                            .context(format!("cannot install {}", display_path(&file))),
+                        e => Err::<(), _>(e)
+                            .doing(&format!("install {}", file.display()))
+                            .unwrap_err(),
+                    })?,
             };
             let Some(change) = conclude(client, id, no_wait, json).await? else {
                 return Ok(());
@@ -551,6 +570,29 @@ fn check(change: &Change) -> Result<()> {
         return Err(ChangeFailed(Box::new(change.clone())).into());
     }
     Ok(())
+}
+
+/// What `install X` installs, as `snap install` reads it: X names a file if it is a path (holds
+/// a `/`) or ends in `.snap`, and then it must be a snap file; anything else is the name of a
+/// snap in the store (`Some`), whatever files the current directory holds.
+fn store_name(x: &Path) -> Result<Option<&str>> {
+    let text = x.to_str();
+    if let Some(name) = text.filter(|t| !t.contains('/') && !t.ends_with(".snap")) {
+        return Ok(Some(name));
+    }
+    let shown = display_path(x);
+    match std::fs::metadata(x) {
+        Ok(m) if m.is_dir() => {
+            anyhow::bail!("{shown} is a directory; pack it first: refreshctl pack {shown}")
+        }
+        Ok(m) if !m.is_file() => anyhow::bail!("{shown} is not a snap file (not a regular file)"),
+        Ok(_) => Ok(None),
+        Err(e) => anyhow::bail!("cannot read the snap file {shown}: {e}"),
+    }
+}
+
+fn display_path(p: &Path) -> String {
+    printable(&p.to_string_lossy()).into_owned()
 }
 
 fn display_name(file: &Path) -> String {
