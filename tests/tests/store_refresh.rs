@@ -238,15 +238,6 @@ fn exit_codes_say_conflict_only_for_a_change_in_progress() {
     let publish = |version: &str| w.publish(version);
     publish("1.0");
     assert!(ctl(r, &["install", "ec"]).status.success());
-    let one_error = |out: &std::process::Output, code: i32, needle: &str| {
-        let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(code), "{err}");
-        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-        assert!(
-            lines.len() == 1 && lines[0].contains(needle),
-            "one error line with {needle:?}: {err}"
-        );
-    };
 
     one_error(
         &ctl(r, &["install", "ec"]),
@@ -317,15 +308,6 @@ fn install_reads_its_argument_as_snap_does() {
             .output()
             .unwrap()
     };
-    let one_error = |out: &std::process::Output, code: i32, line: &str| {
-        let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(code), "{err}");
-        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-        assert!(
-            lines.len() == 1 && lines[0].contains(line),
-            "one error line with {line:?}: {err}"
-        );
-    };
 
     let out = run(&["install", "word"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -359,5 +341,16 @@ fn install_reads_its_argument_as_snap_does() {
     assert_eq!(
         ctl_json(r, &["list", "--json"]).as_array().unwrap().len(),
         1
+    );
+}
+
+/// Asserts that refreshctl exited with `code` and said one error line, holding `needle`.
+fn one_error(out: &std::process::Output, code: i32, needle: &str) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert!(
+        lines.len() == 1 && lines[0].contains(needle),
+        "one error line with {needle:?}: {err}"
     );
 }
