@@ -229,20 +229,19 @@ fn start(args: Args, inherited: Option<std::os::unix::net::UnixListener>) -> any
         .build()
         .context("cannot start the async runtime")?;
     let served = rt.block_on(async move {
+        // Before the socket appears: whoever sees it may stop the daemon at once, and is owed
+        // an orderly shutdown (the release agent unregistered, the cgroups removed).
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut int) = (
+            signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        );
         let listener = match inherited {
             Some(l) => daemon.adopt(l)?,
             None => daemon.bind()?,
         };
         let sig = shutdown.clone();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                warn!("cannot install signal handlers");
-                return;
-            };
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
             info!("shutting down");
             sig.cancel();
@@ -259,8 +258,15 @@ impl Daemon {
     /// Everything before serving: refuse a foreign root, take the root's lock, open the state,
     /// and repair what a crash may have left.
     pub fn setup(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Daemon> {
-        fs::create_dir_all(&args.root)
-            .with_context(|| format!("cannot create root {}", args.root.display()))?;
+        // A root that is not there is a mistyped path more often than a wish for a new tree:
+        // nothing is made in its place.
+        if !args.root.is_dir() {
+            bail!(
+                "root {} is not a directory; create it first (mkdir -p {}) or give an existing one to --root",
+                args.root.display(),
+                args.root.display()
+            );
+        }
         let root = args
             .root
             .canonicalize()
@@ -435,6 +441,7 @@ impl Daemon {
         let _ = engine.await;
         self.api.ops.reads.close();
         self.api.ops.ctx.tracking.unregister_agent();
+        self.api.ops.ctx.tracking.remove_unused_groups();
         if !self.socket_activated {
             let _ = fs::remove_file(self.layout.socket());
         }

@@ -478,13 +478,15 @@ fn conflict_then_abort() {
         before,
         "abort restores the root"
     );
+    // Not a conflict (nothing is in progress): a plain failure, in one line.
     let out = ctl(r, &["abort", &id.to_string()]);
     assert_eq!(
         out.status.code(),
-        Some(5),
+        Some(1),
         "a finished change cannot be aborted: {}",
         text(&out.stderr)
     );
+    assert!(text(&out.stderr).contains("already finished; there is nothing to abort"));
 }
 
 /// Members of the configured admin group may change state; others still may not.

@@ -581,3 +581,69 @@ fn revert_returns_to_the_previous_revision_and_its_data() {
         text(&out.stderr)
     );
 }
+
+/// An orderly stop leaves no cgroup of its root behind: the snaps' groups no process is in, then
+/// the root's own parent group; never a group an app still runs in. A root that is not there is
+/// refused in one line, and nothing is made in its place.
+#[test]
+fn a_stopped_daemon_leaves_no_unused_cgroup_and_a_missing_root_is_refused() {
+    if !prerequisites() {
+        return;
+    }
+    let root = Root::new("leaves");
+    let r = root.path();
+    let (b1, b2) = (root.aux("l1.snap"), root.aux("l2.snap"));
+    tracking_snap(&b1, "left", "1.0", false);
+    tracking_snap(&b2, "kept", "1.0", false);
+    let d = Daemon::start(r);
+    for b in [&b1, &b2] {
+        let out = ctl(r, &["install", b.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    // `left` ran and exited; an app of `kept` runs on.
+    let out = std::process::Command::new(r.join("snap/bin/left"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let app = App::launch(r, "kept.hold");
+    let parents = cgroup_parents(r);
+    assert!(!parents.is_empty(), "no cgroup hierarchy");
+    for p in &parents {
+        assert!(p.join("snap.left").is_dir(), "{}", p.display());
+    }
+
+    assert!(d.stop().success());
+    for p in &parents {
+        assert!(
+            !p.join("snap.left").exists(),
+            "{}/snap.left outlived the daemon",
+            p.display()
+        );
+        assert!(
+            p.join("snap.kept").is_dir(),
+            "the group an app runs in went: {}",
+            p.display()
+        );
+    }
+    app.release();
+    // Started and stopped again with nothing running: nothing of the root is left.
+    let d = Daemon::start(r);
+    let log = d.log_text();
+    let st = d.stop();
+    assert!(st.success(), "{st:?}: {log}");
+    for p in &parents {
+        assert!(!p.exists(), "{} outlived the daemon", p.display());
+    }
+
+    let missing = root.aux("not-there");
+    let out = std::process::Command::new(bin("refreshd"))
+        .arg("--root")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("is not a directory; create it first"), "{err}");
+    assert!(!missing.exists(), "a missing root was made");
+}

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use nix::fcntl::{Flock, FlockArg};
 use refreshd_runctl::Marker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::fsutil;
 use crate::layout::Layout;
@@ -310,6 +310,53 @@ impl Tracking {
     pub fn unregister_agent(&self) {
         if let (true, Some(mount)) = (self.agent_registered, &self.freezer_mount) {
             agent::unregister(mount, &self.daemon_lock);
+        }
+    }
+
+    /// At an orderly shutdown: the snaps' groups no process is in, then this root's parent
+    /// groups if that leaves them empty, are removed, so a daemon leaves no cgroup behind (a
+    /// launch makes them again). Each snap's groups go under its lock, so that no launch is
+    /// between making its group and joining it. What cannot go (a process still in it, a busy
+    /// lock) stays, and is said at debug level.
+    pub fn remove_unused_groups(&self) {
+        let parents: Vec<&PathBuf> = [&self.v1, &self.v2].into_iter().flatten().collect();
+        let mut names: Vec<String> = parents
+            .iter()
+            .filter_map(|p| fs::read_dir(p).ok())
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix("snap.")
+                    .map(str::to_owned)
+            })
+            .filter(|n| refreshd_runctl::valid_instance_name(n.as_bytes()))
+            .collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let Ok(Some(_lock)) = self.try_lock(&name) else {
+                debug!("the groups of {name} stay: its lock is busy");
+                continue;
+            };
+            if !self.procs(&name).is_ok_and(|p| p.is_empty()) {
+                continue;
+            }
+            for g in self.groups(&name) {
+                if let Err(e) = fs::remove_dir(&g) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        debug!(group = %g.display(), "group stays: {e}");
+                    }
+                }
+            }
+        }
+        for p in parents {
+            if let Err(e) = fs::remove_dir(p) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    debug!(group = %p.display(), "group stays: {e}");
+                }
+            }
         }
     }
 
