@@ -410,7 +410,23 @@ fn held_snaps_are_skipped_unless_named() {
         "{}",
         text(&out.stderr)
     );
+    // `--hold 2h` (with a space) reads 2h as a snap: said, with how to write it.
+    let out = ctl(r, &["refresh", "--hold", "2h", "beta"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.lines().count() == 1 && err.contains("write --hold=2h"),
+        "{err}"
+    );
     assert_eq!(ctl_json(r, &["list", "--json"]), before);
+
+    // `changes NAME` is `changes --snap NAME`.
+    let by_name = ctl_json(r, &["changes", "alpha", "--all", "--json"]);
+    assert!(!by_name.as_array().unwrap().is_empty());
+    assert_eq!(
+        by_name,
+        ctl_json(r, &["changes", "--snap", "alpha", "--all", "--json"])
+    );
 
     // Reading is for everyone; holding and refreshing need admin.
     let as_user = |args: &[&str]| ctl_as(r, args, Some((user.uid, user.gid)));

@@ -143,10 +143,13 @@ pub enum Command {
     },
     /// List changes (those in progress unless --all)
     Changes {
+        /// Only changes touching this snap
+        #[arg(value_name = "NAME", conflicts_with = "snap")]
+        name: Option<String>,
         /// Include changes that are ready
         #[arg(long)]
         all: bool,
-        /// Only changes touching this snap
+        /// Only changes touching this snap (the same as NAME)
         #[arg(long, value_name = "NAME")]
         snap: Option<String>,
         #[command(flatten)]
@@ -374,6 +377,7 @@ mod tests {
             (
                 &["changes"],
                 Command::Changes {
+                    name: None,
                     all: false,
                     snap: None,
                     json: JsonFlag::default(),
@@ -382,9 +386,19 @@ mod tests {
             (
                 &["changes", "--all", "--snap", "hello", "--json"],
                 Command::Changes {
+                    name: None,
                     all: true,
                     snap: Some("hello".into()),
                     json,
+                },
+            ),
+            (
+                &["changes", "hello"],
+                Command::Changes {
+                    name: Some("hello".into()),
+                    all: false,
+                    snap: None,
+                    json: JsonFlag::default(),
                 },
             ),
             (

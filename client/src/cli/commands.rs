@@ -213,7 +213,13 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
             }
             print(&format!("Removed {}\n", printable(&name)))
         }
-        Command::Changes { all, snap, json } => {
+        Command::Changes {
+            all,
+            name,
+            snap,
+            json,
+        } => {
+            let snap = name.or(snap);
             let select = if all { Select::All } else { Select::InProgress };
             let changes = client
                 .changes(select, snap.as_deref())
@@ -469,7 +475,25 @@ async fn hold_refreshes(
     hold: Hold,
     json: bool,
 ) -> Result<()> {
-    let snaps = client.hold(names, hold).await.doing("hold refreshes")?;
+    let snaps = match client.hold(names, hold).await {
+        // `--hold 2h`: the duration was read as a snap's name (it takes an equals sign).
+        Err(ClientError::Api {
+            kind: ErrorKind::NotFound,
+            message,
+            ..
+        }) if names.iter().any(|n| matches!(n.parse(), Ok(Hold::For(_)))) => {
+            let d = names
+                .iter()
+                .find(|n| matches!(n.parse(), Ok(Hold::For(_))))
+                .map(String::as_str)
+                .unwrap_or_default();
+            return Err(UsageError(format!(
+                "{message}; to hold for {d}, write --hold={d} (--hold takes its duration after an equals sign)"
+            ))
+            .into());
+        }
+        r => r.doing("hold refreshes")?,
+    };
     if json {
         return print_json(&snaps);
     }
