@@ -10,13 +10,18 @@ command -v mksquashfs >/dev/null || {
   [ "$(id -u)" = 0 ] && { apt-get update -qq && apt-get install -y -qq squashfs-tools >/dev/null; } ||
     { echo "install squashfs-tools first" >&2; exit 1; }
 }
+target=${CARGO_TARGET_DIR:-target}
+bin=$target/debug
+echo "== building refreshd, refreshctl, confine-hook and the release agent (debug) into $target"
+echo "   the first build takes a few minutes on 2 cores (SQLite's C sources among them); later ones, seconds"
 cargo build --workspace --bins --quiet
-bin=target/debug
 root=$(mktemp -d /tmp/refreshd-demo.XXXXXX)
 chmod 755 "$root"
+# Kept after the demo, to read what the daemon did.
 log="$root.log"
 
 cleanup() {
+  # SIGTERM: an orderly stop, which removes the root's unused cgroups and its agent entry.
   [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
   # The daemon unmounts nothing on exit (mounts outlive it by design); the demo's root goes.
   grep -F " $root/" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount 2>/dev/null || true
@@ -29,7 +34,8 @@ cleanup() {
     done
   done
   find /run/refreshd/agent -maxdepth 1 -lname "$root/*" -delete 2>/dev/null || true
-  rm -rf "$root" "$log" "$root.snap" "$root.2.snap" "$root.store"
+  rm -rf "$root" "$root.snap" "$root.2.snap" "$root.store"
+  echo "== done; the daemon's log is kept in $log"
 }
 trap cleanup EXIT
 
@@ -37,7 +43,8 @@ trap cleanup EXIT
 install -D -m 4755 -o root -g root "$bin/confine-hook" "$root/usr/lib/refreshd/confine-hook"
 install -d -m 700 "$root/root"
 
-echo "== packing the sample snap and publishing it to a local store"
+echo "== the scratch root is $root: the snaps, their data and the daemon's state live under it"
+echo "== packing the sample snap (examples/hello) into a .snap file and publishing it to a local store"
 store="$root.store"
 mkdir -p "$store"
 ctl() { echo "\$ refreshctl $*"; "$bin/refreshctl" --root "$root" "$@"; echo; }
@@ -47,9 +54,12 @@ ctl publish --store "$store" "$root.snap"
 echo "== starting refreshd --root $root --store $store (log: $log)"
 "$bin/refreshd" --root "$root" --store "$store" 2>"$log" &
 pid=$!
-ctl status          # GETs retry briefly while the daemon comes up
-ctl install hello   # from the store
+echo "-- what the daemon says of itself (GETs retry briefly while it comes up)"
+ctl status
+echo "-- installing hello from the store: download, verify, mount, data, launchers"
+ctl install hello
 ctl list
+echo "-- running it through its launcher (twice: its data persists between runs)"
 echo "\$ $root/snap/bin/hello"; "$root/snap/bin/hello"; "$root/snap/bin/hello"; echo
 
 echo "== version 1.1 is published while the app runs: the refresh waits for the app, never kills it"
@@ -62,15 +72,19 @@ rm -rf "$src"
 "$root/snap/bin/hello.nap" 3 &
 nap=$!
 sleep 0.5
+echo "-- the refresh is asked for while hello.nap runs; it downloads and pre-copies, then waits"
 echo "\$ refreshctl refresh hello --no-wait"
 change=$("$bin/refreshctl" --root "$root" refresh hello --no-wait)
 echo "$change"
 sleep 0.5
+echo "-- its tasks: wait-for-apps names the running app (pid, user, command line)"
 ctl tasks "$change"
+echo "-- following it: it completes the moment the app exits"
 ctl watch "$change"
 wait "$nap"
 echo "\$ $root/snap/bin/hello   # revision 2, with revision 1's data copied"; "$root/snap/bin/hello"; echo
 ctl list
+echo "-- every change made, and removing the snap (its payload, data and launchers)"
 ctl changes --all
 ctl remove hello
 ctl list

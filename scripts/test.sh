@@ -44,14 +44,37 @@ cargo build --workspace --bins --quiet
 echo "== model check of the runctl protocol (spin)"
 bash scripts/model-check.sh
 
+started=$(date +%s)
 skips=$(mktemp)
+logs=target/test-logs
+mkdir -p "$logs"
 trap 'rm -f "$skips"' EXIT
 echo "== tests"
-REFRESHD_TEST_SKIPS="$skips" cargo nextest run --workspace --no-fail-fast "$@"
+REFRESHD_TEST_SKIPS="$skips" cargo nextest run --workspace --no-fail-fast "$@" 2>&1 | tee "$logs/nextest.log"
 n=$(sort -u "$skips" | wc -l)
 echo "== skipped: $n"
 sort -u "$skips" | sed 's/^/   /'
-echo "== benchmarks, smoke run (every section runs; debug-build figures mean nothing)"
-bash scripts/bench.sh --smoke
-echo "== fuzzing (${FUZZ_SECONDS:-60} s per target)"
-bash scripts/fuzz.sh
+
+# The long outputs go to files; what each stage came to is said, and its log's end on failure.
+stage() {
+  local name=$1 log=$2
+  shift 2
+  echo "== $name (log: $log)"
+  if "$@" >"$log" 2>&1; then
+    tail -n 1 "$log" | sed 's/^/   /'
+  else
+    tail -n 40 "$log" >&2
+    echo "test.sh: $name failed; the whole log is $log" >&2
+    exit 1
+  fi
+}
+stage "benchmarks, smoke run (every section runs; debug-build figures mean nothing)" \
+  "$logs/bench-smoke.log" bash scripts/bench.sh --smoke
+stage "fuzzing (${FUZZ_SECONDS:-60} s per target)" "$logs/fuzz.log" bash scripts/fuzz.sh
+
+summary=$(grep -E '^ *Summary ' "$logs/nextest.log" | tail -n 1 | sed 's/^ *//')
+echo "== summary"
+echo "   tests: ${summary:-no summary line (see $logs/nextest.log)}"
+echo "   skipped for lack of something on this machine: $n"
+echo "   benchmarks (smoke) and fuzzers: ok"
+echo "   took $(( ($(date +%s) - started) / 60 )) min $(( ($(date +%s) - started) % 60 )) s after the build"

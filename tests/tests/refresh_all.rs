@@ -270,6 +270,17 @@ fn refresh_without_names_refreshes_exactly_the_snaps_with_updates() {
         "All snaps from the store are up to date.\n"
     );
     assert_eq!(text(&out.stderr), skipped);
+    // `list` says what each snap follows: its channel, or nothing (local).
+    let list = text(&ctl(r, &["list"]).stdout);
+    let row = |name: &str| -> Vec<String> {
+        let line = list
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_default();
+        line.split_whitespace().map(str::to_owned).collect()
+    };
+    assert_eq!(row("alpha")[3], "stable", "{list}");
+    assert_eq!(row("delta")[3], "local", "{list}");
     assert_eq!(s.changes(None).len(), before + 2);
 
     // A retried request (same Idempotency-Key) answers with the changes the first made and

@@ -317,17 +317,26 @@ pub fn snaps(snaps: &[Snap], clock: &Clock) -> String {
                 s.name.clone(),
                 s.version.clone(),
                 s.revision.clone(),
+                // What `refresh` follows: a store channel, or nothing (installed from a file).
+                s.channel.clone().unwrap_or_else(|| "local".into()),
                 s.summary.clone(),
                 notes(s, clock),
             ]
         })
         .collect();
-    table(&["Name", "Version", "Rev", "Summary", "Notes"], &rows)
+    table(
+        &["Name", "Version", "Rev", "Tracking", "Summary", "Notes"],
+        &rows,
+    )
 }
 
 fn notes(snap: &Snap, clock: &Clock) -> String {
     let mut notes = Vec::new();
     notes.extend(hold(snap.hold.as_deref(), clock));
+    // A store snap running a revision from a file is left alone by `refresh` without names.
+    if snap.channel.is_some() && snap.revision.starts_with('x') {
+        notes.push("local revision".to_string());
+    }
     if notes.is_empty() {
         "-".to_string()
     } else {
@@ -806,7 +815,7 @@ Error:
         };
         assert_eq!(
             snaps(std::slice::from_ref(&snap), &clock()),
-            "Name        Version  Rev  Summary     Notes\nhello_work  1.0      x2   Says hello  held forever\n"
+            "Name        Version  Rev  Tracking  Summary     Notes\nhello_work  1.0      x2   local     Says hello  held forever\n"
         );
         let until = Snap {
             hold: Some("2026-11-21T23:30:00Z".into()),
