@@ -245,10 +245,10 @@ impl Client {
     }
 
     /// `POST /v1/snaps/NAME {"action": "revert"}`: returns the id of the revert change.
-    pub async fn revert(&self, name: &str) -> Result<u64, ClientError> {
+    pub async fn revert(&self, name: &str, revision: Option<&str>) -> Result<u64, ClientError> {
         let req = Req::post(
             format!("/v1/snaps/{}", encode(name)),
-            Payload::json(&SnapAction::revert()),
+            Payload::json(&SnapAction::revert(revision)),
         );
         let change: ChangeRef = self.send(&req).await?;
         Ok(change.change)

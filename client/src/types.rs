@@ -353,6 +353,9 @@ pub struct SnapAction {
     /// For refresh: the channel to follow (default: the snap's, else `stable`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+    /// For revert: the kept revision to go to (default: the one before the current).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -368,13 +371,15 @@ impl SnapAction {
         SnapAction {
             action: SnapActionKind::Remove,
             channel: None,
+            revision: None,
         }
     }
 
-    pub fn revert() -> Self {
+    pub fn revert(revision: Option<&str>) -> Self {
         SnapAction {
             action: SnapActionKind::Revert,
             channel: None,
+            revision: revision.map(str::to_owned),
         }
     }
 
@@ -382,6 +387,7 @@ impl SnapAction {
         SnapAction {
             action: SnapActionKind::Refresh,
             channel: channel.map(str::to_owned),
+            revision: None,
         }
     }
 }

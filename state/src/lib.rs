@@ -468,6 +468,25 @@ impl State {
         Ok(())
     }
 
+    /// Holds the snap's refreshes since a revert (`hold = 'reverted'`), unless they are held
+    /// forever already: refreshes that name it, or lifting the hold, end it.
+    pub fn hold_since_revert(&mut self, name: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE snaps SET hold = 'reverted' WHERE name = ?1 AND (hold IS NULL OR hold <> 'forever')",
+            [name],
+        )?;
+        Ok(())
+    }
+
+    /// Ends the hold a revert put on the snap (another hold stays).
+    pub fn lift_revert_hold(&mut self, name: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE snaps SET hold = NULL WHERE name = ?1 AND hold = 'reverted'",
+            [name],
+        )?;
+        Ok(())
+    }
+
     /// Deletes the snap and its revisions.
     pub fn delete_snap(&mut self, name: &str) -> Result<()> {
         self.conn

@@ -354,3 +354,56 @@ fn one_error(out: &std::process::Output, code: i32, needle: &str) {
         "one error line with {needle:?}: {err}"
     );
 }
+
+/// A revert sticks: the snap is held from refreshes that do not name it (`refresh` without
+/// names, auto-refresh) until one names it or its hold is lifted; `list` says so. `revert
+/// --revision REV` goes to any kept revision.
+#[test]
+fn a_revert_sticks_until_a_refresh_names_the_snap() {
+    let Some(w) = StoreRoot::new("revert-sticks", "rv") else {
+        return;
+    };
+    let r = w.r();
+    let current = || ctl_json(r, &["list", "--json"])[0]["revision"].clone();
+    let hold = || ctl_json(r, &["list", "--json"])[0]["hold"].clone();
+    w.publish("1.0");
+    assert!(ctl(r, &["install", "rv"]).status.success());
+    w.publish("2.0");
+    assert!(ctl(r, &["refresh", "rv"]).status.success());
+    assert_eq!(current(), "2");
+
+    let out = ctl(r, &["revert", "rv"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!((current(), hold()), ("1".into(), "reverted".into()));
+    assert!(
+        text(&ctl(r, &["list"]).stdout).contains("held since its revert"),
+        "{}",
+        text(&ctl(r, &["list"]).stdout)
+    );
+
+    // Refreshing every snap leaves it, and says why.
+    w.publish("3.0");
+    let out = ctl(r, &["refresh"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("rv: refreshes are held since its revert; skipped revision 3"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(current(), "1");
+
+    // Any kept revision; one that is not kept is refused, naming those that are.
+    let out = ctl(r, &["revert", "rv", "--revision", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(current(), "2");
+    one_error(
+        &ctl(r, &["revert", "rv", "--revision", "9"]),
+        1,
+        "revision 9 of rv is not kept here (kept besides the current 2: 1)",
+    );
+
+    // Naming it refreshes it and ends the hold.
+    let out = ctl(r, &["refresh", "rv"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!((current(), hold()), ("3".into(), serde_json::Value::Null));
+}

@@ -104,6 +104,10 @@ pub enum Command {
     Revert {
         /// The snap's instance name
         name: String,
+        /// The kept revision to go to (default: the one before the current); see
+        /// `refreshctl status`
+        #[arg(long, value_name = "REV")]
+        revision: Option<String>,
         #[command(flatten)]
         wait: NoWait,
         #[command(flatten)]
@@ -362,8 +366,18 @@ mod tests {
                 &["revert", "hello", "--json"],
                 Command::Revert {
                     name: "hello".into(),
+                    revision: None,
                     wait: NoWait::default(),
                     json: ChangeJson { json: true },
+                },
+            ),
+            (
+                &["revert", "hello", "--revision", "x1"],
+                Command::Revert {
+                    name: "hello".into(),
+                    revision: Some("x1".into()),
+                    wait: NoWait::default(),
+                    json: ChangeJson::default(),
                 },
             ),
             (

@@ -136,11 +136,12 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
         }
         Command::Revert {
             name,
+            revision,
             wait: no_wait,
             json: ChangeJson { json },
         } => {
             let id = client
-                .revert(&name)
+                .revert(&name, revision.as_deref())
                 .await
                 .doing(&format!("revert {name}"))?;
             if conclude(client, id, no_wait, json).await?.is_none() {

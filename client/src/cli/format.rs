@@ -301,6 +301,7 @@ fn auto_refresh(info: &SystemInfo, clock: &Clock) -> String {
 pub fn hold(hold: Option<&str>, clock: &Clock) -> Option<String> {
     match HoldUntil::parse(hold?)? {
         HoldUntil::Forever => Some("held forever".to_string()),
+        HoldUntil::Reverted => Some("held since its revert".to_string()),
         HoldUntil::Time(t) if t > clock.now.timestamp() => {
             Some(format!("held until {}", clock.when(t)))
         }

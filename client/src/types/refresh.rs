@@ -71,31 +71,38 @@ impl<'de> Deserialize<'de> for Hold {
 pub enum HoldUntil {
     Forever,
     Time(Timestamp),
+    /// Since the snap was reverted: until a refresh names it, or its hold is lifted.
+    Reverted,
 }
 
 impl HoldUntil {
-    /// None when `s` is neither `forever` nor a time.
+    /// None when `s` is neither `forever`, `reverted` nor a time.
     pub fn parse(s: &str) -> Option<HoldUntil> {
-        if s == "forever" {
-            return Some(HoldUntil::Forever);
+        match s {
+            "forever" => Some(HoldUntil::Forever),
+            REVERTED => Some(HoldUntil::Reverted),
+            _ => s.parse().ok().map(HoldUntil::Time),
         }
-        s.parse().ok().map(HoldUntil::Time)
     }
 
     /// An expired hold counts as no hold.
     pub fn is_active(self, now: Timestamp) -> bool {
         match self {
-            HoldUntil::Forever => true,
+            HoldUntil::Forever | HoldUntil::Reverted => true,
             HoldUntil::Time(t) => t > now,
         }
     }
 }
+
+/// The hold a revert puts on its snap (the `hold` of `GET /v1/snaps`).
+pub const REVERTED: &str = "reverted";
 
 impl fmt::Display for HoldUntil {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HoldUntil::Forever => f.write_str("forever"),
             HoldUntil::Time(t) => write!(f, "{t}"),
+            HoldUntil::Reverted => f.write_str(REVERTED),
         }
     }
 }

@@ -367,7 +367,9 @@ pub async fn action(
     let act: SnapAction = super::json_body(&body, r#"{"action": "remove"}"#)?;
     let key = idempotency_key(&headers)?;
     if act.action == SnapActionKind::Revert {
-        return revert(&st, peer.uid, key, &name).await;
+        let id =
+            ops::revert::revert(&st.ops, peer.uid, key, &name, act.revision.as_deref()).await?;
+        return Ok(accepted(id));
     }
     if act.action == SnapActionKind::Refresh {
         return refresh_one(&st, peer.uid, key, name, act.channel.as_deref()).await;
@@ -439,67 +441,4 @@ async fn refresh_one(
         Some(n) => ApiError::bad_request(n.message),
         None => ApiError::internal(format!("the refresh of {name} said nothing")),
     })
-}
-
-/// Goes back to the revision before the current one: it is still mounted, its launch
-/// descriptions and its data directory are as they were when it was left (data is copied
-/// forward, never back). Only the switch happens, inside the critical section.
-async fn revert(
-    st: &ApiState,
-    uid: u32,
-    key: Option<String>,
-    name: &str,
-) -> Result<Response, ApiError> {
-    let n = name.to_owned();
-    let created = st
-        .write(move |s| -> Result<Created, ApiError> {
-            if let Some(k) = &key {
-                if let Some((req, id)) = s.idempotency_key(uid, k)? {
-                    if req == "revert" {
-                        return Ok(Created::Existing(id));
-                    }
-                }
-            }
-            let row = s
-                .snap(&n)?
-                .filter(|r| r.current.is_some())
-                .ok_or_else(|| not_installed(&n))?;
-            let current = row.current.clone().unwrap_or_default();
-            let revs = s.revisions(&n)?;
-            let pos = revs.iter().position(|r| r.revision == current).unwrap_or(0);
-            let target = pos
-                .checked_sub(1)
-                .and_then(|i| revs.get(i))
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "snap {n} has no revision before {current} to revert to"
-                    ))
-                })?;
-            let ss = SnapSetup {
-                instance: row.name.clone(),
-                snap_name: row.snap_name.clone(),
-                instance_key: row.instance_key.clone(),
-                revision: target.revision.clone(),
-                previous: Some(current),
-                sha3_384: target.sha3_384.clone(),
-                size: target.size,
-                upload: None,
-                download: None,
-                channel: row.channel.clone(),
-                manifest: target.manifest.clone(),
-                version: target.version.clone(),
-                summary: target.summary.clone(),
-                block_launches: false,
-            };
-            let new = crate::tasks::revert_change(&ss);
-            let key = key.as_deref().map(|k| IdempotencyKey {
-                uid,
-                key: k,
-                request: "revert",
-            });
-            Ok(s.create_change(&new, key)?)
-        })
-        .await?;
-    st.ops.engine.ensure();
-    Ok(accepted(created.id()))
 }

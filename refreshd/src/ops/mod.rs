@@ -1,5 +1,6 @@
 //! The operations layer: what a request or a timer decides and makes. Refreshing one snap or
-//! many, installing from the store and holding refreshes are planned here, once, whoever asks:
+//! many, installing from the store, reverting and holding refreshes are planned here, once,
+//! whoever asks:
 //! the API (`api/`) only parses, authorizes and turns an [`OpError`] into a response, and
 //! auto-refresh calls these same functions. The rules each operation keeps live here:
 //! idempotency keys, no new work while the daemon shuts down, and a change is made from the
@@ -7,6 +8,7 @@
 //! look-up).
 
 pub mod refresh;
+pub mod revert;
 pub mod store;
 mod workers;
 

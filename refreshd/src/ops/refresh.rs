@@ -146,11 +146,12 @@ fn busy(c: &Candidate, change: ChangeId, update: &str) -> RefreshNote {
     note
 }
 
-/// `until 2026-11-21T21:45:03Z` or `forever`.
+/// `until 2026-11-21T21:45:03Z`, `forever` or `since its revert`.
 fn describe(hold: HoldUntil) -> String {
     match hold {
         HoldUntil::Forever => "forever".to_owned(),
         HoldUntil::Time(t) => format!("until {t}"),
+        HoldUntil::Reverted => "since its revert".to_owned(),
     }
 }
 
@@ -517,7 +518,18 @@ pub async fn refresh_snaps(
                 key: k,
                 request: REQUEST,
             });
-            let mut made = s.create_changes(&batch, key)?.into_iter();
+            let made = s.create_changes(&batch, key)?;
+            // A refresh that names a reverted snap ends the hold its revert put on it.
+            let mut j = 0;
+            for (p, o) in planned.iter().zip(&outcomes) {
+                if let Outcome::Made { .. } = o {
+                    if p.named && matches!(made.get(j), Some(BatchItem::Created(_))) {
+                        s.lift_revert_hold(p.instance.as_str())?;
+                    }
+                    j += 1;
+                }
+            }
+            let mut made = made.into_iter();
             let items = outcomes
                 .into_iter()
                 .map(|o| match o {

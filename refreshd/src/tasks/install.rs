@@ -599,6 +599,13 @@ pub fn link(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
         write_data_file(c, &ss.instance, &ss.revision, from)?;
     }
     set_current(c, t, &ss.instance, target.as_deref())?;
+    if t.change.kind == "revert" {
+        // A revert sticks: refreshes that do not name the snap leave it where it was put.
+        t.db_with(|s| match phase {
+            Phase::Do => s.hold_since_revert(&ss.instance),
+            Phase::Undo => s.lift_revert_hold(&ss.instance),
+        })?;
+    }
     if phase == Phase::Do {
         t.log(format!(
             "{} is now at revision {}",
