@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use refreshd_client::types::ErrorKind;
-use refreshd_state::State;
+use refreshd_state::{ChangeId, Created, IdempotencyKey, NewChange, State};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{ReadError, Reads};
@@ -136,4 +136,28 @@ impl Ops {
     fn store(&self) -> Result<Arc<refreshd_store::Store>> {
         self.ctx.store.clone().ok_or(OpError::NoStore)
     }
+
+    /// The engine is told of a change just made (or found under its key), whose id is the
+    /// answer.
+    fn made(&self, created: Created) -> ChangeId {
+        self.engine.ensure();
+        created.id()
+    }
+}
+
+/// Makes `new` in `s`, under the caller's idempotency `key` for `request` when given (a key
+/// seen before answers with the change it made then).
+fn create(
+    s: &mut State,
+    new: &NewChange,
+    uid: u32,
+    key: Option<&str>,
+    request: &'static str,
+) -> Result<Created> {
+    let key = key.map(|k| IdempotencyKey {
+        uid,
+        key: k,
+        request,
+    });
+    Ok(s.create_change(new, key)?)
 }

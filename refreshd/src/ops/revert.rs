@@ -1,6 +1,6 @@
 //! Going back to a revision kept on this machine.
 
-use refreshd_state::{ChangeId, Created, IdempotencyKey};
+use refreshd_state::{ChangeId, Created};
 
 use super::{OpError, Ops, Result};
 use crate::tasks::SnapSetup;
@@ -78,15 +78,8 @@ pub async fn revert(
                 summary: target.summary.clone(),
                 block_launches: false,
             };
-            let new = crate::tasks::revert_change(&ss);
-            let key = key.as_deref().map(|k| IdempotencyKey {
-                uid,
-                key: k,
-                request: REQUEST,
-            });
-            Ok(s.create_change(&new, key)?)
+            super::create(s, &crate::tasks::revert_change(&ss), uid, key.as_deref(), REQUEST)
         })
         .await?;
-    ops.engine.ensure();
-    Ok(created.id())
+    Ok(ops.made(created))
 }

@@ -1,7 +1,7 @@
 //! Installing a snap from the store by name (refreshes are [`super::refresh`]'s).
 
 use refreshd_snap::InstanceName;
-use refreshd_state::{ChangeId, Created, IdempotencyKey};
+use refreshd_state::{ChangeId, Created};
 
 use super::{OpError, Ops, Result};
 use crate::tasks::{Download, SnapSetup};
@@ -72,17 +72,16 @@ pub async fn install(
                 return Err(OpError::Invalid(replayed(&name, &entry, &kept.sha3_384)));
             }
             let ss = store_setup(&instance, None, &entry, channel, &url);
-            let new = crate::tasks::install_change(&ss);
-            let key = key.as_deref().map(|k| IdempotencyKey {
+            super::create(
+                s,
+                &crate::tasks::install_change(&ss),
                 uid,
-                key: k,
-                request: REQUEST,
-            });
-            Ok(s.create_change(&new, key)?)
+                key.as_deref(),
+                REQUEST,
+            )
         })
         .await?;
-    ops.engine.ensure();
-    Ok(created.id())
+    Ok(ops.made(created))
 }
 
 /// An install of a snap already installed is refused: it is refreshed instead. Not a conflict
