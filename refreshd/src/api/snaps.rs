@@ -13,14 +13,13 @@ use refreshd_client::types::{
     AppInfo, ChangeRef, ErrorKind, HoldUntil, InstallQuery, NoteKind, ReleaseAgent, Snap,
     SnapAction, SnapActionKind, StoreInstall, SystemInfo,
 };
-use refreshd_snap::{InstanceName, Revision};
-use refreshd_state::{Created, IdempotencyKey, Select, SnapRow};
+use refreshd_snap::InstanceName;
+use refreshd_state::{Created, Select, SnapRow};
 use sha3::{Digest, Sha3_384};
 use tokio::io::AsyncWriteExt;
 
 use super::{ApiError, ApiState, Peer};
 use crate::ops;
-use crate::tasks::{RemoveSetup, SnapSetup};
 
 type St = State<Arc<ApiState>>;
 
@@ -310,48 +309,18 @@ pub async fn install(
         ));
     }
 
-    let inst = instance.as_str().to_owned();
-    let uid = peer.uid;
-    let upload_path = path.clone();
-    let created = st
-        .write(move |s| -> refreshd_state::Result<Created> {
-            let existing = s.snap(&inst)?;
-            let revs: Vec<Revision> = s
-                .revisions(&inst)?
-                .iter()
-                .filter_map(|r| r.revision.parse().ok())
-                .collect();
-            let revision = Revision::next_local(revs.iter()).to_string();
-            let ss = SnapSetup {
-                instance: inst.clone(),
-                snap_name: yaml.name.clone(),
-                instance_key: instance.instance_key().map(str::to_owned),
-                revision: revision.clone(),
-                previous: existing.and_then(|e| e.current),
-                sha3_384,
-                size,
-                upload: Some(upload_path),
-                download: None,
-                channel: None,
-                manifest,
-                version: yaml.version.clone(),
-                summary: yaml.summary.clone(),
-                block_launches: yaml.pending_behavior()
-                    == refreshd_snap::RefreshPendingBehavior::Block,
-            };
-            let new = crate::tasks::install_change(&ss);
-            let key = key.as_deref().map(|k| IdempotencyKey {
-                uid,
-                key: k,
-                request: "install",
-            });
-            s.create_change(&new, key)
-        })
-        .await?;
+    let up = ops::install::Upload {
+        instance,
+        yaml,
+        manifest,
+        sha3_384,
+        size,
+        path: path.clone(),
+    };
+    let created = ops::install::from_file(&st.ops, peer.uid, key, up).await?;
     if let Created::New(_) = created {
         // The change owns the file now.
         upload.0 = None;
-        st.ops.engine.ensure();
     }
     Ok(accepted(created.id()))
 }
@@ -374,43 +343,8 @@ pub async fn action(
     if act.action == SnapActionKind::Refresh {
         return refresh_one(&st, peer.uid, key, name, act.channel.as_deref()).await;
     }
-    if st.ops.shutdown.is_cancelled() {
-        return Err(ApiError::new(
-            ErrorKind::Unavailable,
-            "refreshd is shutting down; try again when it is back",
-        ));
-    }
-    let uid = peer.uid;
-    let n = name.clone();
-    let created = st
-        .write(move |s| -> refreshd_state::Result<Option<Created>> {
-            if let Some(k) = &key {
-                if let Some((req, id)) = s.idempotency_key(uid, k)? {
-                    if req == "remove" {
-                        return Ok(Some(Created::Existing(id)));
-                    }
-                }
-            }
-            let Some(row) = s.snap(&n)? else {
-                return Ok(None);
-            };
-            let rs = RemoveSetup {
-                instance: n.clone(),
-                current: row.current.clone(),
-                revisions: s.revisions(&n)?.into_iter().map(|r| r.revision).collect(),
-            };
-            let new = crate::tasks::remove_change(&rs);
-            let key = key.as_deref().map(|k| IdempotencyKey {
-                uid,
-                key: k,
-                request: "remove",
-            });
-            s.create_change(&new, key).map(Some)
-        })
-        .await?;
-    let created = created.ok_or_else(|| not_installed(&name))?;
-    st.ops.engine.ensure();
-    Ok(accepted(created.id()))
+    let id = ops::remove::remove(&st.ops, peer.uid, key, &name).await?;
+    Ok(accepted(id))
 }
 
 /// `{"action": "refresh"}` of one snap: the refresh of several with one name; a change made is

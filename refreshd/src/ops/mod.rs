@@ -1,13 +1,15 @@
 //! The operations layer: what a request or a timer decides and makes. Refreshing one snap or
-//! many, installing from the store, reverting and holding refreshes are planned here, once,
-//! whoever asks:
+//! many, installing (from the store or a file), reverting, removing and holding refreshes are
+//! planned here, once, whoever asks:
 //! the API (`api/`) only parses, authorizes and turns an [`OpError`] into a response, and
 //! auto-refresh calls these same functions. The rules each operation keeps live here:
 //! idempotency keys, no new work while the daemon shuts down, and a change is made from the
 //! state read in the transaction that creates it (never from a picture taken before a store
 //! look-up).
 
+pub mod install;
 pub mod refresh;
+pub mod remove;
 pub mod revert;
 pub mod store;
 mod workers;
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use refreshd_client::types::ErrorKind;
-use refreshd_state::{ChangeId, Created, IdempotencyKey, NewChange, State};
+use refreshd_state::{Created, IdempotencyKey, NewChange, State};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{ReadError, Reads};
@@ -137,27 +139,41 @@ impl Ops {
         self.ctx.store.clone().ok_or(OpError::NoStore)
     }
 
-    /// The engine is told of a change just made (or found under its key), whose id is the
-    /// answer.
-    fn made(&self, created: Created) -> ChangeId {
-        self.engine.ensure();
-        created.id()
+    /// Makes the change `plan` decides from the state, in one transaction, under the
+    /// caller's idempotency `key` for `request`: a key seen before for the same request
+    /// answers with the change it made then (`Created::Existing`), without planning again.
+    async fn make<F>(
+        &self,
+        uid: u32,
+        key: Option<String>,
+        request: &'static str,
+        plan: F,
+    ) -> Result<Created>
+    where
+        F: FnOnce(&mut State) -> Result<NewChange> + Send + 'static,
+    {
+        self.open_for_work()?;
+        let created = self
+            .write(move |s| -> Result<Created> {
+                if let Some(k) = &key {
+                    if let Some((req, id)) = s.idempotency_key(uid, k)? {
+                        if req == request {
+                            return Ok(Created::Existing(id));
+                        }
+                    }
+                }
+                let new = plan(s)?;
+                let key = key.as_deref().map(|k| IdempotencyKey {
+                    uid,
+                    key: k,
+                    request,
+                });
+                Ok(s.create_change(&new, key)?)
+            })
+            .await?;
+        if let Created::New(_) = created {
+            self.engine.ensure();
+        }
+        Ok(created)
     }
-}
-
-/// Makes `new` in `s`, under the caller's idempotency `key` for `request` when given (a key
-/// seen before answers with the change it made then).
-fn create(
-    s: &mut State,
-    new: &NewChange,
-    uid: u32,
-    key: Option<&str>,
-    request: &'static str,
-) -> Result<Created> {
-    let key = key.map(|k| IdempotencyKey {
-        uid,
-        key: k,
-        request,
-    });
-    Ok(s.create_change(new, key)?)
 }

@@ -1,6 +1,6 @@
 //! Going back to a revision kept on this machine.
 
-use refreshd_state::{ChangeId, Created};
+use refreshd_state::ChangeId;
 
 use super::{OpError, Ops, Result};
 use crate::tasks::SnapSetup;
@@ -16,18 +16,9 @@ pub async fn revert(
     name: &str,
     revision: Option<&str>,
 ) -> Result<ChangeId> {
-    const REQUEST: &str = "revert";
-    ops.open_for_work()?;
     let (n, wanted) = (name.to_owned(), revision.map(str::to_owned));
     let created = ops
-        .write(move |s| -> Result<Created> {
-            if let Some(k) = &key {
-                if let Some((req, id)) = s.idempotency_key(uid, k)? {
-                    if req == REQUEST {
-                        return Ok(Created::Existing(id));
-                    }
-                }
-            }
+        .make(uid, key, "revert", move |s| {
             let row = s
                 .snap(&n)?
                 .filter(|r| r.current.is_some())
@@ -78,8 +69,8 @@ pub async fn revert(
                 summary: target.summary.clone(),
                 block_launches: false,
             };
-            super::create(s, &crate::tasks::revert_change(&ss), uid, key.as_deref(), REQUEST)
+            Ok(crate::tasks::revert_change(&ss))
         })
         .await?;
-    Ok(ops.made(created))
+    Ok(created.id())
 }

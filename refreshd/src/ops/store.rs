@@ -1,7 +1,7 @@
 //! Installing a snap from the store by name (refreshes are [`super::refresh`]'s).
 
 use refreshd_snap::InstanceName;
-use refreshd_state::{ChangeId, Created};
+use refreshd_state::ChangeId;
 
 use super::{OpError, Ops, Result};
 use crate::tasks::{Download, SnapSetup};
@@ -20,7 +20,8 @@ pub async fn install(
     const REQUEST: &str = "install";
     if let Some(k) = &key {
         let k2 = k.clone();
-        if let Some((req, id)) = ops.write(move |s| s.idempotency_key(uid, &k2)).await? {
+        // A retry answers before the store is asked again.
+        if let Some((req, id)) = ops.read(move |s| s.idempotency_key(uid, &k2)).await? {
             if req == REQUEST {
                 return Ok(id);
             }
@@ -61,7 +62,7 @@ pub async fn install(
 
     let (name, url) = (name.to_owned(), store.url().to_owned());
     let created = ops
-        .write(move |s| -> Result<Created> {
+        .make(uid, key, REQUEST, move |s| {
             let row = s.snap(instance.as_str())?;
             not_installed_yet(&name, row.as_ref().is_some_and(|r| r.current.is_some()))?;
             let rev = entry.revision.to_string();
@@ -72,16 +73,10 @@ pub async fn install(
                 return Err(OpError::Invalid(replayed(&name, &entry, &kept.sha3_384)));
             }
             let ss = store_setup(&instance, None, &entry, channel, &url);
-            super::create(
-                s,
-                &crate::tasks::install_change(&ss),
-                uid,
-                key.as_deref(),
-                REQUEST,
-            )
+            Ok(crate::tasks::install_change(&ss))
         })
         .await?;
-    Ok(ops.made(created))
+    Ok(created.id())
 }
 
 /// An install of a snap already installed is refused: it is refreshed instead. Not a conflict
