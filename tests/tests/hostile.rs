@@ -2406,20 +2406,18 @@ fn what_root_makes_for_a_users_launch_is_roots() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let runctl = r.join("run/refreshd/runctl");
-    let mut made: Vec<PathBuf> = ["snap.hgid.lock", "snap.hgid.running"]
+    let mut paths: Vec<PathBuf> = ["snap.hgid.lock", "snap.hgid.running"]
         .iter()
         .map(|n| runctl.join(n))
-        .filter(|p| p.exists())
         .collect();
-    made.extend(
-        cgroup_parents(r)
-            .into_iter()
-            .map(|p| p.join("snap.hgid"))
-            .filter(|p| p.exists()),
-    );
+    paths.extend(cgroup_parents(r).into_iter().map(|p| p.join("snap.hgid")));
+    // Read at once: the running marker goes when the app has exited (whenever that is seen).
+    let made: Vec<(PathBuf, fs::Metadata)> = paths
+        .into_iter()
+        .filter_map(|p| fs::metadata(&p).ok().map(|m| (p, m)))
+        .collect();
     assert!(!made.is_empty(), "the launch made nothing as root");
-    for p in &made {
-        let md = fs::metadata(p).unwrap();
+    for (p, md) in &made {
         println!("{}: uid {} gid {}", p.display(), md.uid(), md.gid());
         assert_eq!(
             (md.uid(), md.gid()),

@@ -375,11 +375,10 @@ fn a_revert_sticks_until_a_refresh_names_the_snap() {
     let out = ctl(r, &["revert", "rv"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!((current(), hold()), ("1".into(), "reverted".into()));
-    assert!(
-        text(&ctl(r, &["list"]).stdout).contains("held since its revert"),
-        "{}",
-        text(&ctl(r, &["list"]).stdout)
-    );
+    for args in [&["list"][..], &["status", "rv"]] {
+        let out = text(&ctl(r, args).stdout);
+        assert!(out.contains("held since its revert"), "{args:?}: {out}");
+    }
 
     // Refreshing every snap leaves it, and says why.
     w.publish("3.0");

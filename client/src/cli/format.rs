@@ -496,6 +496,14 @@ pub fn snap_status(st: &SnapStatus, clock: &Clock, paint: Paint) -> String {
         ("revision", revision),
         ("launches", launches),
     ];
+    if let Some(held) = hold(st.hold.as_deref(), clock) {
+        let lift = if st.hold.as_deref() == Some(crate::types::REVERTED) {
+            format!("refreshctl refresh {} refreshes it", st.name)
+        } else {
+            format!("refreshctl refresh --unhold {} lifts it", st.name)
+        };
+        rows.push(("refreshes", format!("{held}; {lift}")));
+    }
     match &st.change {
         Some(c) => rows.push((
             "change",
@@ -988,6 +996,7 @@ ID  Status  Spawn          Ready           Summary
                 ),
                 process(4250, None, None),
             ],
+            hold: None,
         }
     }
 
@@ -1036,6 +1045,17 @@ PID   User          Started         Command
         assert!(
             out.ends_with("9    bob (1000)  10 minutes ago  [hold]\n"),
             "{out}"
+        );
+        let reverted = SnapStatus {
+            hold: Some("reverted".into()),
+            ..idle.clone()
+        };
+        assert!(
+            snap_status(&reverted, &clock(), Paint::default()).contains(
+                "refreshes: held since its revert; refreshctl refresh hello refreshes it"
+            ),
+            "{}",
+            snap_status(&reverted, &clock(), Paint::default())
         );
         let untracked = SnapStatus {
             tracking: "none".into(),

@@ -29,6 +29,10 @@ pub struct SnapStatus {
     /// Every process of the snap now, from its cgroups, by pid. A refresh waits until there
     /// is none; it never stops them.
     pub processes: Vec<SnapProcess>,
+    /// The snap's hold, as in `GET /v1/snaps/NAME`: `"forever"`, a time, or `"reverted"`;
+    /// null when its refreshes are not held.
+    #[serde(default)]
+    pub hold: Option<String>,
 }
 
 /// A change waiting for a snap's processes to exit.

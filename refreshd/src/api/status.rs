@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::Json;
-use refreshd_client::types::{AppsWait, SnapProcess, SnapStatus};
+use refreshd_client::types::{AppsWait, HoldUntil, SnapProcess, SnapStatus};
 use refreshd_snap::InstanceName;
 use refreshd_state::Select;
 
@@ -112,6 +112,9 @@ pub async fn status(
         change: change.map(|(c, tasks)| change_json(&c, &tasks, false, view)),
         waiting,
         processes,
+        hold: row
+            .and_then(|r| r.hold)
+            .filter(|h| HoldUntil::parse(h).is_some_and(|h| h.is_active(jiff::Timestamp::now()))),
     }))
 }
 
