@@ -2,7 +2,7 @@
 //! them, and the client, which deserializes them.
 //!
 //! Field names are kebab-case exactly as documented. Times are [`jiff::Timestamp`]s, which
-//! serialize as RFC 3339 strings in UTC. Optional values serialize as `null` (as the examples in
+//! serialize as RFC 3339 strings in UTC with milliseconds, always three digits ([`rfc3339`]). Optional values serialize as `null` (as the examples in
 //! the doc show) and parse from either `null` or absence.
 
 use std::fmt;
@@ -10,6 +10,38 @@ use std::path::PathBuf;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+
+/// Times in the API: RFC 3339 in UTC with a fixed precision, milliseconds
+/// (`2026-11-21T20:15:03.120Z`), so that every time has one shape. Any RFC 3339 time parses.
+pub mod rfc3339 {
+    use jiff::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{t:.3}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        Timestamp::deserialize(d)
+    }
+
+    /// The same for an optional time (`null` when absent).
+    pub mod option {
+        use jiff::Timestamp;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+            Option::<Timestamp>::deserialize(d)
+        }
+    }
+}
 
 mod refresh;
 mod status;
@@ -25,6 +57,7 @@ pub struct SystemInfo {
     pub api: String,
     pub root: PathBuf,
     pub pid: u32,
+    #[serde(with = "crate::types::rfc3339")]
     pub started: Timestamp,
     /// How many snaps are installed.
     pub snaps: u64,
@@ -46,10 +79,18 @@ pub struct SystemInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_refresh: Option<String>,
     /// When the next auto-refresh is due; absent when auto-refresh is off.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::types::rfc3339::option"
+    )]
     pub next_auto_refresh: Option<Timestamp>,
     /// When auto-refresh last ran (kept across restarts); absent if it never did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::types::rfc3339::option"
+    )]
     pub last_auto_refresh: Option<Timestamp>,
     /// What the kernel runs, as root, when a group of the cgroup v1 freezer empties: the
     /// hierarchy's `release_agent`, one value for the whole machine. Absent without a freezer
@@ -120,6 +161,7 @@ pub struct Snap {
     pub revisions: Vec<String>,
     #[serde(default)]
     pub apps: Vec<AppInfo>,
+    #[serde(with = "crate::types::rfc3339")]
     pub installed: Timestamp,
 }
 
@@ -146,7 +188,9 @@ pub struct Change {
     pub status: Status,
     /// True once no task can make progress any more.
     pub ready: bool,
+    #[serde(with = "crate::types::rfc3339")]
     pub spawn_time: Timestamp,
+    #[serde(default, with = "crate::types::rfc3339::option")]
     pub ready_time: Option<Timestamp>,
     /// Every task error, one per line.
     pub error: Option<String>,
@@ -172,7 +216,9 @@ pub struct Task {
     pub retry: Option<RetryInfo>,
     /// Set while the task is parked in [`Status::Wait`].
     pub wait: Option<WaitInfo>,
+    #[serde(with = "crate::types::rfc3339")]
     pub spawn_time: Timestamp,
+    #[serde(default, with = "crate::types::rfc3339::option")]
     pub ready_time: Option<Timestamp>,
 }
 
@@ -191,6 +237,7 @@ pub struct Progress {
 pub struct RetryInfo {
     pub count: u32,
     pub reason: String,
+    #[serde(with = "crate::types::rfc3339")]
     pub next_attempt: Timestamp,
 }
 
@@ -201,6 +248,7 @@ pub struct WaitInfo {
     /// The event that wakes the task, e.g. `snap-idle:hello`.
     pub event: String,
     /// A time after which the task stops waiting, if any.
+    #[serde(default, with = "crate::types::rfc3339::option")]
     pub until: Option<Timestamp>,
     pub reason: String,
 }
@@ -526,7 +574,7 @@ mod tests {
             "2026-11-21T20:15:03.120Z".parse::<Timestamp>().unwrap()
         );
         let s = serde_json::to_string(&info).unwrap();
-        assert!(s.contains(r#""started":"2026-11-21T20:15:03.12Z""#), "{s}");
+        assert!(s.contains(r#""started":"2026-11-21T20:15:03.120Z""#), "{s}");
     }
 
     #[test]

@@ -21,16 +21,19 @@ Exit codes:
 
 --json prints refreshd's API objects as documented in docs/api.md.";
 
+/// Where every command's help lists the options all commands take, apart from its own.
+const GLOBAL: &str = "Global options";
+
 /// Installs, removes and follows snaps through refreshd.
 #[derive(Parser, Debug)]
 #[command(name = "refreshctl", version, after_help = EXIT_CODES)]
 pub struct Cli {
     /// The root refreshd manages; its socket is DIR/run/refreshd.socket [default: /]
-    #[arg(long, value_name = "DIR", global = true)]
+    #[arg(long, value_name = "DIR", global = true, help_heading = GLOBAL)]
     pub root: Option<PathBuf>,
 
     /// refreshd's socket; overrides --root. Without either, $REFRESHD_SOCKET if set
-    #[arg(long, value_name = "PATH", global = true)]
+    #[arg(long, value_name = "PATH", global = true, help_heading = GLOBAL)]
     pub socket: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -521,6 +524,24 @@ mod tests {
         for (args, env, want) in cases {
             let cli = parse(args).unwrap();
             assert_eq!(cli.socket_path(env.clone()), Path::new(want), "{args:?}");
+        }
+    }
+
+    /// Each command's help lists its own options, then apart from them the global ones.
+    #[test]
+    fn help_lists_a_commands_own_options_apart_from_the_global_ones() {
+        for cmd in ["refresh", "install", "changes", "revert"] {
+            let help = match parse(&[cmd, "--help"]) {
+                Err(e) if e.kind() == ErrorKind::DisplayHelp => e.to_string(),
+                other => panic!("{cmd} --help: {other:?}"),
+            };
+            let (own, global) = help
+                .split_once("Global options:")
+                .unwrap_or_else(|| panic!("{cmd}: no global options heading: {help}"));
+            assert!(own.contains("Options:"), "{cmd}: {help}");
+            for g in ["--root", "--socket"] {
+                assert!(!own.contains(g) && global.contains(g), "{cmd}: {g}: {help}");
+            }
         }
     }
 }

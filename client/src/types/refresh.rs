@@ -101,7 +101,8 @@ impl fmt::Display for HoldUntil {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HoldUntil::Forever => f.write_str("forever"),
-            HoldUntil::Time(t) => write!(f, "{t}"),
+            // The API's one shape of a time (crate::types::rfc3339).
+            HoldUntil::Time(t) => write!(f, "{t:.3}"),
             HoldUntil::Reverted => f.write_str(REVERTED),
         }
     }
@@ -254,7 +255,7 @@ mod tests {
 
         let now: Timestamp = "2026-11-21T20:15:03.120Z".parse().unwrap();
         let until = h.until(now);
-        assert_eq!(until.to_string(), "2026-11-21T21:45:03Z");
+        assert_eq!(until.to_string(), "2026-11-21T21:45:03.000Z");
         assert_eq!(HoldUntil::parse(&until.to_string()), Some(until));
         assert!(until.is_active(now));
         assert!(
@@ -284,7 +285,7 @@ mod tests {
         info.next_auto_refresh = Some("2026-11-22T02:15:03Z".parse().unwrap());
         let v = serde_json::to_value(&info).unwrap();
         assert_eq!(v["auto-refresh"], "6h");
-        assert_eq!(v["next-auto-refresh"], "2026-11-22T02:15:03Z");
+        assert_eq!(v["next-auto-refresh"], "2026-11-22T02:15:03.000Z");
         assert!(v.get("last-auto-refresh").is_none(), "{v}");
     }
 

@@ -43,6 +43,7 @@ pub struct AppsWait {
     /// apps started inside it after a reboot).
     pub task: u64,
     /// Since when: when the task became ready to run, i.e. when the tasks before it finished.
+    #[serde(with = "crate::types::rfc3339")]
     pub since: Timestamp,
     /// The task's wait reason, as in its `wait` object.
     pub reason: String,
@@ -64,6 +65,7 @@ pub struct SnapProcess {
     /// The process name the kernel keeps (`/proc/PID/comm`, at most 15 bytes).
     pub comm: String,
     /// When it started; null if the kernel's boot time could not be read.
+    #[serde(default, with = "crate::types::rfc3339::option")]
     pub started: Option<Timestamp>,
 }
 

@@ -150,7 +150,7 @@ fn busy(c: &Candidate, change: ChangeId, update: &str) -> RefreshNote {
 fn describe(hold: HoldUntil) -> String {
     match hold {
         HoldUntil::Forever => "forever".to_owned(),
-        HoldUntil::Time(t) => format!("until {t}"),
+        HoldUntil::Time(t) => format!("until {t:.3}"),
         HoldUntil::Reverted => "since its revert".to_owned(),
     }
 }
