@@ -41,6 +41,10 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== build"
 cargo build --workspace --bins --quiet
+# The fuzz targets are a crate of their own (outside the workspace): checked here, long before
+# the fuzzers run, so that an API change they use is caught at once.
+echo "== fuzz targets compile"
+cargo check --manifest-path fuzz/Cargo.toml --bins --quiet
 echo "== model check of the runctl protocol (spin)"
 bash scripts/model-check.sh
 

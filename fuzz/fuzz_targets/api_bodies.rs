@@ -201,6 +201,7 @@ fn held(hold: Hold) {
     match until {
         HoldUntil::Forever => {}
         HoldUntil::Time(t) => assert!(t > now, "hold {shown} ends at {t}, before it starts"),
+        HoldUntil::Reverted => panic!("a hold asked for ({shown}) read back as a revert's"),
     }
     // The stored form parses back (the snaps table keeps it as text).
     assert_eq!(HoldUntil::parse(&until.to_string()), Some(until));
