@@ -205,6 +205,17 @@ fn pack_and_publish_from_the_command_line() {
         .unwrap();
     assert_eq!(index.channel("stable").unwrap().revision, 1);
     assert_eq!(index.channel("beta").unwrap().revision, 2);
+    // --json: a revision is a string, as everywhere in the API.
+    let out = run(&[
+        "publish",
+        "--store",
+        store.to_str().unwrap(),
+        "--json",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let published: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(published["revision"], "3", "{published}");
 
     // Not a snap: refused, the store unchanged.
     let junk = root.aux("junk.snap");

@@ -184,7 +184,8 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
                 return print_json(&serde_json::json!({
                     "name": e.name,
                     "version": e.version,
-                    "revision": e.revision,
+                    // A revision is a string everywhere in the API ("1", "x1").
+                    "revision": e.revision.to_string(),
                     "channel": channel,
                     "store": store,
                     "path": e.path,
