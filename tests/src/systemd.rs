@@ -6,10 +6,13 @@
 //! * a cgroup of its own, `<cgroup2 mount>/refreshd-systemd-<pid>-<n>`, which the namespace's
 //!   first process joins before it unshares the cgroup namespace, so that inside systemd sees
 //!   that cgroup as the root of the hierarchy;
-//! * new pid, mount, cgroup, uts and ipc namespaces (`unshare`), with every mount private;
+//! * new pid, mount, cgroup, uts, ipc and network namespaces (`unshare`), with every mount
+//!   private: systemd sets per-network-namespace sysctls (`net.unix.max_dgram_qlen`) at boot;
 //! * the root is an overlay: lower `/`, upper and work on a tmpfs that only the namespace sees,
 //!   so nothing systemd or a test writes reaches the host's files; `/proc` is the namespace's
-//!   own, `/sys` a recursive bind with a fresh cgroup2 mount (rooted at the cgroup above) on
+//!   own with `/proc/sys` read-only (systemd raises machine-wide limits such as `fs.file-max`
+//!   at boot, and the host's must stay as they are: [`HOST_SYSCTLS`] are compared at teardown),
+//!   `/sys` a recursive bind with a fresh cgroup2 mount (rooted at the cgroup above) on
 //!   `/sys/fs/cgroup`, `/dev` a recursive bind, `/run` and `/tmp` fresh tmpfs (so
 //!   systemd-tmpfiles never sees the host's `/tmp`), `/results` a bind of a host directory
 //!   ([`Systemd::results_dir`]), `/dev/console` a pty whose output the harness keeps
@@ -136,7 +139,7 @@ pub const DEFAULT_MASKS: &[&str] = &[
     "man-db*",
     "dpkg-db-backup*",
     "logrotate*",
-    // Network: the network namespace is the host's unless `private_network`.
+    // Network: the instance has a network namespace of its own (only `lo`).
     "networking.service",
     "ifup@.service",
     "systemd-networkd*",
@@ -224,6 +227,9 @@ stage2)
   R="$B/root"
   mount -t overlay -o "lowerdir=/,upperdir=$U,workdir=$W" "$MARK" "$R"
   mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
+  # Machine-wide sysctls are not namespaced: the instance may read them, never write them.
+  mount --bind "$R/proc/sys" "$R/proc/sys"
+  mount -o remount,bind,ro,nosuid,nodev,noexec "$R/proc/sys"
   mount --rbind /sys "$R/sys"
   umount -R "$R/sys/fs/cgroup"
   mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$R/sys/fs/cgroup"
@@ -270,8 +276,6 @@ pub struct BootOpts {
     pub extra_masks: Vec<String>,
     /// Files to put into the overlay before boot.
     pub files: Vec<SeedFile>,
-    /// A network namespace of its own (only `lo`); by default it shares the host's.
-    pub private_network: bool,
     /// A host directory that keeps what the instance writes to its root (the overlay's upper
     /// directory) for the next boot on the same disk: a reboot. `/run` and `/tmp` are fresh at
     /// every boot, as on a machine. The caller owns (and removes) the directory; one instance
@@ -285,7 +289,6 @@ impl Default for BootOpts {
             timeout: Duration::from_secs(60),
             extra_masks: vec![],
             files: vec![],
-            private_network: false,
             disk: None,
         }
     }
@@ -363,6 +366,8 @@ pub struct Systemd {
     console_reader: Option<JoinHandle<()>>,
     boot_time: Duration,
     state: String,
+    /// The host's [`HOST_SYSCTLS`] before the boot: teardown says if any changed.
+    sysctls: Vec<(&'static str, String)>,
 }
 
 impl Systemd {
@@ -403,6 +408,7 @@ impl Systemd {
             console_reader: None,
             boot_time: Duration::ZERO,
             state: String::new(),
+            sysctls: host_sysctls(),
         };
 
         sd.prepare(&opts)?;
@@ -426,10 +432,8 @@ impl Systemd {
             "--mount",
             "--uts",
             "--ipc",
+            "--net",
         ]);
-        if opts.private_network {
-            cmd.arg("--net");
-        }
         cmd.args(["--propagation", "private", "--", "sh"])
             .arg(dir_path.join("boot.sh"))
             .arg("stage1")
@@ -938,6 +942,11 @@ impl Systemd {
                 problems.push(format!("removing {}: {e}", self.dir_path.display()));
             }
         }
+        for ((name, was), (_, now)) in self.sysctls.iter().zip(host_sysctls()) {
+            if *was != now {
+                problems.push(format!("the host's {name} changed from {was} to {now}"));
+            }
+        }
         problems
     }
 }
@@ -953,6 +962,33 @@ impl Drop for Systemd {
             );
         }
     }
+}
+
+/// Machine-wide sysctls a booting systemd sets (or could) when it may: each instance must
+/// leave them as they were (`net.*` ones are its network namespace's own).
+pub const HOST_SYSCTLS: &[&str] = &[
+    "fs/file-max",
+    "fs/nr_open",
+    "fs/inotify/max_user_instances",
+    "fs/inotify/max_user_watches",
+    "kernel/pid_max",
+    "kernel/printk",
+    "kernel/core_pattern",
+    "kernel/sysrq",
+    "vm/max_map_count",
+    "net/unix/max_dgram_qlen",
+    "net/core/somaxconn",
+];
+
+/// The host's values of [`HOST_SYSCTLS`] (empty for one that cannot be read).
+pub fn host_sysctls() -> Vec<(&'static str, String)> {
+    HOST_SYSCTLS
+        .iter()
+        .map(|n| {
+            let v = fs::read_to_string(format!("/proc/sys/{n}")).unwrap_or_default();
+            (*n, v.split_whitespace().collect::<Vec<_>>().join(" "))
+        })
+        .collect()
 }
 
 /// Spawns `cmd` from a thread that lives as long as the process, so that PR_SET_PDEATHSIG

@@ -84,11 +84,7 @@ struct World {
 
 impl World {
     fn boot() -> World {
-        let sd = Systemd::boot(BootOpts {
-            private_network: true,
-            ..BootOpts::default()
-        })
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        let sd = Systemd::boot(BootOpts::default()).unwrap_or_else(|e| panic!("{e:#}"));
         // Copied in: the checkout may live where the overlay does not show it (/tmp).
         for (name, dest, mode) in [
             ("refreshd", "/usr/local/bin/refreshd", 0o755),

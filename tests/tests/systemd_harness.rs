@@ -149,13 +149,32 @@ fn boots_runs_units_and_leaves_nothing_behind() {
     let sd = boot();
     let traces = Traces::of(&sd);
 
+    let sysctls = systemd::host_sysctls();
     // It is PID 1 of its own world, in a container as far as it knows.
-    for ns in ["pid", "mnt", "cgroup", "uts", "ipc"] {
+    for ns in ["pid", "mnt", "cgroup", "uts", "ipc", "net"] {
         let ours = fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
         let theirs = sd.run_ok(&["readlink", &format!("/proc/self/ns/{ns}")]);
         assert_ne!(ours.to_str().unwrap(), theirs.trim(), "{ns} namespace");
     }
     assert_eq!(sd.run_ok(&["cat", "/proc/1/comm"]).trim(), "systemd");
+    // It reads the machine's sysctls and cannot write them (systemd raises fs.file-max at
+    // boot when it may); its network's are its own.
+    let write = sd.run(&[
+        "sh",
+        "-c",
+        "cat /proc/sys/fs/file-max > /proc/sys/fs/file-max",
+    ]);
+    assert!(!write.status.success(), "/proc/sys is writable inside");
+    assert!(
+        text(&write.stderr).contains("Read-only file system"),
+        "{}",
+        text(&write.stderr)
+    );
+    assert_eq!(
+        systemd::host_sysctls(),
+        sysctls,
+        "a boot changed the host's sysctls"
+    );
     assert_eq!(
         sd.run_ok(&["systemd-detect-virt", "--container"]).trim(),
         "container-other"
@@ -249,8 +268,14 @@ fn boots_runs_units_and_leaves_nothing_behind() {
     println!("state after the units: {state}");
     assert!(matches!(state.as_str(), "running" | "degraded"), "{state}");
 
-    drop(sd);
+    // Teardown also says if the host's sysctls changed since the boot.
+    sd.shutdown().expect("teardown");
     traces.assert_gone();
+    assert_eq!(
+        systemd::host_sysctls(),
+        sysctls,
+        "the instance changed the host's sysctls"
+    );
     assert!(planted.path().exists(), "the host's /tmp was cleaned");
     let new: Vec<String> = mountinfo().difference(&before).cloned().collect();
     println!("mounts new on the host since boot (others' tests): {new:#?}");
@@ -268,13 +293,7 @@ fn two_instances_in_parallel() {
     }
     let started = Instant::now();
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(boot);
-        let b = s.spawn(|| {
-            boot_with(BootOpts {
-                private_network: true,
-                ..BootOpts::default()
-            })
-        });
+        let (a, b) = (s.spawn(boot), s.spawn(boot));
         (a.join().unwrap(), b.join().unwrap())
     });
     println!("both up in {:.2?}", started.elapsed());
@@ -287,7 +306,7 @@ fn two_instances_in_parallel() {
         a.run_ok(&["cat", "/etc/machine-id"]),
         b.run_ok(&["cat", "/etc/machine-id"])
     );
-    // a shares the host's network, b has only a loopback of its own.
+    // Each has only a loopback of its own.
     let links = |sd: &Systemd| -> Vec<String> {
         sd.run_ok(&["cat", "/proc/net/dev"])
             .lines()
@@ -295,14 +314,12 @@ fn two_instances_in_parallel() {
             .filter_map(|l| Some(l.split(':').next()?.trim().to_owned()))
             .collect()
     };
-    let host_links: Vec<String> = fs::read_to_string("/proc/net/dev")
-        .unwrap()
-        .lines()
-        .skip(2)
-        .filter_map(|l| Some(l.split(':').next()?.trim().to_owned()))
-        .collect();
-    assert_eq!(links(&a), host_links);
+    assert_eq!(links(&a), ["lo"]);
     assert_eq!(links(&b), ["lo"]);
+    assert_ne!(
+        a.run_ok(&["readlink", "/proc/self/ns/net"]),
+        b.run_ok(&["readlink", "/proc/self/ns/net"])
+    );
     for (sd, name) in [(&a, "a"), (&b, "b")] {
         assert!(matches!(sd.state().as_str(), "running" | "degraded"));
         sd.write_file("/etc/refreshd-which", name);

@@ -72,10 +72,7 @@ fn publish(w: &Installed, version: &str) -> u32 {
 }
 
 fn opts() -> BootOpts {
-    BootOpts {
-        private_network: true,
-        ..BootOpts::default()
-    }
+    BootOpts::default()
 }
 
 fn boot() -> Installed {
