@@ -11,6 +11,8 @@ command -v setpriv >/dev/null || need_pkgs+=(util-linux)
 command -v useradd >/dev/null || need_pkgs+=(passwd)
 command -v spin >/dev/null || need_pkgs+=(spin)
 command -v gcc >/dev/null || need_pkgs+=(gcc)
+# libFuzzer (the fuzz targets' check below, and scripts/fuzz.sh) is C++.
+command -v g++ >/dev/null || need_pkgs+=(g++)
 command -v nginx >/dev/null || need_pkgs+=(nginx)
 command -v openssl >/dev/null || need_pkgs+=(openssl)
 command -v mkfs.xfs >/dev/null || need_pkgs+=(xfsprogs)
