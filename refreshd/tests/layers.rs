@@ -6,7 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+mod lint;
+use lint::sources;
 
 /// Lowest first. A module may use those of the layers before its own.
 const LAYERS: &[(&str, &[&str])] = &[
@@ -32,23 +35,6 @@ const LAYERS: &[(&str, &[&str])] = &[
 
 fn layer_of(module: &str) -> Option<usize> {
     LAYERS.iter().position(|(_, ms)| ms.contains(&module))
-}
-
-fn sources(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// The text of a source file without comments and string literals (which may name modules

@@ -7,24 +7,10 @@
 //! sources and fails, naming file and line, when code elsewhere reaches into users' trees.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn sources(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
+mod lint;
+use lint::sources;
 
 /// Lines of `file` before its unit tests (which build scratch trees of their own).
 fn code_lines(file: &Path) -> Vec<(usize, String)> {
