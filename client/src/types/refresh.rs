@@ -85,6 +85,14 @@ impl HoldUntil {
         }
     }
 
+    /// The hold a snap's stored `hold` puts on it at `now`: None for none, an expired one, or
+    /// one that does not parse.
+    pub fn active(stored: Option<&str>, now: Timestamp) -> Option<HoldUntil> {
+        stored
+            .and_then(HoldUntil::parse)
+            .filter(|h| h.is_active(now))
+    }
+
     /// An expired hold counts as no hold.
     pub fn is_active(self, now: Timestamp) -> bool {
         match self {

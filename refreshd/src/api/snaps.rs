@@ -108,10 +108,7 @@ pub(super) fn snap_json(
         summary: cur.summary.clone().unwrap_or_default(),
         channel: row.channel.clone(),
         // An expired hold is no hold.
-        hold: row
-            .hold
-            .clone()
-            .filter(|h| HoldUntil::parse(h).is_some_and(|h| h.is_active(jiff::Timestamp::now()))),
+        hold: HoldUntil::active(row.hold.as_deref(), jiff::Timestamp::now()).and(row.hold.clone()),
         revisions: revs.iter().map(|r| r.revision.clone()).collect(),
         apps,
         installed: ts(row.installed),

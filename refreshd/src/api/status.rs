@@ -114,7 +114,7 @@ pub async fn status(
         processes,
         hold: row
             .and_then(|r| r.hold)
-            .filter(|h| HoldUntil::parse(h).is_some_and(|h| h.is_active(jiff::Timestamp::now()))),
+            .filter(|h| HoldUntil::active(Some(h), jiff::Timestamp::now()).is_some()),
     }))
 }
 

@@ -121,13 +121,7 @@ impl Candidate {
         }
         match self.hold {
             Some(hold) if !self.named => {
-                let mut note = self.note(
-                    NoteKind::Held,
-                    format!(
-                        "{n}: refreshes are held {}; skipped {update} (refreshctl refresh --unhold {n} lifts the hold)",
-                        describe(hold)
-                    ),
-                );
+                let mut note = self.note(NoteKind::Held, held(n, hold, entry));
                 note.hold = Some(hold.to_string());
                 Some(note)
             }
@@ -144,6 +138,16 @@ fn busy(c: &Candidate, change: ChangeId, update: &str) -> RefreshNote {
     );
     note.change = Some(change);
     note
+}
+
+/// Why the update `entry` of snap `n`, held (`hold`), was not made.
+fn held(n: &str, hold: HoldUntil, entry: &Entry) -> String {
+    format!(
+        "{n}: refreshes are held {}; skipped revision {} ({}) (refreshctl refresh --unhold {n} lifts the hold)",
+        describe(hold),
+        entry.revision,
+        entry.version
+    )
 }
 
 /// `until 2026-11-21T21:45:03Z`, `forever` or `since its revert`.
@@ -230,11 +234,7 @@ async fn candidates(ops: &Ops, names: &[String]) -> Result<Vec<Candidate>> {
             .name
             .parse()
             .map_err(|e: refreshd_snap::NameError| OpError::Internal(e.to_string()))?;
-        let hold = row
-            .hold
-            .as_deref()
-            .and_then(HoldUntil::parse)
-            .filter(|h| h.is_active(now));
+        let hold = HoldUntil::active(row.hold.as_deref(), now);
         out.push(Candidate {
             row,
             instance,
@@ -390,8 +390,9 @@ pub async fn refresh_snaps(
     }
     if let Some(k) = &key {
         let k2 = k.clone();
+        // Only read here: the writer is for making changes.
         let earlier = ops
-            .write(move |s| {
+            .read(move |s| {
                 if let Some((request, _)) = s.idempotency_key(uid, &k2)? {
                     return Err(refreshd_state::Error::KeyReused { key: k2, request });
                 }
@@ -483,62 +484,50 @@ pub async fn refresh_snaps(
                     .into_iter()
                     .map(|r| (r.revision, r.sha3_384))
                     .collect();
-                if let Some((kind, message)) = judge(name, &current, &kept, &p.entry, &p.channel)
-                {
+                if let Some((kind, message)) = judge(name, &current, &kept, &p.entry, &p.channel) {
                     outcomes.push(Outcome::Note(kind, message));
                     continue;
                 }
-                let hold = row
-                    .hold
-                    .as_deref()
-                    .and_then(HoldUntil::parse)
-                    .filter(|h| h.is_active(now));
+                let hold = HoldUntil::active(row.hold.as_deref(), now);
                 if let (Some(h), false) = (hold, p.named) {
-                    outcomes.push(Outcome::Note(
-                        NoteKind::Held,
-                        format!(
-                            "{name}: refreshes are held {}; skipped revision {} ({}) (refreshctl refresh --unhold {name} lifts the hold)",
-                            describe(h),
-                            p.entry.revision,
-                            p.entry.version
-                        ),
-                    ));
+                    outcomes.push(Outcome::Note(NoteKind::Held, held(name, h, &p.entry)));
                     continue;
                 }
                 let version = s
                     .revision(name, &current)?
                     .map(|r| r.version)
                     .unwrap_or_default();
-                let ss = store_setup(&p.instance, Some(current.clone()), &p.entry, p.channel.clone(), &url);
+                let ss = store_setup(
+                    &p.instance,
+                    Some(current.clone()),
+                    &p.entry,
+                    p.channel.clone(),
+                    &url,
+                );
                 batch.push(crate::tasks::install_change(&ss));
-                outcomes.push(Outcome::Made { from: current, version, hold });
+                outcomes.push(Outcome::Made {
+                    from: current,
+                    version,
+                    hold,
+                });
             }
             let key = key.as_deref().map(|k| IdempotencyKey {
                 uid,
                 key: k,
                 request: REQUEST,
             });
-            let made = s.create_changes(&batch, key)?;
-            // A refresh that names a reverted snap ends the hold its revert put on it.
-            let mut j = 0;
-            for (p, o) in planned.iter().zip(&outcomes) {
-                if let Outcome::Made { .. } = o {
-                    if p.named && matches!(made.get(j), Some(BatchItem::Created(_))) {
-                        s.lift_revert_hold(p.instance.as_str())?;
-                    }
-                    j += 1;
+            let mut made = s.create_changes(&batch, key)?.into_iter();
+            let mut items = vec![];
+            for (p, o) in planned.iter().zip(outcomes) {
+                let item = matches!(o, Outcome::Made { .. })
+                    .then(|| made.next())
+                    .flatten();
+                // A refresh that names a reverted snap ends the hold its revert put on it.
+                if p.named && matches!(item, Some(BatchItem::Created(_))) {
+                    s.lift_revert_hold(p.instance.as_str())?;
                 }
+                items.push((o, item));
             }
-            let mut made = made.into_iter();
-            let items = outcomes
-                .into_iter()
-                .map(|o| match o {
-                    Outcome::Made { from, version, hold } => {
-                        (Some((made.next(), from, version, hold)), None)
-                    }
-                    Outcome::Note(kind, message) => (None, Some((kind, message))),
-                })
-                .collect::<Vec<_>>();
             Ok::<_, refreshd_state::Error>(Ok(items))
         })
         .await?
@@ -553,7 +542,14 @@ pub async fn refresh_snaps(
         let c = &cands[*i];
         let n = c.name();
         notes[*i] = Some(match item {
-            (Some((Some(BatchItem::Created(id)), from, version, hold)), _) => {
+            (
+                Outcome::Made {
+                    from,
+                    version,
+                    hold,
+                },
+                Some(BatchItem::Created(id)),
+            ) => {
                 result.changes.push(id);
                 let mut message = format!(
                     "{n}: refreshing from {from} ({version}) to {} ({}) (change {id})",
@@ -567,13 +563,13 @@ pub async fn refresh_snaps(
                 note.hold = hold.map(|h| h.to_string());
                 note
             }
-            (Some((Some(BatchItem::Busy(id)), ..)), _) => busy(
+            (Outcome::Made { .. }, Some(BatchItem::Busy(id))) => busy(
                 c,
                 id,
                 &format!("revision {} ({})", entry.revision, entry.version),
             ),
-            (_, Some((kind, message))) => c.note(kind, message),
-            _ => c.note(
+            (Outcome::Note(kind, message), _) => c.note(kind, message),
+            (Outcome::Made { .. }, None) => c.note(
                 NoteKind::Error,
                 format!("{n}: refreshd lost track of its change; see its log"),
             ),
