@@ -194,16 +194,6 @@ impl Client {
         Ok(change.change)
     }
 
-    /// `POST /v1/snaps/NAME {"action": "refresh"}`: returns the id of the refresh change.
-    pub async fn refresh(&self, name: &str, channel: Option<&str>) -> Result<u64, ClientError> {
-        let req = Req::post(
-            format!("/v1/snaps/{}", encode(name)),
-            Payload::json(&SnapAction::refresh(channel)),
-        );
-        let change: ChangeRef = self.send(&req).await?;
-        Ok(change.change)
-    }
-
     /// `GET /v1/refresh`: the snaps with a newer revision in their channel; changes nothing.
     pub async fn refresh_plan(&self) -> Result<RefreshPlan, ClientError> {
         self.get("/v1/refresh").await

@@ -430,14 +430,6 @@ impl SnapAction {
             revision: revision.map(str::to_owned),
         }
     }
-
-    pub fn refresh(channel: Option<&str>) -> Self {
-        SnapAction {
-            action: SnapActionKind::Refresh,
-            channel: channel.map(str::to_owned),
-            revision: None,
-        }
-    }
 }
 
 /// `POST /v1/snaps` with a JSON body: install NAME from the store.

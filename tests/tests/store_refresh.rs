@@ -265,6 +265,17 @@ fn exit_codes_say_conflict_only_for_a_change_in_progress() {
     let json = ctl_json(r, &["refresh", "ec", "--json"]);
     assert_eq!(json["changes"], serde_json::json!([]), "{json}");
     assert_eq!(json["notes"][0]["kind"], "up-to-date", "{json}");
+    // The snap's own endpoint is the same refresh; with nothing made, its note is the error.
+    let refresh_ec = || http(r, "POST", "/v1/snaps/ec", &[], br#"{"action": "refresh"}"#);
+    let (status, body) = refresh_ec();
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has no updates available"),
+        "{body}"
+    );
 
     // A refresh waiting for the app: a second one conflicts with it.
     publish("2.0");
@@ -276,6 +287,12 @@ fn exit_codes_say_conflict_only_for_a_change_in_progress() {
         &ctl(r, &["refresh", "ec"]),
         5,
         &format!("change {id} is in progress"),
+    );
+    let (status, body) = refresh_ec();
+    assert_eq!(
+        (status, body["error"]["change"].as_u64()),
+        (409, Some(id)),
+        "{body}"
     );
     one_error(
         &ctl(r, &["remove", "ec"]),

@@ -362,13 +362,12 @@ async fn refresh(
         }
         return Ok(());
     }
+    if let Some(e) = one_failed {
+        return Err(e);
+    }
     let named = !names.is_empty();
     let mut told = String::new();
     for note in &result.notes {
-        if one_failed.is_some() {
-            // Said once, as the error.
-            break;
-        }
         match note.kind {
             NoteKind::Refreshing if note.hold.is_none() => {}
             // A snap named and up to date is the answer, not a remark.
@@ -379,9 +378,6 @@ async fn refresh(
             NoteKind::UpToDate => {}
             _ => eprintln!("{}", printable(&note.message)),
         }
-    }
-    if let Some(e) = one_failed {
-        return Err(e);
     }
     print(&told)?;
     if result.changes.is_empty() {
