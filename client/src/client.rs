@@ -30,8 +30,9 @@ use tokio::time::Instant;
 use tokio_util::io::ReaderStream;
 
 use crate::types::{
-    Change, ChangeAction, ChangeRef, ErrorBody, ErrorKind, Hold, RefreshPlan, RefreshRequest,
-    RefreshResult, Select, Snap, SnapAction, SnapStatus, StoreInstall, SystemInfo,
+    Change, ChangeAction, ChangeRef, ErrorBody, ErrorKind, Forgotten, Hold, RefreshPlan,
+    RefreshRequest, RefreshResult, Select, Snap, SnapAction, SnapStatus, Snapshot, SnapshotAction,
+    SnapshotActionKind, StoreInstall, SystemInfo,
 };
 
 /// The header that makes a `POST` safe to repeat (docs/api.md, "Idempotency").
@@ -169,12 +170,32 @@ impl Client {
         path: &Path,
         instance_name: Option<&str>,
     ) -> Result<u64, ClientError> {
+        self.upload(path, instance_name, None).await
+    }
+
+    /// [`Client::install_file`], telling `sent` how far the upload got: `(bytes handed to the
+    /// connection, size of the file)`, from 0 again if a broken connection makes it start over.
+    pub async fn install_file_with_progress(
+        &self,
+        path: &Path,
+        instance_name: Option<&str>,
+        sent: tokio::sync::watch::Sender<(u64, u64)>,
+    ) -> Result<u64, ClientError> {
+        self.upload(path, instance_name, Some(sent)).await
+    }
+
+    async fn upload(
+        &self,
+        path: &Path,
+        instance_name: Option<&str>,
+        sent: Option<tokio::sync::watch::Sender<(u64, u64)>>,
+    ) -> Result<u64, ClientError> {
         let mut uri = "/v1/snaps".to_string();
         if let Some(name) = instance_name {
             uri.push_str("?instance-name=");
             uri.push_str(&encode(name));
         }
-        let req = Req::post(uri, Payload::File(path.to_path_buf()));
+        let req = Req::post(uri, Payload::File(path.to_path_buf(), sent));
         let change: ChangeRef = self.send(&req).await?;
         Ok(change.change)
     }
@@ -245,13 +266,44 @@ impl Client {
     }
 
     /// `POST /v1/snaps/NAME {"action": "remove"}`: returns the id of the remove change.
-    pub async fn remove(&self, name: &str) -> Result<u64, ClientError> {
+    pub async fn remove(&self, name: &str, purge: bool) -> Result<u64, ClientError> {
         let req = Req::post(
             format!("/v1/snaps/{}", encode(name)),
-            Payload::json(&SnapAction::remove()),
+            Payload::json(&SnapAction::remove(purge)),
         );
         let change: ChangeRef = self.send(&req).await?;
         Ok(change.change)
+    }
+
+    /// `GET /v1/snapshots[?snap=NAME]`: the snapshots kept, oldest first.
+    pub async fn snapshots(&self, snap: Option<&str>) -> Result<Vec<Snapshot>, ClientError> {
+        match snap {
+            Some(s) => self.get(&format!("/v1/snapshots?snap={}", encode(s))).await,
+            None => self.get("/v1/snapshots").await,
+        }
+    }
+
+    /// `POST /v1/snapshots/SET {"action": "restore"}`: returns the id of the restore change.
+    pub async fn restore(&self, set: u64) -> Result<u64, ClientError> {
+        let req = Req::post(
+            format!("/v1/snapshots/{set}"),
+            Payload::json(&SnapshotAction {
+                action: SnapshotActionKind::Restore,
+            }),
+        );
+        let change: ChangeRef = self.send(&req).await?;
+        Ok(change.change)
+    }
+
+    /// `POST /v1/snapshots/SET {"action": "forget"}`: deletes it now.
+    pub async fn forget(&self, set: u64) -> Result<Forgotten, ClientError> {
+        let req = Req::post(
+            format!("/v1/snapshots/{set}"),
+            Payload::json(&SnapshotAction {
+                action: SnapshotActionKind::Forget,
+            }),
+        );
+        self.send(&req).await
     }
 
     /// `POST /v1/changes/ID {"action": "abort"}`: returns the change as it is after the abort
@@ -514,7 +566,8 @@ impl Req {
 enum Payload {
     Empty,
     Json(Bytes),
-    File(PathBuf),
+    /// A file, and who is told how much of it was sent.
+    File(PathBuf, Option<tokio::sync::watch::Sender<(u64, u64)>>),
 }
 
 type Body = UnsyncBoxBody<Bytes, BodyError>;
@@ -536,7 +589,7 @@ impl Payload {
         match self {
             Payload::Empty => None,
             Payload::Json(_) => Some("application/json"),
-            Payload::File(_) => Some("application/octet-stream"),
+            Payload::File(..) => Some("application/octet-stream"),
         }
     }
 
@@ -552,7 +605,7 @@ impl Payload {
                     .boxed_unsync(),
                 len: bytes.len() as u64,
             },
-            Payload::File(path) => {
+            Payload::File(path, sent) => {
                 let io_err = |source| {
                     Failure::Fatal(ClientError::Io {
                         path: path.clone(),
@@ -562,7 +615,16 @@ impl Payload {
                 let file = tokio::fs::File::open(path).await.map_err(io_err)?;
                 let len = file.metadata().await.map_err(io_err)?.len();
                 let path = path.clone();
+                let sent = sent.clone();
+                let mut done = 0u64;
+                if let Some(sent) = &sent {
+                    sent.send_replace((0, len));
+                }
                 let frames = ReaderStream::new(file).map(move |chunk| {
+                    if let (Ok(bytes), Some(sent)) = (&chunk, &sent) {
+                        done += bytes.len() as u64;
+                        sent.send_replace((done, len.max(done)));
+                    }
                     chunk.map(Frame::data).map_err(|source| BodyError {
                         path: path.clone(),
                         source,

@@ -404,6 +404,9 @@ pub struct SnapAction {
     /// For revert: the kept revision to go to (default: the one before the current).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// For remove: keep no snapshot of the snap's data.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub purge: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,11 +418,12 @@ pub enum SnapActionKind {
 }
 
 impl SnapAction {
-    pub fn remove() -> Self {
+    pub fn remove(purge: bool) -> Self {
         SnapAction {
             action: SnapActionKind::Remove,
             channel: None,
             revision: None,
+            purge,
         }
     }
 
@@ -428,8 +432,53 @@ impl SnapAction {
             action: SnapActionKind::Revert,
             channel: None,
             revision: revision.map(str::to_owned),
+            purge: false,
         }
     }
+}
+
+/// A snapshot of a removed snap's data: an element of `GET /v1/snapshots`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Snapshot {
+    /// Its number: the id of the change that saved it.
+    pub set: u64,
+    pub snap: String,
+    /// The revision whose data it holds.
+    pub revision: String,
+    pub version: String,
+    /// The users whose data it holds (names; a uid without a name as its number).
+    pub users: Vec<String>,
+    #[serde(with = "crate::types::rfc3339")]
+    pub time: Timestamp,
+    /// When it is deleted, unless restored or forgotten first.
+    #[serde(with = "crate::types::rfc3339::option")]
+    pub expires: Option<Timestamp>,
+}
+
+/// `POST /v1/snapshots/SET`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotAction {
+    pub action: SnapshotActionKind,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotActionKind {
+    /// Put it back as the data of its snap (a change).
+    Restore,
+    /// Delete it now.
+    Forget,
+}
+
+/// The answer to forgetting a snapshot.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Forgotten {
+    pub set: u64,
+    /// What could not be deleted in users' trees, one line each.
+    #[serde(default)]
+    pub left: Vec<String>,
 }
 
 /// `POST /v1/snaps` with a JSON body: install NAME from the store.
@@ -723,7 +772,7 @@ mod tests {
         assert_eq!(round_trip::<ChangeRef>(r#"{"change": 7}"#).change, 7);
         assert_eq!(
             round_trip::<SnapAction>(r#"{"action": "remove"}"#),
-            SnapAction::remove()
+            SnapAction::remove(false)
         );
         assert_eq!(
             round_trip::<ChangeAction>(r#"{"action": "abort"}"#),

@@ -80,36 +80,15 @@ impl Env {
             .collect()
     }
 
-    /// Expands `$NAME` and `${NAME}` in `value` against this environment (unknown: empty). A
-    /// `$` not starting a name, and an unterminated `${`, stay as they are.
+    /// Expands `$NAME` and `${NAME}` in `value` against this environment (unknown: empty), by
+    /// the rules the daemon uses for hooks too ([`refreshd_runctl::expand`]).
     pub fn expand(&self, value: &[u8]) -> Vec<u8> {
-        let is_start = |c: u8| c.is_ascii_alphabetic() || c == b'_';
-        let is_name = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
         let mut out = Vec::with_capacity(value.len());
-        let mut i = 0;
-        while i < value.len() {
-            if value[i] == b'$' {
-                let rest = &value[i + 1..];
-                if rest.first() == Some(&b'{') {
-                    if let Some(end) = rest.iter().position(|&c| c == b'}') {
-                        let name = &rest[1..end];
-                        if !name.is_empty() && is_start(name[0]) && name.iter().all(|&c| is_name(c))
-                        {
-                            out.extend_from_slice(self.get(name).unwrap_or_default());
-                            i += 1 + end + 1;
-                            continue;
-                        }
-                    }
-                } else if rest.first().is_some_and(|&c| is_start(c)) {
-                    let len = rest.iter().take_while(|&&c| is_name(c)).count();
-                    out.extend_from_slice(self.get(&rest[..len]).unwrap_or_default());
-                    i += 1 + len;
-                    continue;
-                }
-            }
-            out.push(value[i]);
-            i += 1;
-        }
+        refreshd_runctl::expand(
+            value,
+            |name| self.get(name),
+            |piece| out.extend_from_slice(piece),
+        );
         out
     }
 }

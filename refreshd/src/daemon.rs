@@ -91,6 +91,10 @@ pub struct Args {
     /// user (10s, 2m); a user whose copy takes longer gets it at their next launch instead.
     #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = refreshd_snap::text::parse_duration)]
     pub user_data_budget: Duration,
+    /// How long the snapshot of a removed snap's data is kept (refreshctl saved) before it is
+    /// deleted (12h, 31d).
+    #[arg(long, default_value = "31d", value_name = "DURATION", value_parser = refreshd_snap::text::parse_duration)]
+    pub snapshot_retention: Duration,
     /// How many revisions of each snap to keep, the current one included (2 to 20).
     #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=20))]
     pub retain: u32,
@@ -357,7 +361,12 @@ impl Daemon {
                 args.notify_reminder,
                 args.notify_helper.clone(),
             )?),
-            inhibit: crate::inhibit::Inhibitors::new(root == std::path::Path::new("/")),
+            shutdown_delay: crate::shutdown_delay::ShutdownDelays::new(
+                root == std::path::Path::new("/"),
+            ),
+            saved: Arc::new(crate::tasks::snapshot::Saved::new(
+                args.snapshot_retention.max(Duration::from_secs(1)),
+            )),
         });
         recover(&ctx, &mut state)?;
 
@@ -491,11 +500,13 @@ async fn spawn_engine(
                     shutdown.clone(),
                 );
                 let auto = crate::autorefresh::start(api.ops.clone(), auto_refresh).await;
+                let expiry = crate::ops::snapshots::spawn_expiry(api.ops.clone());
                 crate::systemd::spawn_status(engine.clone(), shutdown.clone());
                 crate::systemd::spawn_watchdog(engine.clone(), shutdown.clone());
                 let _ = started_tx.send(Ok(()));
                 engine.run(shutdown, SHUTDOWN_GRACE).await;
                 let _ = auto.await;
+                let _ = expiry.await;
             });
             // Whatever is still running has had its grace: nothing waits for it.
             rt.shutdown_timeout(Duration::from_secs(1));
@@ -515,14 +526,9 @@ const API_NICE: i32 = 10;
 /// the engine's threads (which keep their priority) run first, so that clients keeping the API
 /// busy take CPU from each other rather than from a critical section.
 fn api_priority() {
-    // SAFETY: setpriority takes plain integers; on Linux, PRIO_PROCESS with 0 is the calling
-    // thread alone.
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, API_NICE) };
-    if r != 0 {
-        debug!(
-            "cannot lower the priority of an API thread: {}",
-            std::io::Error::last_os_error()
-        );
+    // On Linux, the process priority of "no pid" (0) is the calling thread's alone.
+    if let Err(e) = rustix::process::setpriority_process(None, API_NICE) {
+        debug!("cannot lower the priority of an API thread: {e}");
     }
 }
 

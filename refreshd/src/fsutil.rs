@@ -113,6 +113,19 @@ pub fn sweep_tmp(dir: &Path) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Opens (making it, 0600, if missing) a file that is only ever `flock`ed: never through a
+/// symlink, never truncated (its content is not what counts).
+pub fn open_lock_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

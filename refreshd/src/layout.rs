@@ -8,6 +8,12 @@ use std::path::{Path, PathBuf};
 /// Ends the name of the record beside an extracted payload (`snap/NAME/.REV.refreshd-payload`).
 pub const PAYLOAD_RECORD: &str = ".refreshd-payload";
 
+/// The name a snapshot's data has beside the snap's own, in `var/snap` and in each
+/// `HOME/snap`: `.saved-SET-INSTANCE` (a dot name is never a snap's).
+pub fn saved_entry(set: u64, instance: &str) -> String {
+    format!(".saved-{set}-{instance}")
+}
+
 #[derive(Debug, Clone)]
 pub struct Layout {
     root: PathBuf,
@@ -74,6 +80,11 @@ impl Layout {
     }
     pub fn data_common(&self, name: &str) -> PathBuf {
         self.data_dir(name).join("common")
+    }
+    /// Snapshot `set` of `name`'s system data (docs/layout.md, "Snapshots"): beside the snap's
+    /// own data, so saving it is a rename on one filesystem.
+    pub fn saved_data(&self, set: u64, name: &str) -> PathBuf {
+        self.at_var_snap().join(saved_entry(set, name))
     }
     pub fn data_current(&self, name: &str) -> PathBuf {
         self.data_dir(name).join("current")

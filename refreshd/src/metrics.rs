@@ -16,12 +16,13 @@ use std::sync::Mutex;
 use refreshd_state::{ChangeRow, Select, TaskRow};
 
 use crate::engine::{Observer, Phase, Status};
+use crate::kinds::{ChangeKind, TaskKind};
 use crate::tracking::IDLE_EVENT;
 
 /// The task that waits for a snap's processes to exit and enters the critical section.
-const WAIT_FOR_APPS: &str = "wait-for-apps";
+const WAIT_FOR_APPS: &str = TaskKind::WaitForApps.as_str();
 /// The task that leaves the critical section.
-const LIFT_INHIBITION: &str = "lift-inhibition";
+const LIFT_INHIBITION: &str = TaskKind::LiftInhibition.as_str();
 /// What those two tasks log, with a unix-ns stamp after `at=` (tasks/apps.rs).
 const ENTERED: &str = "critical section entered at=";
 const LEFT: &str = "critical section left at=";
@@ -39,7 +40,8 @@ pub const CRITICAL_BUCKETS: &[f64] = &[
 
 /// The change kinds that can be refreshes, shown at 0 before any finished (a series that
 /// appears only on its first event hides that first event from `increase()`).
-const REFRESH_KINDS: &[&str] = &["install", "refresh", "revert"];
+const REFRESH_KINDS: &[ChangeKind] =
+    &[ChangeKind::Install, ChangeKind::Refresh, ChangeKind::Revert];
 
 /// How a change ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -143,7 +145,7 @@ impl Default for Metrics {
         let mut refreshes = BTreeMap::new();
         for kind in REFRESH_KINDS {
             for outcome in Outcome::ALL {
-                refreshes.insert(((*kind).to_owned(), outcome), 0);
+                refreshes.insert((kind.as_str().to_owned(), outcome), 0);
             }
         }
         Metrics {
@@ -395,7 +397,9 @@ fn stamp(t: &TaskRow, needle: &str) -> Option<u128> {
 impl Observer for Metrics {
     /// Counts a change that has a critical section (a refresh) by kind and outcome.
     fn change_ready(&self, change: &ChangeRow, status: Status, tasks: &[TaskRow]) {
-        if tasks.iter().any(|t| t.kind == WAIT_FOR_APPS) {
+        // A remove or a restore waits for apps too, but is no refresh.
+        let refresh = ChangeKind::parse(&change.kind).is_some_and(ChangeKind::switches_revision);
+        if refresh && tasks.iter().any(|t| t.kind == WAIT_FOR_APPS) {
             self.finished(&change.kind, Outcome::of(status));
         }
     }

@@ -8,26 +8,21 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use futures_util::StreamExt as _;
 use inotify::{EventMask, Inotify, WatchMask};
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitid, Id, WaitPidFlag};
-use nix::unistd::Pid;
 use refreshd_snap::text::one_line;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::engine::Engine;
 use crate::layout::Layout;
+use crate::supervise::{self, End, Job};
 use crate::tracking::IDLE_EVENT;
 
 /// `refreshd --notify`.
@@ -45,7 +40,7 @@ const HELPER_LIMIT: Duration = Duration::from_secs(10);
 /// What refreshd-notify is told to wait for the bus and the server, in seconds.
 const HELPER_BUS_TIMEOUT: u64 = 5;
 /// How much of the helper's output is read.
-const MAX_OUTPUT: u64 = 4096;
+const MAX_OUTPUT: usize = 4096;
 
 /// How notices are sent (`refreshd --notify`, `--notify-reminder`, `--notify-helper`).
 #[derive(Debug)]
@@ -194,79 +189,20 @@ impl Notifier {
     /// Runs refreshd-notify as the session's user and returns the server's notification id.
     /// Blocks for at most [`HELPER_LIMIT`] (plus the reaping of a killed helper).
     pub fn send(&self, s: &Session, n: &Notice) -> anyhow::Result<u32> {
-        let mut cmd = self.command(s, n)?;
-        let started = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| anyhow!("cannot start {}: {e}", self.helper.display()))?;
-        let pid = Pid::from_raw(child.id() as i32);
-        let (tx, rx) = mpsc::channel::<Msg>();
-        for (i, r) in [
-            child
-                .stdout
-                .take()
-                .map(|r| Box::new(r) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|r| Box::new(r) as Box<dyn Read + Send>),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let Some(r) = r else { continue };
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let _ = r.take(MAX_OUTPUT).read_to_end(&mut buf);
-                let _ = tx.send(Msg::Output(i, buf));
-            });
-        }
-        std::thread::spawn(move || {
-            // Not reaped here (WNOWAIT): until it is, its pid cannot be reused, so the kill
-            // below can only hit our own child.
-            while let Err(nix::errno::Errno::EINTR) =
-                waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
-            {}
-            let _ = tx.send(Msg::Exited);
-        });
-        let deadline = started + HELPER_LIMIT;
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let mut exited = false;
-        let mut killed = false;
-        // The exit, then whatever output is still on its way (briefly: a grandchild could hold
-        // the pipes).
-        let mut drain_until = None;
-        loop {
-            let until = drain_until.unwrap_or(deadline);
-            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                Ok(Msg::Output(0, b)) => out = b,
-                Ok(Msg::Output(_, b)) => err = b,
-                Ok(Msg::Exited) => {
-                    exited = true;
-                    drain_until = Some(Instant::now() + Duration::from_millis(200));
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) if exited => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let _ = kill(pid, Signal::SIGKILL);
-                    killed = true;
-                    exited = true;
-                    drain_until = Some(Instant::now() + Duration::from_millis(200));
-                }
-            }
-        }
-        let status = child
-            .wait()
-            .with_context(|| format!("cannot wait for {}", self.helper.display()))?;
-        if killed {
-            bail!(
+        let job = self.job(s, n)?;
+        let (exit, out) = supervise::output(&job, MAX_OUTPUT).map_err(|e| match e {
+            supervise::Error::Start(e) => anyhow!("cannot start {}: {e}", self.helper.display()),
+            e => anyhow!("{}: {e}", self.helper.display()),
+        })?;
+        let status = match exit.end {
+            End::Exited(st) => st,
+            End::TimedOut | End::Stopped => bail!(
                 "no answer within {} s (the session bus or its notification server hangs): stopped it",
                 HELPER_LIMIT.as_secs()
-            );
-        }
+            ),
+        };
         if !status.success() {
-            let msg = String::from_utf8_lossy(&err);
+            let msg = String::from_utf8_lossy(&out.stderr);
             let msg = msg.trim();
             let msg = msg.strip_prefix("refreshd-notify: ").unwrap_or(msg);
             bail!(
@@ -278,7 +214,7 @@ impl Notifier {
                 }
             );
         }
-        let text = String::from_utf8_lossy(&out);
+        let text = String::from_utf8_lossy(&out.stdout);
         text.trim().parse().map_err(|_| {
             anyhow!(
                 "{} printed {:?} instead of a notification id",
@@ -288,13 +224,11 @@ impl Notifier {
         })
     }
 
-    /// The helper's command line, run as the session's user.
-    fn command(&self, s: &Session, n: &Notice) -> anyhow::Result<Command> {
-        let groups = crate::asuser::groups_of(&s.user, s.gid)?;
-        let (uid, gid) = (s.uid, s.gid);
+    /// The helper's command line, run as the session's user (killed at once past its limit).
+    fn job(&self, s: &Session, n: &Notice) -> anyhow::Result<Job> {
+        let user = supervise::User::login(&s.user, s.uid, s.gid)?;
         let runtime = s.bus.parent().unwrap_or(Path::new("/")).to_owned();
-        let mut cmd = Command::new(&self.helper);
-        cmd.env_clear()
+        Ok(Job::new(&self.helper, HELPER_LIMIT)
             .env(
                 "DBUS_SESSION_BUS_ADDRESS",
                 format!("unix:path={}", dbus_escape(&s.bus)),
@@ -313,19 +247,8 @@ impl Notifier {
             })
             .arg("--timeout")
             .arg(HELPER_BUS_TIMEOUT.to_string())
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        crate::asuser::drop_to(&mut cmd, uid, gid, groups);
-        Ok(cmd)
+            .user(user))
     }
-}
-
-enum Msg {
-    /// Output of stdout (0) or stderr (1), up to [`MAX_OUTPUT`].
-    Output(usize, Vec<u8>),
-    Exited,
 }
 
 /// After a login is seen, how long before the waiting refreshes are woken (logins close

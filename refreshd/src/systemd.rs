@@ -5,7 +5,6 @@
 //! owns the listening socket (refreshd.socket), so while the daemon restarts, connections wait
 //! in the socket's backlog instead of being refused, and the next daemon accepts them.
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::Path;
 use std::time::Duration;
@@ -21,15 +20,12 @@ use crate::engine::Engine;
 /// The listening socket systemd passed (`LISTEN_FDS`), if it passed one. Must run before any
 /// thread starts: it unsets the `LISTEN_*` variables so children do not inherit them.
 pub fn take_listener() -> anyhow::Result<Option<StdUnixListener>> {
-    let fds: Vec<_> = sd_notify::listen_fds()
-        .context("cannot read the sockets systemd passed (LISTEN_FDS)")?
-        .collect();
-    match fds.as_slice() {
-        [] => Ok(None),
-        [fd] => {
-            // SAFETY: systemd passed this descriptor to us alone, open, and nothing else in
-            // the process owns it (the LISTEN_* variables are now unset).
-            let fd = unsafe { OwnedFd::from_raw_fd(*fd) };
+    let mut fds = crate::supervise::sys::listen_fds()
+        .context("cannot read the sockets systemd passed (LISTEN_FDS)")?;
+    match fds.len() {
+        0 => Ok(None),
+        1 => {
+            let fd = fds.remove(0);
             let kind = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType)
                 .context("the socket systemd passed is not a socket")?;
             let listening =
@@ -45,8 +41,7 @@ pub fn take_listener() -> anyhow::Result<Option<StdUnixListener>> {
             Ok(Some(l))
         }
         more => bail!(
-            "systemd passed {} sockets; refreshd listens on one: give refreshd.socket a single ListenStream=",
-            more.len()
+            "systemd passed {more} sockets; refreshd listens on one: give refreshd.socket a single ListenStream="
         ),
     }
 }

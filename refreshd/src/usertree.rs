@@ -22,8 +22,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -31,6 +30,7 @@ use nix::sys::stat::Mode;
 use refreshd_runctl::{valid_revision, USER_CURRENT, USER_STATE_DIR};
 
 use crate::layout::Layout;
+use crate::supervise::{self, End, Job};
 
 /// A home directory refreshd knows of: the homes below `ROOT/home`, and `ROOT/root`.
 #[derive(Debug, Clone)]
@@ -97,7 +97,6 @@ fn cname(name: &str) -> io::Result<CString> {
 pub struct UserSnapDir {
     /// For messages only: the directory may have been renamed since it was opened.
     path: PathBuf,
-    uid: u32,
     fd: OwnedFd,
 }
 
@@ -111,7 +110,6 @@ impl UserSnapDir {
         match nix::fcntl::openat(&snap, instance, DIR, Mode::empty()) {
             Ok(fd) => Ok(Some(UserSnapDir {
                 path: home.path.join("snap").join(instance),
-                uid: home.uid,
                 fd,
             })),
             Err(e) if gone(e) => Ok(None),
@@ -138,10 +136,6 @@ impl UserSnapDir {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    pub fn uid(&self) -> u32 {
-        self.uid
     }
 
     fn names(&self) -> Vec<String> {
@@ -263,6 +257,145 @@ pub fn remove_all(layout: &Layout, instance: &str) -> Vec<String> {
     problems
 }
 
+/// Whether `name` exists in the directory `dir`, whatever it is; looked at without following.
+fn has_entry(dir: &OwnedFd, name: &str) -> bool {
+    nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+}
+
+/// Renames `from` to `to` in `dir`, never over something: the one write root makes in a
+/// user's tree, and only of the user's own entry, within one directory (so one filesystem,
+/// nothing read or written inside it).
+fn rename_in(dir: &OwnedFd, from: &str, to: &str) -> nix::Result<()> {
+    nix::fcntl::renameat2(
+        dir,
+        from,
+        dir,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+}
+
+/// Each home with its `HOME/snap` opened (without following); one line in `problems` per
+/// home whose `HOME/snap` cannot be opened.
+fn snap_roots(layout: &Layout, problems: &mut Vec<String>) -> Vec<(Home, OwnedFd)> {
+    let mut out = vec![];
+    for h in homes(layout) {
+        match open_snap_root(&h.path) {
+            Ok(Some(fd)) => out.push((h, fd)),
+            Ok(None) => {}
+            Err(e) => problems.push(format!(
+                "cannot open {}: {e}",
+                h.path.join("snap").display()
+            )),
+        }
+    }
+    out
+}
+
+/// Sets each user's whole `HOME/snap/INSTANCE` aside as snapshot `set`
+/// (`HOME/snap/.saved-SET-INSTANCE`, docs/layout.md). Returns the users whose data the set
+/// holds (a re-run counts what an earlier run moved) and one line per user whose tree could
+/// not be moved: that user's tree stays where it is.
+pub fn save_all(layout: &Layout, instance: &str, set: u64) -> (Vec<u32>, Vec<String>) {
+    let saved = crate::layout::saved_entry(set, instance);
+    let (mut users, mut problems) = (vec![], vec![]);
+    for (h, snap) in snap_roots(layout, &mut problems) {
+        if has_entry(&snap, &saved) {
+            users.push(h.uid);
+            continue;
+        }
+        match rename_in(&snap, instance, &saved) {
+            Ok(()) => users.push(h.uid),
+            Err(Errno::ENOENT) => {}
+            Err(e) => problems.push(format!(
+                "cannot save {}: {e}",
+                h.path.join("snap").join(instance).display()
+            )),
+        }
+    }
+    (users, problems)
+}
+
+/// Puts snapshot `set` back as each user's `HOME/snap/INSTANCE`; what a user has there now
+/// is set aside first, as snapshot `displaced`. The set's data of revision `rev` becomes the
+/// user's data of `cur` (a rename inside the tree put back, when it has none of `cur`). Returns
+/// the users whose data `displaced` holds, and one line per user whose tree could not be moved
+/// (their data stays where it is, under one name or the other). Runs again after an
+/// interruption and finishes the work.
+pub fn restore_all(
+    layout: &Layout,
+    instance: &str,
+    (set, rev): (u64, &str),
+    (displaced, cur): (u64, &str),
+) -> (Vec<u32>, Vec<String>) {
+    let from = crate::layout::saved_entry(set, instance);
+    let aside = crate::layout::saved_entry(displaced, instance);
+    let (mut users, mut problems) = (vec![], vec![]);
+    for (h, snap) in snap_roots(layout, &mut problems) {
+        let path = |n: &str| h.path.join("snap").join(n).display().to_string();
+        if has_entry(&snap, &from) && !has_entry(&snap, &aside) {
+            match rename_in(&snap, instance, &aside) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => {
+                    problems.push(format!("cannot set {} aside: {e}", path(instance)));
+                    continue;
+                }
+            }
+        }
+        if has_entry(&snap, &aside) {
+            users.push(h.uid);
+        }
+        match rename_in(&snap, &from, instance) {
+            Ok(()) => {}
+            Err(Errno::ENOENT) => continue,
+            Err(e) => {
+                problems.push(format!(
+                    "cannot put {} back as {}: {e}",
+                    path(&from),
+                    path(instance)
+                ));
+                continue;
+            }
+        }
+        if rev != cur {
+            // A tree the user made a symlink is theirs to sort out: not followed.
+            let moved = nix::fcntl::openat(&snap, instance, DIR, Mode::empty()).and_then(|tree| {
+                match rename_in(&tree, rev, cur) {
+                    Err(Errno::ENOENT | Errno::EEXIST | Errno::ENOTEMPTY) => Ok(()),
+                    r => r,
+                }
+            });
+            if let Err(e) = moved {
+                problems.push(format!(
+                    "cannot rename {}/{rev} to {cur}: {e}",
+                    path(instance)
+                ));
+            }
+        }
+    }
+    (users, problems)
+}
+
+/// Deletes every user's part of snapshot `set`, by file descriptor. Returns what could not be
+/// deleted, one line each.
+pub fn forget_all(layout: &Layout, instance: &str, set: u64) -> Vec<String> {
+    let saved = crate::layout::saved_entry(set, instance);
+    let mut problems = vec![];
+    for h in homes(layout) {
+        let r = open_snap_root(&h.path).and_then(|snap| match snap {
+            Some(fd) => refreshd_copydata::remove_tree_at(fd.as_fd(), &cname(&saved)?),
+            None => Ok(()),
+        });
+        if let Err(e) = r {
+            problems.push(format!(
+                "cannot delete {}: {e}",
+                h.path.join("snap").join(&saved).display()
+            ));
+        }
+    }
+    problems
+}
+
 /// Whether `HOME/snap/INSTANCE` exists, whatever it is (a user may have made it a symlink to a
 /// directory of theirs: their own copy, as them, may follow it). Looked at without following
 /// anything.
@@ -320,6 +453,9 @@ pub fn prepare_all(
     out
 }
 
+/// How much of `confine-hook --prepare-data`'s output is read (it says one line).
+const MAX_OUTPUT: usize = 4096;
+
 /// Runs `hook --prepare-data INSTANCE` as `user` for at most `budget`; its one line of output.
 fn prepare_as(
     user: &nix::unistd::User,
@@ -327,49 +463,35 @@ fn prepare_as(
     instance: &str,
     budget: Duration,
 ) -> Result<String, String> {
-    let groups =
-        crate::asuser::groups_of(&user.name, user.gid.as_raw()).map_err(|e| format!("{e:#}"))?;
-    let mut cmd = Command::new(hook);
-    cmd.arg("--prepare-data")
+    let as_user = supervise::User::login(&user.name, user.uid.as_raw(), user.gid.as_raw())
+        .map_err(|e| format!("{e:#}"))?;
+    let job = Job::new(hook, budget)
+        .arg("--prepare-data")
         .arg(instance)
-        .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    crate::asuser::drop_to(&mut cmd, user.uid.as_raw(), user.gid.as_raw(), groups);
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", hook.display()))?;
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let started = Instant::now();
-    let out = match rx.recv_timeout(budget) {
-        Ok(r) => r.map_err(|e| format!("cannot wait for {}: {e}", hook.display()))?,
-        Err(_) => {
-            // Our own child, not yet reaped (the waiting thread reaps it): the pid is still its.
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = rx.recv();
+        .user(as_user);
+    let (exit, out) = supervise::output(&job, MAX_OUTPUT).map_err(|e| match e {
+        supervise::Error::Start(e) => format!("cannot start {}: {e}", hook.display()),
+        e => format!("{}: {e}", hook.display()),
+    })?;
+    let status = match exit.end {
+        End::Exited(st) => st,
+        End::TimedOut | End::Stopped => {
             return Err(format!(
                 "stopped after {} s (the budget per user): the user's next launch finishes it",
-                started.elapsed().as_secs()
-            ));
+                exit.elapsed.as_secs()
+            ))
         }
     };
     let line = |b: &[u8]| refreshd_snap::text::one_line(String::from_utf8_lossy(b).trim());
-    if out.status.success() {
+    if status.success() {
         Ok(line(&out.stdout))
     } else {
         let err = line(&out.stderr);
         if err.is_empty() {
             return Err(format!(
-                "{} ended without a word ({})",
-                hook.display(),
-                out.status
+                "{} ended without a word ({status})",
+                hook.display()
             ));
         }
         Err(err

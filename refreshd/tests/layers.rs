@@ -14,9 +14,16 @@ use lint::sources;
 /// Lowest first. A module may use those of the layers before its own.
 const LAYERS: &[(&str, &[&str])] = &[
     (
-        "the ground: files, the database, /proc, running as a user",
+        "the ground: files, the database, /proc, child processes",
         &[
-            "asuser", "blob", "db", "fsutil", "inhibit", "layout", "procfs",
+            "blob",
+            "db",
+            "fsutil",
+            "kinds",
+            "layout",
+            "procfs",
+            "shutdown_delay",
+            "supervise",
         ],
     ),
     ("users' trees", &["usertree"]),

@@ -7,6 +7,9 @@
 #![no_std]
 #![deny(unsafe_code)]
 
+mod expand;
+pub use expand::expand;
+
 /// The runtime control directory, relative to the root.
 pub const RUNCTL_DIR: &str = "run/refreshd/runctl";
 /// Where confine-hook must be installed, relative to the root; the launcher derives its root

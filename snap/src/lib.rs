@@ -26,7 +26,7 @@ pub use name::{
     validate_snap_name, validate_version, InstanceName, NameError, Revision,
 };
 pub use squashfs::{
-    check_image, extract, pack, read_file, read_file_limited, read_snap_yaml, Compression,
-    ImageError, Superblock,
+    check_image, extract, pack, pack_with_progress, read_file, read_file_limited, read_snap_yaml,
+    Compression, ImageError, PackProgress, Superblock,
 };
 pub use yaml::{App, DaemonKind, Hook, RefreshMode, RefreshPendingBehavior, SnapYaml, YamlError};

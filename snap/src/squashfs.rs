@@ -737,10 +737,38 @@ fn extract_into(
 /// Builds an image of `dir` at `out` (snapd's mksquashfs options), after checking that
 /// `dir/meta/snap.yaml` exists and is valid. `out` is replaced atomically.
 pub fn pack(dir: &Path, out: &Path) -> Result<(), ImageError> {
-    pack_with(&Tools::default(), dir, out)
+    pack_with(&Tools::default(), dir, out, &mut |_| {})
 }
 
-pub(crate) fn pack_with(tools: &Tools, dir: &Path, out: &Path) -> Result<(), ImageError> {
+/// How far [`pack_with_progress`] got: the regular files and their bytes in the directory, and
+/// how many of those bytes mksquashfs has read (it compresses as it reads).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackProgress {
+    pub files: u64,
+    pub bytes: u64,
+    pub read: u64,
+}
+
+/// [`pack`], telling `progress` how far it got: once the directory is counted, a few times a
+/// second while mksquashfs reads it, and once at the end (`read == bytes`). Called from a
+/// thread of its own while mksquashfs runs.
+pub fn pack_with_progress(
+    dir: &Path,
+    out: &Path,
+    progress: &mut (dyn FnMut(PackProgress) + Send),
+) -> Result<(), ImageError> {
+    pack_with(&Tools::default(), dir, out, progress)
+}
+
+/// How often the bytes mksquashfs read are looked at.
+const PACK_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+pub(crate) fn pack_with(
+    tools: &Tools,
+    dir: &Path,
+    out: &Path,
+    progress: &mut (dyn FnMut(PackProgress) + Send),
+) -> Result<(), ImageError> {
     let snap_yaml = dir.join("meta/snap.yaml");
     // Not following a symlink: mksquashfs would store the link, not what we validated.
     let meta = match fs::symlink_metadata(&snap_yaml) {
@@ -800,6 +828,22 @@ pub(crate) fn pack_with(tools: &Tools, dir: &Path, out: &Path) -> Result<(), Ima
             source,
         })?;
     let staged = tmp.path().join("image.snap");
+    let (files, bytes) = count_tree(dir);
+    let mut shown = PackProgress {
+        files,
+        bytes,
+        read: 0,
+    };
+    progress(shown);
+    // mksquashfs says how far it got only to a terminal; what it has read, the kernel says.
+    let mut watch = |pid: u32| {
+        let read = bytes_read(pid).unwrap_or(0).min(bytes);
+        // Monotonic: a figure read as the tool exits may be short.
+        if read > shown.read {
+            shown.read = read;
+            progress(shown);
+        }
+    };
     let dir_arg = positional(dir);
     let args: Vec<&OsStr> = vec![
         dir_arg.as_os_str(),
@@ -809,33 +853,78 @@ pub(crate) fn pack_with(tools: &Tools, dir: &Path, out: &Path) -> Result<(), Ima
         "xz".as_ref(),
         "-no-fragments".as_ref(),
         "-no-progress".as_ref(),
+        // Read no more than 8 MB ahead of the compression, so that what mksquashfs has read
+        // says how far the packing got (and its memory stays small). The image is the same.
+        "-read-queue".as_ref(),
+        "8".as_ref(),
         "-all-root".as_ref(),
         // Host xattrs (SELinux labels, capabilities) do not belong in a portable image.
         "-no-xattrs".as_ref(),
     ];
-    let result =
-        run_tool(tools, Tool::Mksquashfs, &args, Stdout::Keep(STDOUT_KEEP)).and_then(|output| {
-            if !output.status.success() {
-                return Err(pack_err(meaningful_line(&output.stderr, output.status)));
-            }
-            let io_err = |op, source| ImageError::Io {
-                op,
-                path: out.to_owned(),
-                source,
-            };
-            File::open(&staged)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| io_err("sync", e))?;
-            fs::rename(&staged, out).map_err(|e| io_err("write", e))?;
-            File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_err("sync the directory of", e))
-        });
+    let ran = run_tool_watched(
+        tools,
+        Tool::Mksquashfs,
+        &args,
+        Stdout::Keep(STDOUT_KEEP),
+        Some(&mut watch),
+    );
+    let result = ran.and_then(|output| {
+        if !output.status.success() {
+            return Err(pack_err(meaningful_line(&output.stderr, output.status)));
+        }
+        let io_err = |op, source| ImageError::Io {
+            op,
+            path: out.to_owned(),
+            source,
+        };
+        File::open(&staged)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_err("sync", e))?;
+        fs::rename(&staged, out).map_err(|e| io_err("write", e))?;
+        File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err("sync the directory of", e))
+    });
+    if result.is_ok() && shown.read < bytes {
+        shown.read = bytes;
+        progress(shown);
+    }
     if let Err(e) = cleanup(tmp) {
         result?;
         return Err(e);
     }
     result
+}
+
+/// The regular files under `dir` and their bytes, not following symbolic links; what cannot be
+/// read is not counted (mksquashfs will say what is wrong with it).
+fn count_tree(dir: &Path) -> (u64, u64) {
+    let (mut files, mut bytes) = (0, 0);
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) if m.is_file() => {
+                    files += 1;
+                    bytes += m.len();
+                }
+                _ => {}
+            }
+        }
+    }
+    (files, bytes)
+}
+
+/// The bytes process `pid` has read (`rchar` of `/proc/PID/io`), if it can be told.
+fn bytes_read(pid: u32) -> Option<u64> {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 /// `parent` and file name of a path, with `""` as parent meaning the current directory.
@@ -919,6 +1008,18 @@ fn run_tool(
     args: &[&OsStr],
     stdout_mode: Stdout,
 ) -> Result<ToolOutput, ImageError> {
+    run_tool_watched(tools, tool, args, stdout_mode, None)
+}
+
+/// [`run_tool`], calling `watch` with the tool's pid every [`PACK_POLL`] while it runs (from a
+/// thread of its own; never after the tool was reaped, so the pid is still the tool's).
+fn run_tool_watched(
+    tools: &Tools,
+    tool: Tool,
+    args: &[&OsStr],
+    stdout_mode: Stdout,
+    watch: Option<&mut (dyn FnMut(u32) + Send)>,
+) -> Result<ToolOutput, ImageError> {
     let mut child = Command::new(tools.program(tool))
         .args(args)
         // Stable, parseable English messages.
@@ -939,10 +1040,27 @@ fn run_tool(
     // while we read the other.
     let stderr_thread = std::thread::spawn(move || read_capped(stderr, STDERR_KEEP));
     let stdout = child.stdout.take().expect("stdout is piped");
-    let (stdout, stdout_overflow) = match stdout_mode {
-        Stdout::KillAbove(limit) => read_or_kill(&mut child, stdout, limit),
-        Stdout::Keep(limit) => read_capped(stdout, limit),
-    };
+    let pid = child.id();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let (stdout, stdout_overflow) = std::thread::scope(|scope| {
+        if let Some(watch) = watch {
+            scope.spawn(move || loop {
+                watch(pid);
+                if stopped.recv_timeout(PACK_POLL)
+                    != Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                {
+                    return;
+                }
+            });
+        }
+        let read = match stdout_mode {
+            Stdout::KillAbove(limit) => read_or_kill(&mut child, stdout, limit),
+            Stdout::Keep(limit) => read_capped(stdout, limit),
+        };
+        // The watcher ends (and the scope joins it) before the tool is reaped below.
+        drop(stop);
+        read
+    });
     let status = child
         .wait()
         .map_err(|source| ImageError::Spawn { tool, source })?;
@@ -1443,6 +1561,34 @@ mod tests {
     }
 
     #[test]
+    fn pack_reports_progress_up_to_the_whole_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = snap_tree(tmp.path());
+        // A link is not a file to read: not counted.
+        symlink("hello", dir.join("bin/alias")).unwrap();
+        let bytes: u64 = ["meta/snap.yaml", "bin/hello", "bin/data"]
+            .iter()
+            .map(|f| fs::metadata(dir.join(f)).unwrap().len())
+            .sum();
+        let mut seen = vec![];
+        pack_with_progress(&dir, &tmp.path().join("out.snap"), &mut |p| seen.push(p)).unwrap();
+        let first = PackProgress {
+            files: 3,
+            bytes,
+            read: 0,
+        };
+        assert_eq!(seen.first(), Some(&first), "{seen:?}");
+        assert_eq!(
+            seen.last(),
+            Some(&PackProgress {
+                read: bytes,
+                ..first
+            })
+        );
+        assert!(seen.windows(2).all(|w| w[0].read < w[1].read), "{seen:?}");
+    }
+
+    #[test]
     fn missing_tools_say_what_to_install() {
         let tmp = tempfile::tempdir().unwrap();
         let image = build(tmp.path());
@@ -1470,6 +1616,7 @@ mod tests {
             &tools,
             &snap_tree(&tmp.path().join("p")),
             &tmp.path().join("o.snap"),
+            &mut |_| {},
         )
         .unwrap_err();
         assert_eq!(

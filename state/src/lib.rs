@@ -10,6 +10,7 @@
 mod batch;
 mod schema;
 mod settings;
+mod snapshots;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use serde_json::Value;
 
 pub use batch::BatchItem;
 pub use schema::SCHEMA_VERSION;
+pub use snapshots::SnapshotRow;
 
 pub type ChangeId = u64;
 pub type TaskId = u64;

@@ -91,6 +91,19 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         value  TEXT NOT NULL
     ) STRICT;
     "#,
+    // 3: what a remove saved of a snap's data (docs/layout.md, "Snapshots").
+    r#"
+    CREATE TABLE snapshots (
+        id        INTEGER PRIMARY KEY,          -- the set: the id of the change that saved it
+        snap      TEXT NOT NULL,                -- instance name
+        revision  TEXT NOT NULL,                -- the revision whose data it holds
+        version   TEXT NOT NULL,
+        users     TEXT NOT NULL DEFAULT '[]',   -- JSON array of the uids whose data it holds
+        made      INTEGER NOT NULL,             -- unix ms
+        expires   INTEGER                       -- unix ms; NULL: kept until forgotten
+    ) STRICT;
+    CREATE INDEX snapshots_expires ON snapshots(expires) WHERE expires IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -549,3 +549,34 @@ fn a_read_only_connection_sees_commits_and_writes_nothing() {
     assert_eq!((before, after), (1, 1));
     assert_eq!(r.snaps().unwrap().len(), 2);
 }
+
+#[test]
+fn snapshots_are_kept_listed_and_expire() {
+    let mut st = State::open_in_memory().unwrap();
+    let row = |id: u64, snap: &str, expires: Option<i64>| SnapshotRow {
+        id,
+        snap: snap.into(),
+        revision: "x1".into(),
+        version: "1.0".into(),
+        users: vec![0, 1001],
+        made: 10,
+        expires,
+    };
+    st.put_snapshot(&row(3, "hello", Some(100))).unwrap();
+    st.put_snapshot(&row(5, "other", None)).unwrap();
+    st.put_snapshot(&row(4, "hello", Some(50))).unwrap();
+    assert_eq!(st.snapshot(3).unwrap().unwrap(), row(3, "hello", Some(100)));
+    let ids = |v: Vec<SnapshotRow>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(st.snapshots(None).unwrap()), [3, 4, 5]);
+    assert_eq!(ids(st.snapshots(Some("hello")).unwrap()), [3, 4]);
+    assert_eq!(st.next_snapshot_expiry().unwrap(), Some(50));
+    assert_eq!(ids(st.expired_snapshots(60).unwrap()), [4]);
+    // A restore swaps what a set holds: the same set, updated.
+    let mut swapped = row(4, "hello", Some(500));
+    swapped.revision = "x2".into();
+    st.put_snapshot(&swapped).unwrap();
+    assert_eq!(st.snapshot(4).unwrap().unwrap(), swapped);
+    st.delete_snapshot(4).unwrap();
+    assert_eq!(st.snapshot(4).unwrap(), None);
+    assert_eq!(st.next_snapshot_expiry().unwrap(), Some(100));
+}

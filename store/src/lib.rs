@@ -29,5 +29,5 @@ pub use index::{
     validate_blob_path, validate_channel, Entry, SnapIndex, FORMAT, MAX_BLOB_SIZE, MAX_CHANNEL_LEN,
     MAX_INDEX_SIZE, MAX_PATH_LEN,
 };
-pub use publish::{publish, LOCK_FILE};
+pub use publish::{publish, publish_with_progress, LOCK_FILE};
 pub use store::{partial_path, FetchStats, Store, StoreConfig, PARTIAL_SUFFIX};

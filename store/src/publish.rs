@@ -26,6 +26,17 @@ pub const LOCK_FILE: &str = ".refreshd-store.lock";
 /// serialized by an `flock` on [`LOCK_FILE`]; readers never need it, since every file they
 /// read is replaced by a rename.
 pub fn publish(store_dir: &Path, snap_file: &Path, channel: &str) -> Result<Entry> {
+    publish_with_progress(store_dir, snap_file, channel, &mut |_, _| {})
+}
+
+/// [`publish`], telling `progress` the bytes copied (and hashed) of the snap's size as the copy
+/// goes, after every read.
+pub fn publish_with_progress(
+    store_dir: &Path,
+    snap_file: &Path,
+    channel: &str,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Entry> {
     validate_channel(channel)?;
     let meta = fs::metadata(store_dir).map_err(|source| Error::StoreDir {
         path: store_dir.to_owned(),
@@ -44,7 +55,7 @@ pub fn publish(store_dir: &Path, snap_file: &Path, channel: &str) -> Result<Entr
     }
 
     // Copy first, without the lock: the copy is what gets checked and published.
-    let (tmp, sha3_384, size) = copy_in(snap_file, &blobs_dir)?;
+    let (tmp, sha3_384, size) = copy_in(snap_file, &blobs_dir, progress)?;
     let publish_err = |source| Error::Publish {
         snap: snap_file.to_owned(),
         source,
@@ -105,7 +116,11 @@ pub fn publish(store_dir: &Path, snap_file: &Path, channel: &str) -> Result<Entr
 
 /// Copies the snap into a temporary file in `dir`, hashing it on the way; the file is synced
 /// and readable by everyone (a web server serves it).
-fn copy_in(snap_file: &Path, dir: &Path) -> Result<(tempfile::NamedTempFile, String, u64)> {
+fn copy_in(
+    snap_file: &Path,
+    dir: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(tempfile::NamedTempFile, String, u64)> {
     let src = File::open(snap_file).map_err(Error::io("open", snap_file))?;
     let len = src.metadata().map_err(Error::io("read", snap_file))?.len();
     if len > MAX_BLOB_SIZE {
@@ -124,6 +139,7 @@ fn copy_in(snap_file: &Path, dir: &Path) -> Result<(tempfile::NamedTempFile, Str
     let mut size = 0u64;
     let mut reader = src.take(MAX_BLOB_SIZE + 1);
     let mut buf = vec![0u8; 1 << 16];
+    progress(0, len);
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
@@ -141,6 +157,7 @@ fn copy_in(snap_file: &Path, dir: &Path) -> Result<(tempfile::NamedTempFile, Str
         tmp.write_all(&buf[..n])
             .map_err(Error::io("write", tmp.path().to_owned()))?;
         size += n as u64;
+        progress(size, len.max(size));
     }
     if size > MAX_BLOB_SIZE {
         return Err(Error::PublishTooLarge {

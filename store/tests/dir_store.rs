@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::*;
-use refreshd_store::{publish, Entry, Error, Store};
+use refreshd_store::{publish, publish_with_progress, Entry, Error, Store};
 
 fn open(dir: &Path) -> Store {
     Store::open_with(dir.to_str().unwrap(), test_config()).unwrap()
@@ -25,8 +25,16 @@ fn publish_two_revisions_fetch_verify_and_resume() {
     let v2 = make_snap(tmp.path(), "hello", "1.1", 300_000);
 
     let e1 = publish(&store_dir, &v1, "stable").unwrap();
-    let e2 = publish(&store_dir, &v2, "beta").unwrap();
+    let mut copied = vec![];
+    let e2 = publish_with_progress(&store_dir, &v2, "beta", &mut |done, total| {
+        copied.push((done, total))
+    })
+    .unwrap();
     assert_eq!((e1.revision, e2.revision), (1, 2));
+    // The copy's progress: from nothing to the whole file, never backwards.
+    assert_eq!(copied.first(), Some(&(0, e2.size)));
+    assert_eq!(copied.last(), Some(&(e2.size, e2.size)));
+    assert!(copied.windows(2).all(|w| w[0].0 < w[1].0), "{copied:?}");
     assert_eq!(e1.path, "blobs/hello_1.snap");
     assert_eq!(e2.version, "1.1");
     assert_eq!(e2.size, fs::metadata(&v2).unwrap().len());

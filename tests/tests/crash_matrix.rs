@@ -60,7 +60,14 @@ const REVERT_TASKS: &[&str] = &[
     "lift-inhibition",
     "start-services",
 ];
-const REMOVE_TASKS: &[&str] = &["stop-services", "unlink", "unmount", "discard"];
+const REMOVE_TASKS: &[&str] = &[
+    "wait-for-apps",
+    "stop-services",
+    "unlink",
+    "unmount",
+    "save-data",
+    "discard",
+];
 
 impl Kind {
     fn name(self) -> &'static str {
@@ -197,6 +204,27 @@ enum Expect {
         version: String,
         data: Data,
     },
+}
+
+/// Snapshot `set` of the snap holds `data` of `rev`: the system's, root's own and `common`.
+fn saved_as(r: &Path, set: u64, rev: &str, data: &Data) -> Result<(), String> {
+    let saved = format!(".saved-{set}-{SNAP}");
+    let sys = r.join("var/snap").join(&saved);
+    diff(
+        "the saved system data",
+        &snapshot(&sys.join(rev), &[]),
+        &data.system,
+    )?;
+    diff(
+        "the saved common data",
+        &snapshot(&sys.join("common"), &[]),
+        &data.common,
+    )?;
+    if let Some(home) = &data.home {
+        let h = r.join("root/snap").join(&saved).join(rev);
+        diff("root's saved data", &snapshot(&h, &[]), home)?;
+    }
+    Ok(())
 }
 
 /// The change a cut is made in, and what must hold once it ends either way.
@@ -657,6 +685,14 @@ impl Matrix {
         };
         if let Err(e) = res {
             self.fail(cut, &format!("{e}\nchange: {}", short(&ch)));
+        }
+        // A remove keeps the data it had, exactly, as the snapshot named by its change.
+        if let (Kind::Remove, false, Expect::Installed { rev, data, .. }) =
+            (self.kind, cut.fault, &plan.before)
+        {
+            if let Err(e) = saved_as(self.r(), id, rev.as_deref().unwrap_or_default(), data) {
+                self.fail(cut, &format!("{e}\nchange: {}", short(&ch)));
+            }
         }
         if let (Some(at), Some(from)) = (cut.download_at, log_from) {
             if let Err(e) = self.check_resume(&ch, at, from) {

@@ -18,6 +18,7 @@ Exit codes:
   3  refreshd is unreachable
   4  permission denied
   5  conflict with a change in progress
+  130  interrupted (Ctrl-C) while waiting for a change; the change goes on
 
 --json prints refreshd's API objects as documented in docs/api.md.";
 
@@ -139,14 +140,40 @@ pub enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Remove a snap
+    /// Remove a snap, once none of its apps runs; its data is kept as a snapshot
     Remove {
         /// The snap's instance name
         name: String,
+        /// Keep no snapshot of its data: delete it with the snap
+        #[arg(long)]
+        purge: bool,
         #[command(flatten)]
         wait: NoWait,
         #[command(flatten)]
         json: ChangeJson,
+    },
+    /// List the snapshots of removed snaps' data (kept for --snapshot-retention, 31 days)
+    Saved {
+        /// Only this snap's
+        name: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Put a snapshot back as the data of its snap (installed again), once none of its apps runs
+    Restore {
+        /// The snapshot's set number (refreshctl saved)
+        set: u64,
+        #[command(flatten)]
+        wait: NoWait,
+        #[command(flatten)]
+        json: ChangeJson,
+    },
+    /// Delete a snapshot now
+    Forget {
+        /// The snapshot's set number (refreshctl saved)
+        set: u64,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// List changes (those in progress unless --all)
     Changes {
@@ -361,6 +388,7 @@ mod tests {
                 &["remove", "hello", "--no-wait", "--json"],
                 Command::Remove {
                     name: "hello".into(),
+                    purge: false,
                     wait: NoWait { no_wait: true },
                     json: ChangeJson { json: true },
                 },

@@ -6,11 +6,12 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use refreshd_snap::text::printable;
 use serde::Serialize;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::args::{ChangeJson, Command, JsonFlag, NoWait};
-use super::exit::{ChangeFailed, InProgress, UsageError};
+use super::exit::{ChangeFailed, InProgress, Interrupted, UsageError};
 use super::format::{self, for_terminal, Clock, Paint};
-use super::progress::{Follower, Mode};
+use super::progress::{human, Follower, Meter, Mode, Width};
 use crate::client::{Client, ClientError};
 use crate::types::{Change, ErrorKind, Hold, NoteKind, RefreshNote, Select};
 
@@ -81,8 +82,7 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
                     .await
                     .doing(&format!("install {snap}"))?,
                 // What is wrong with the file is said with its name (refreshd never sees it).
-                None => client
-                    .install_file(&file, name.as_deref())
+                None => upload(client, &file, name.as_deref())
                     .await
                     .map_err(|e| match e {
                         ClientError::Api {
@@ -165,8 +165,23 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
                     format!("{}_{}.snap", y.name, y.version).into()
                 }
             };
-            refreshd_snap::pack(&dir, &out)
-                .with_context(|| format!("cannot pack {}", dir.display()))?;
+            let shown = display_path(&dir);
+            let mut meter = Meter::on_stderr(format!("Packing {shown}"));
+            let mut progress = |p: refreshd_snap::PackProgress| {
+                if let Some(m) = &mut meter {
+                    let files = match p.files {
+                        1 => "1 file".to_string(),
+                        n => format!("{n} files"),
+                    };
+                    m.set_head(format!("Packing {shown} ({files}, {})", human(p.bytes)));
+                    m.show(p.read, p.bytes);
+                }
+            };
+            let packed = refreshd_snap::pack_with_progress(&dir, &out, &mut progress);
+            if let Some(m) = &mut meter {
+                m.finish();
+            }
+            packed.with_context(|| format!("cannot pack {}", dir.display()))?;
             if json {
                 return print_json(&serde_json::json!({ "file": out }));
             }
@@ -178,8 +193,18 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
             channel,
             json: JsonFlag { json },
         } => {
-            let e = refreshd_store::publish(&store, &file, &channel)
-                .with_context(|| format!("cannot publish {}", file.display()))?;
+            let mut meter = Meter::on_stderr(format!("Publishing {}", display_name(&file)));
+            let mut progress = |done, total| {
+                if let Some(m) = &mut meter {
+                    m.show(done, total);
+                }
+            };
+            let published =
+                refreshd_store::publish_with_progress(&store, &file, &channel, &mut progress);
+            if let Some(m) = &mut meter {
+                m.finish();
+            }
+            let e = published.with_context(|| format!("cannot publish {}", file.display()))?;
             if json {
                 return print_json(&serde_json::json!({
                     "name": e.name,
@@ -203,18 +228,26 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
         }
         Command::Remove {
             name,
+            purge,
             wait: no_wait,
             json: ChangeJson { json },
         } => {
             let id = client
-                .remove(&name)
+                .remove(&name, purge)
                 .await
                 .doing(&format!("remove {name}"))?;
             if conclude(client, id, no_wait, json).await?.is_none() {
                 return Ok(());
             }
-            print(&format!("Removed {}\n", printable(&name)))
+            print(&super::snapshots::after_remove(client, clock, &name, id).await)
         }
+        Command::Saved { name, json } => {
+            super::snapshots::saved(client, clock, name.as_deref(), json).await
+        }
+        Command::Restore { set, wait, json } => {
+            super::snapshots::restore(client, set, wait, json).await
+        }
+        Command::Forget { set, json } => super::snapshots::forget(client, set, json).await,
         Command::Changes {
             all,
             name,
@@ -255,7 +288,8 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
             } else {
                 Mode::Lines
             };
-            let change = follow(client, id, Follower::new(io::stdout(), mode)).await?;
+            let shown = Follower::new(io::stdout(), mode).width(Width::Stdout);
+            let change = follow(client, id, shown, &mut Signals::default()).await?;
             check(&change)?;
             if mode != Mode::Json {
                 let change = for_terminal(&change);
@@ -338,8 +372,11 @@ async fn refresh(
         // nothing, since a watch starts with the change's current state.
         let mut changes = vec![];
         let mut failed = None;
-        for &id in &result.changes {
-            let change = settle(client, id, no_wait).await?;
+        let mut signals = Signals::default();
+        for (i, &id) in result.changes.iter().enumerate() {
+            let change = settle(client, id, no_wait, &mut signals)
+                .await
+                .map_err(|e| still_going(e, &result.changes[i..]))?;
             if !no_wait.no_wait {
                 if let Err(e) = check(&change) {
                     failed.get_or_insert(e);
@@ -400,8 +437,11 @@ async fn refresh(
         print(&ids)?;
     } else {
         let mut failed = None;
-        for &id in &result.changes {
-            let change = follow(client, id, progress_on_stderr()).await?;
+        let mut signals = Signals::default();
+        for (i, &id) in result.changes.iter().enumerate() {
+            let change = follow(client, id, progress_on_stderr(), &mut signals)
+                .await
+                .map_err(|e| still_going(e, &result.changes[i..]))?;
             match check(&change) {
                 Ok(()) => {
                     let name = change.snap.clone().unwrap_or_default();
@@ -533,16 +573,84 @@ fn progress_on_stderr() -> Follower<io::Stderr> {
     } else {
         Mode::Lines
     };
-    Follower::new(io::stderr(), mode)
+    Follower::new(io::stderr(), mode).width(Width::Stderr)
+}
+
+/// `install FILE`'s upload, with a bar on a terminal: a large snap takes a while to send, and
+/// refreshd reads and hashes it as it comes.
+async fn upload(client: &Client, file: &Path, name: Option<&str>) -> Result<u64, ClientError> {
+    let Some(mut meter) = Meter::on_stderr(format!("Uploading {}", display_name(file))) else {
+        return client.install_file(file, name).await;
+    };
+    let (sent, mut seen) = tokio::sync::watch::channel((0, 0));
+    let upload = client.install_file_with_progress(file, name, sent);
+    tokio::pin!(upload);
+    let result = loop {
+        tokio::select! {
+            result = &mut upload => break result,
+            Ok(()) = seen.changed() => {
+                let (done, total) = *seen.borrow_and_update();
+                meter.show(done, total);
+            }
+        }
+    };
+    meter.finish();
+    result
+}
+
+/// The signals that matter while refreshctl follows changes: Ctrl-C stops the waiting (the
+/// changes go on in refreshd); a resized terminal gets the live line redrawn at its new width.
+/// Taken when the first change is followed, so that Ctrl-C before that (during an upload, say)
+/// ends refreshctl as usual; then kept for every change the command follows, so that a Ctrl-C
+/// between two of them is not lost.
+#[derive(Default)]
+struct Signals {
+    interrupt: Option<Signal>,
+    resize: Option<Signal>,
+    taken: bool,
+}
+
+impl Signals {
+    /// A signal that cannot be had keeps its usual effect.
+    fn take(&mut self) {
+        if !self.taken {
+            self.taken = true;
+            self.interrupt = signal(SignalKind::interrupt()).ok();
+            self.resize = signal(SignalKind::window_change()).ok();
+        }
+    }
+}
+
+/// The next delivery of `signal`; never, without one.
+async fn next(signal: &mut Option<Signal>) {
+    if let Some(s) = signal {
+        if s.recv().await.is_some() {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
+/// An interruption while following `rest[0]` leaves it and the changes after it going on.
+fn still_going(err: anyhow::Error, rest: &[u64]) -> anyhow::Error {
+    match err.downcast::<Interrupted>() {
+        Ok(_) => Interrupted(rest.to_vec()).into(),
+        Err(err) => err,
+    }
 }
 
 /// Change `id` as it is now (`--no-wait`), or followed like `watch` until it is ready, with
 /// the progress on stderr so that stdout carries only the result.
-async fn settle(client: &Client, id: u64, no_wait: NoWait) -> Result<Change> {
+async fn settle(
+    client: &Client,
+    id: u64,
+    no_wait: NoWait,
+    signals: &mut Signals,
+) -> Result<Change> {
     if no_wait.no_wait {
         client.change(id).await.doing(&format!("get change {id}"))
     } else {
-        follow(client, id, progress_on_stderr()).await
+        follow(client, id, progress_on_stderr(), signals).await
     }
 }
 
@@ -550,12 +658,17 @@ async fn settle(client: &Client, id: u64, no_wait: NoWait) -> Result<Change> {
 /// change as it is now. Else the change is followed until ready; with `--json` it is printed
 /// (a failure is still the command's, after). Returns the change when it succeeded and text
 /// is to follow.
-async fn conclude(client: &Client, id: u64, no_wait: NoWait, json: bool) -> Result<Option<Change>> {
+pub(super) async fn conclude(
+    client: &Client,
+    id: u64,
+    no_wait: NoWait,
+    json: bool,
+) -> Result<Option<Change>> {
     if no_wait.no_wait && !json {
         print(&format!("{id}\n"))?;
         return Ok(None);
     }
-    let change = settle(client, id, no_wait).await?;
+    let change = settle(client, id, no_wait, &mut Signals::default()).await?;
     if json {
         print_json(&change)?;
         if !no_wait.no_wait {
@@ -567,11 +680,34 @@ async fn conclude(client: &Client, id: u64, no_wait: NoWait, json: bool) -> Resu
     Ok(Some(change))
 }
 
-/// Shows every state of change `id` until it is ready, and returns the ready one.
-async fn follow<W: Write>(client: &Client, id: u64, mut shown: Follower<W>) -> Result<Change> {
+/// Shows every state of change `id` until it is ready, and returns the ready one; or, on
+/// Ctrl-C, clears the live line and ends with [`Interrupted`] (the change is not aborted).
+async fn follow<W: Write>(
+    client: &Client,
+    id: u64,
+    mut shown: Follower<W>,
+    signals: &mut Signals,
+) -> Result<Change> {
+    signals.take();
     let mut watch = client.watch(id);
     let mut last = None;
-    while let Some(change) = watch.next().await {
+    loop {
+        let next_state = tokio::select! {
+            // Ctrl-C first: a stream with states ready must not hold it up.
+            biased;
+            () = next(&mut signals.interrupt) => {
+                let _ = shown.finish();
+                return Err(Interrupted(vec![id]).into());
+            }
+            () = next(&mut signals.resize) => {
+                shown.redraw().context("cannot write progress")?;
+                continue;
+            }
+            next_state = watch.next() => next_state,
+        };
+        let Some(change) = next_state else {
+            break;
+        };
         let change = match change {
             Ok(change) => change,
             Err(err) => {
@@ -625,14 +761,14 @@ fn display_name(file: &Path) -> String {
     printable(&name).into_owned()
 }
 
-fn print(text: &str) -> Result<()> {
+pub(super) fn print(text: &str) -> Result<()> {
     let mut out = io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .context("cannot write to standard output")
 }
 
-fn print_json<T: Serialize>(value: &T) -> Result<()> {
+pub(super) fn print_json<T: Serialize>(value: &T) -> Result<()> {
     let mut text = format::json_for_terminal(value).context("cannot encode JSON")?;
     text.push('\n');
     print(&text)
@@ -641,7 +777,7 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
 /// Context for client errors. The server's own messages (API errors) and the unreachable
 /// message already say what failed and what to do, so they are left alone; the rest get told
 /// what we were doing.
-trait Doing<T> {
+pub(super) trait Doing<T> {
     fn doing(self, what: &str) -> Result<T>;
 }
 

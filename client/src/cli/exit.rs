@@ -16,6 +16,8 @@ pub const UNREACHABLE: i32 = 3;
 pub const FORBIDDEN: i32 = 4;
 /// `409 conflict`.
 pub const CONFLICT: i32 = 5;
+/// Ctrl-C while waiting for a change, which goes on: the shell's code for SIGINT (128 + 2).
+pub const INTERRUPTED: i32 = 130;
 
 /// A change that became ready without achieving what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +63,42 @@ pub struct UsageError(pub String);
 #[error("{0}")]
 pub struct InProgress(pub String);
 
+/// Ctrl-C while refreshctl waited for changes (these ids), which go on in refreshd: only the
+/// waiting stopped. Said as news, not as an error.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", describe_interrupted(.0))]
+pub struct Interrupted(pub Vec<u64>);
+
+fn describe_interrupted(ids: &[u64]) -> String {
+    match ids {
+        [] => "Stopped waiting".to_string(),
+        [id] => format!(
+            "Change {id} goes on in the background; follow it with: refreshctl watch {id} \
+             (cancel: refreshctl abort {id})"
+        ),
+        ids => {
+            let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+            format!(
+                "Changes {} go on in the background; follow each with: refreshctl watch ID \
+                 (cancel: refreshctl abort ID)",
+                ids.join(", ")
+            )
+        }
+    }
+}
+
+/// The [`Interrupted`] that ended the command, if that is what did.
+pub fn interrupted(err: &anyhow::Error) -> Option<&Interrupted> {
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<Interrupted>())
+}
+
 /// The exit code for an error that ended the command.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
+        if cause.downcast_ref::<Interrupted>().is_some() {
+            return INTERRUPTED;
+        }
         if let Some(err) = cause.downcast_ref::<ClientError>() {
             return client_exit_code(err);
         }
@@ -191,11 +226,29 @@ mod tests {
             ),
             (anyhow::anyhow!("anything else"), FAILURE),
             (UsageError("--channel needs one NAME".into()).into(), USAGE),
+            (Interrupted(vec![7]).into(), INTERRUPTED),
         ];
         for (err, code) in cases {
             assert_eq!(exit_code(&err), code, "{err:#}");
         }
-        assert_eq!((SUCCESS, USAGE), (0, 2));
+        assert_eq!((SUCCESS, USAGE, INTERRUPTED), (0, 2, 130));
+    }
+
+    #[test]
+    fn an_interruption_says_how_to_follow_what_goes_on() {
+        assert_eq!(
+            Interrupted(vec![7]).to_string(),
+            "Change 7 goes on in the background; follow it with: refreshctl watch 7 \
+             (cancel: refreshctl abort 7)"
+        );
+        assert_eq!(
+            Interrupted(vec![7, 8]).to_string(),
+            "Changes 7, 8 go on in the background; follow each with: refreshctl watch ID \
+             (cancel: refreshctl abort ID)"
+        );
+        let err = anyhow::Error::new(Interrupted(vec![3])).context("follow change 3");
+        assert_eq!(interrupted(&err).map(|i| i.0.clone()), Some(vec![3]));
+        assert!(interrupted(&anyhow::anyhow!("other")).is_none());
     }
 
     #[test]

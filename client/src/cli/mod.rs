@@ -6,6 +6,7 @@ mod commands;
 pub mod exit;
 mod format;
 mod progress;
+mod snapshots;
 
 use std::io::IsTerminal;
 
@@ -42,6 +43,13 @@ pub fn main() -> i32 {
         Ok(()) => exit::SUCCESS,
         // Whoever read our output has gone; there is no one to tell.
         Err(err) if exit::is_broken_pipe(&err) => exit::FAILURE,
+        // Ctrl-C while waiting: not a failure, and the change goes on; say how to follow it.
+        Err(err) if exit::interrupted(&err).is_some() => {
+            if let Some(stopped) = exit::interrupted(&err) {
+                eprintln!("{stopped}");
+            }
+            exit::INTERRUPTED
+        }
         Err(err) => {
             let error = format::Paint::detect(std::io::stderr().is_terminal()).red("error:");
             eprintln!("{error} {}", exit::one_line(&err));

@@ -1,7 +1,9 @@
-//! Showing a change as it progresses (`watch`, and `install`/`remove` while they wait).
+//! Showing a change as it progresses (`watch`, and `install`/`remove` while they wait), and the
+//! long phases refreshctl works through itself (uploading, packing, publishing).
 
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
+use std::time::{Duration, Instant};
 
 use refreshd_snap::text::json_printable;
 
@@ -21,15 +23,54 @@ pub enum Mode {
     Json,
 }
 
-/// Longest live line, so that it does not wrap on a usual terminal (its width is not asked).
+/// Longest live line when the terminal does not say its width: one that does not wrap on the
+/// usual 80 columns.
 const LIVE_WIDTH: usize = 79;
 /// Width of the bar between its brackets: as wide as the line leaves room for, within these.
 const BAR_MAX: usize = 20;
 const BAR_MIN: usize = 10;
 /// The task's summary (with its `[N/M]`) is shortened down to this before the sizes give way.
 const HEAD_MIN: usize = 20;
+/// A wait reason is shortened down to this before the hint gives way.
+const REASON_MIN: usize = 12;
 /// Lines mode prints a task's progress at most once per this many percent.
 const LINES_STEP: u64 = 10;
+/// A [`Meter`] redraws at most this often (and always at the start and the end).
+const METER_EVERY: Duration = Duration::from_millis(100);
+
+/// How wide a live line may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Width {
+    /// This many characters, whatever the output is.
+    Fixed(usize),
+    /// As wide as the terminal on standard output is now.
+    Stdout,
+    /// As wide as the terminal on standard error is now.
+    Stderr,
+}
+
+impl Width {
+    /// Asked again at every redraw, so that a resized terminal is honoured at once (the caller
+    /// redraws on SIGWINCH).
+    fn chars(self) -> usize {
+        let size = match self {
+            Width::Fixed(n) => return n,
+            Width::Stdout => rustix::termios::tcgetwinsize(io::stdout()),
+            Width::Stderr => rustix::termios::tcgetwinsize(io::stderr()),
+        };
+        line_width(size.ok().map(|s| s.ws_col))
+    }
+}
+
+/// The longest line for a terminal of `columns`: one less, so the cursor never reaches the last
+/// column, where some terminals wrap at once. [`LIVE_WIDTH`] when it is unknown (not a
+/// terminal, or a terminal that says 0, as a pseudo-terminal nobody sized does).
+fn line_width(columns: Option<u16>) -> usize {
+    match columns {
+        Some(c) if c > 0 => usize::from(c) - 1,
+        _ => LIVE_WIDTH,
+    }
+}
 
 /// What was last shown of a task, to print only what changed.
 #[derive(Default, PartialEq, Eq)]
@@ -44,8 +85,10 @@ struct Seen {
 pub struct Follower<W: Write> {
     out: W,
     mode: Mode,
+    width: Width,
     seen: HashMap<u64, Seen>,
-    live_line: bool,
+    /// The state on the live line (escaped), to draw again at a new width.
+    live: Option<Change>,
 }
 
 impl<W: Write> Follower<W> {
@@ -53,9 +96,16 @@ impl<W: Write> Follower<W> {
         Follower {
             out,
             mode,
+            width: Width::Fixed(LIVE_WIDTH),
             seen: HashMap::new(),
-            live_line: false,
+            live: None,
         }
+    }
+
+    /// Fits the live line to `width` rather than [`LIVE_WIDTH`] characters.
+    pub fn width(mut self, width: Width) -> Self {
+        self.width = width;
+        self
     }
 
     pub fn show(&mut self, change: &Change) -> io::Result<()> {
@@ -68,19 +118,27 @@ impl<W: Write> Follower<W> {
             // Wait and retry reasons quote command lines and store messages: escaped first.
             Mode::Lines => self.lines(&for_terminal(change))?,
             Mode::Live => {
-                let line = live_line(&for_terminal(change), LIVE_WIDTH);
-                write!(self.out, "\r\x1b[K{line}")?;
-                self.live_line = true;
+                self.live = Some(for_terminal(change));
+                return self.redraw();
             }
         }
         self.out.flush()
     }
 
+    /// Draws the live line again, at the width the terminal has now (after SIGWINCH).
+    pub fn redraw(&mut self) -> io::Result<()> {
+        if let Some(change) = &self.live {
+            let line = live_line(change, self.width.chars());
+            write!(self.out, "\r\x1b[K{line}")?;
+            self.out.flush()?;
+        }
+        Ok(())
+    }
+
     /// Clears the live line, so what follows starts on a clean line.
     pub fn finish(&mut self) -> io::Result<()> {
-        if self.live_line {
+        if self.live.take().is_some() {
             write!(self.out, "\r\x1b[K")?;
-            self.live_line = false;
         }
         self.out.flush()
     }
@@ -108,7 +166,15 @@ impl<W: Write> Follower<W> {
             let wait = task.wait.as_ref().map(|w| w.reason.clone());
             if wait.is_some() && wait != seen.wait {
                 if let Some(w) = &task.wait {
-                    writeln!(self.out, "{:<8} {}: {}", "", task.summary, w.reason)?;
+                    let hint = Hint::of(change);
+                    writeln!(
+                        self.out,
+                        "{:<8} {}: {} — {}",
+                        "",
+                        task.summary,
+                        w.reason,
+                        hint.long()
+                    )?;
                 }
             }
             seen.wait = wait;
@@ -123,9 +189,13 @@ impl<W: Write> Follower<W> {
                 };
                 if step > last {
                     let amounts = amounts(p);
+                    let label = match shown_label(task) {
+                        Some(label) => format!("{label} "),
+                        None => String::new(),
+                    };
                     writeln!(
                         self.out,
-                        "{:<8} {}: {}",
+                        "{:<8} {}: {label}{}",
                         "",
                         task.summary,
                         amounts.trim_start()
@@ -138,6 +208,34 @@ impl<W: Write> Follower<W> {
     }
 }
 
+/// What to do about a change that waits: see what it waits for, or give it up.
+struct Hint {
+    see: String,
+    cancel: String,
+}
+
+impl Hint {
+    fn of(change: &Change) -> Hint {
+        Hint {
+            // `status NAME` lists the processes a refresh waits for, and the change.
+            see: match &change.snap {
+                Some(name) => format!("refreshctl status {name}"),
+                None => format!("refreshctl tasks {}", change.id),
+            },
+            cancel: format!("refreshctl abort {}", change.id),
+        }
+    }
+
+    fn long(&self) -> String {
+        format!("see: {}; cancel: {}", self.see, self.cancel)
+    }
+
+    /// Without the abort: `status NAME` names the change, so nothing is lost for good.
+    fn short(&self) -> String {
+        format!("see: {}", self.see)
+    }
+}
+
 /// `[3/9] Download snap "hello" (2): [########............]  42%  4.2 MB / 10.0 MB`, at most
 /// `width` characters.
 fn live_line(change: &Change, width: usize) -> String {
@@ -146,17 +244,18 @@ fn live_line(change: &Change, width: usize) -> String {
     let Some(task) = current_task(change) else {
         return truncate(&format!("{} {}", change.status, change.summary), width);
     };
-    let mut head = task.summary.clone();
+    let mut summary = task.summary.clone();
     if matches!(task.status, Status::Undoing | Status::Undo) {
-        head = format!("undoing {head}");
+        summary = format!("undoing {summary}");
     }
-    let head = format!("[{finished}/{total}] {head}");
+    let count = format!("[{finished}/{total}]");
+    let head = format!("{count} {summary}");
     let detail = if let Some(wait) = &task.wait {
-        Some(wait.reason.clone())
+        return wait_line(&count, &head, &wait.reason, &Hint::of(change), width);
     } else if let Some(retry) = &task.retry {
         Some(format!("{} (retry {})", retry.reason, retry.count))
     } else if task.progress.total > 0 {
-        return bar_line(&head, &task.progress, width);
+        return bar_line(&head, shown_label(task), &task.progress, width);
     } else if task.progress.done > 0 {
         // How much, but not of what total: no bar.
         let p = &task.progress;
@@ -173,15 +272,72 @@ fn live_line(change: &Change, width: usize) -> String {
     }
 }
 
-/// `HEAD: [####......] PCT%  DONE / TOTAL` in `width`: the bar takes what the head leaves
-/// (between [`BAR_MIN`] and [`BAR_MAX`]); when room is short the head is shortened first (down
-/// to [`HEAD_MIN`]), then the sizes go, then the bar.
-fn bar_line(head: &str, p: &Progress, width: usize) -> String {
+/// The progress label worth showing beside a bar: not one the summary already says
+/// (`download` of "Download snap ...").
+fn shown_label(task: &Task) -> Option<&str> {
+    let label = task.progress.label.as_str();
+    let said = task.summary.to_lowercase().contains(&label.to_lowercase());
+    (!label.is_empty() && !said).then_some(label)
+}
+
+/// `HEAD: REASON — see: refreshctl status NAME; cancel: refreshctl abort ID` in `width`. The
+/// hint is what to do, so it goes last: first the summary gives way (down to [`HEAD_MIN`]),
+/// then the reason (down to [`REASON_MIN`]), then the summary altogether (the reason says what
+/// is awaited), then `[N/M]`, then the abort (`status NAME` names the change); the hint goes
+/// only when not even that fits.
+fn wait_line(count: &str, head: &str, reason: &str, hint: &Hint, width: usize) -> String {
+    let len = |s: &str| s.chars().count();
+    let reason_min = len(reason).min(REASON_MIN);
+    for hint in [hint.long(), hint.short()] {
+        let tail = format!(" — {hint}");
+        let Some(room) = width.checked_sub(len(&tail)) else {
+            continue;
+        };
+        // HEAD: REASON
+        if let Some(r) = room.checked_sub(2) {
+            let head_min = len(head).min(HEAD_MIN);
+            let head_room = r.saturating_sub(len(reason)).clamp(head_min, len(head));
+            if head_room <= r && r - head_room >= reason_min {
+                let reason = truncate(reason, r - head_room);
+                return format!("{}: {reason}{tail}", truncate(head, head_room));
+            }
+        }
+        // [N/M] REASON, then REASON
+        for lead in [format!("{count} "), String::new()] {
+            if let Some(r) = room.checked_sub(len(&lead)).filter(|r| *r >= reason_min) {
+                return format!("{lead}{}{tail}", truncate(reason, r));
+            }
+        }
+    }
+    truncate(&format!("{head}: {reason}"), width)
+}
+
+/// `HEAD: [####......] PCT%  DONE / TOTAL`, or with a label `HEAD: LABEL [####......] ...`,
+/// in `width`: the bar takes what the head leaves (between [`BAR_MIN`] and [`BAR_MAX`]); when
+/// room is short the head is shortened first (down to [`HEAD_MIN`], the label kept while the
+/// rest of the head can keep that much), then the sizes go, then the bar.
+fn bar_line(head: &str, label: Option<&str>, p: &Progress, width: usize) -> String {
+    let (head, sep) = match label {
+        Some(label) => (
+            Head {
+                text: format!("{head}: {label}"),
+                keep: label.chars().count() + 2,
+            },
+            " ",
+        ),
+        None => (
+            Head {
+                text: head.to_string(),
+                keep: 0,
+            },
+            ": ",
+        ),
+    };
     let pct = percent(p);
-    let head_len = head.chars().count();
+    let head_len = head.text.chars().count();
     for stats in [amounts(p), format!("{pct:>3}%")] {
-        // ": [" + bar + "] " + stats
-        let Some(room) = width.checked_sub(5 + stats.chars().count()) else {
+        // sep + "[" + bar + "] " + stats
+        let Some(room) = width.checked_sub(sep.len() + 3 + stats.chars().count()) else {
             continue;
         };
         let bar = room.saturating_sub(head_len).clamp(BAR_MIN, BAR_MAX);
@@ -192,15 +348,104 @@ fn bar_line(head: &str, p: &Progress, width: usize) -> String {
             continue;
         }
         return format!(
-            "{}: [{}] {stats}",
-            truncate(head, head_room),
+            "{}{sep}[{}] {stats}",
+            head.truncate(head_room),
             bar_of(p, bar)
         );
     }
-    let tail = format!(": {pct}%");
+    let tail = format!("{sep}{pct}%");
     match width.checked_sub(tail.chars().count()) {
-        Some(room) if room > 0 => format!("{}{tail}", truncate(head, room)),
-        _ => truncate(&format!("{head}{tail}"), width),
+        Some(room) if room > 0 => format!("{}{tail}", head.truncate(room)),
+        _ => truncate(&format!("{}{tail}", head.text), width),
+    }
+}
+
+/// A head whose last `keep` characters (`: LABEL`) outlast the rest when it is shortened.
+struct Head {
+    text: String,
+    keep: usize,
+}
+
+impl Head {
+    fn truncate(&self, max: usize) -> String {
+        let len = self.text.chars().count();
+        let rest = len - self.keep;
+        if len <= max || self.keep == 0 || max < self.keep + rest.min(HEAD_MIN) {
+            return truncate(&self.text, max);
+        }
+        let kept: String = self.text.chars().skip(rest).collect();
+        let rest: String = self.text.chars().take(rest).collect();
+        format!("{}{kept}", truncate(&rest, max - self.keep))
+    }
+}
+
+/// A live line for work refreshctl does itself (`Uploading hello_1.0_all.snap: [###...] 42%
+/// 8.4 MB / 20.0 MB`), on a terminal only: redrawn in place, at most every [`METER_EVERY`]
+/// and always at the start and the end, fitted to the terminal's width at each redraw.
+pub struct Meter<W: Write> {
+    out: W,
+    width: Width,
+    head: String,
+    last: Option<(Instant, u64, u64)>,
+}
+
+impl Meter<io::Stderr> {
+    /// A meter on standard error when it is a terminal; none otherwise, so that logs and pipes
+    /// get no carriage returns (what the command does is said when it is done).
+    pub fn on_stderr(head: String) -> Option<Self> {
+        io::stderr()
+            .is_terminal()
+            .then(|| Meter::new(io::stderr(), Width::Stderr, head))
+    }
+}
+
+impl<W: Write> Meter<W> {
+    pub fn new(out: W, width: Width, head: String) -> Self {
+        Meter {
+            out,
+            width,
+            head,
+            last: None,
+        }
+    }
+
+    pub fn set_head(&mut self, head: String) {
+        self.head = head;
+    }
+
+    /// `done` of `total` bytes; without a total, the head alone. A broken terminal is no reason
+    /// to stop the work: what cannot be written is dropped.
+    pub fn show(&mut self, done: u64, total: u64) {
+        let now = Instant::now();
+        let due = match self.last {
+            None => true,
+            Some((_, d, t)) if (d, t) == (done, total) => false,
+            Some(_) if done >= total => true,
+            Some((at, _, _)) => now.duration_since(at) >= METER_EVERY,
+        };
+        if !due {
+            return;
+        }
+        self.last = Some((now, done, total));
+        let width = self.width.chars();
+        let line = if total == 0 {
+            truncate(&self.head, width)
+        } else {
+            let p = Progress {
+                label: String::new(),
+                done,
+                total,
+            };
+            bar_line(&self.head, None, &p, width)
+        };
+        let _ = write!(self.out, "\r\x1b[K{line}").and_then(|()| self.out.flush());
+    }
+
+    /// Clears the line, so what follows starts on a clean line.
+    pub fn finish(&mut self) {
+        if self.last.take().is_some() {
+            let _ = write!(self.out, "\r\x1b[K").and_then(|()| self.out.flush());
+        }
     }
 }
 
@@ -228,7 +473,7 @@ fn percent(p: &Progress) -> u64 {
 }
 
 /// A byte count for people, in powers of 1000 with one decimal: `512 B`, `4.2 MB`, `1.0 GB`.
-fn human(n: u64) -> String {
+pub fn human(n: u64) -> String {
     const UNITS: [&str; 6] = ["kB", "MB", "GB", "TB", "PB", "EB"];
     if n < 1000 {
         return format!("{n} B");
@@ -351,7 +596,7 @@ Done     Prepare
 Doing    Mount
          Mount: loop device busy (retry 1)
 Wait     Mount
-         Mount: waiting for 2 processes to exit
+         Mount: waiting for 2 processes to exit — see: refreshctl status hello; cancel: refreshctl abort 7
 Done     Mount
 "
         );
@@ -382,7 +627,7 @@ Done     Mount
         let states = [change(vec![task(1, "Prepare", Status::Done), copy])];
         assert_eq!(
             render(Mode::Live, &states),
-            "\r\x1b[K[1/2] Copy snap data: [########............]  40%  2 B / 5 B\r\x1b[K"
+            "\r\x1b[K[1/2] Copy snap data: copying [########............]  40%  2 B / 5 B\r\x1b[K"
         );
         let long = "x".repeat(200);
         assert_eq!(truncate(&long, LIVE_WIDTH).chars().count(), LIVE_WIDTH);
@@ -558,5 +803,216 @@ Done     Download snap \"hello\" (2)
                 .any(|c| c != '\n' && refreshd_snap::text::escapes(c)),
             "{json:?}"
         );
+    }
+    #[test]
+    fn the_line_is_one_narrower_than_the_terminal() {
+        assert_eq!(line_width(Some(50)), 49);
+        assert_eq!(line_width(Some(200)), 199);
+        assert_eq!(line_width(Some(1)), 0);
+        // A pseudo-terminal nobody sized, or no terminal at all.
+        assert_eq!(line_width(Some(0)), LIVE_WIDTH);
+        assert_eq!(line_width(None), LIVE_WIDTH);
+        // Not a terminal: the fallback, asked of whatever the tests' output is.
+        if !io::stderr().is_terminal() {
+            assert_eq!(Width::Stderr.chars(), LIVE_WIDTH);
+        }
+        assert_eq!(Width::Fixed(33).chars(), 33);
+    }
+
+    #[test]
+    fn wide_terminals_get_the_whole_line_and_narrow_ones_a_shorter_one() {
+        let mut c = downloading("download", 4_200_000, 10_000_000);
+        c.tasks[2].summary = format!("{DOWNLOAD} from http://store.example.com/a/long/path/to/it");
+        let wide = live_line(&c, 199);
+        assert_eq!(
+            wide,
+            "[2/9] Download snap \"hello\" (2) from http://store.example.com/a/long/path/to/it: \
+             [########............]  42%  4.2 MB / 10.0 MB"
+        );
+        let narrow = live_line(&c, 49);
+        assert_eq!(
+            narrow,
+            "[2/9] Download snap \"hello\" (…: [####......]  42%"
+        );
+        for width in 0..=200 {
+            let line = live_line(&c, width);
+            assert!(line.chars().count() <= width, "{width}: {line}");
+        }
+    }
+
+    /// A refresh of eleven tasks, four done, waiting for the app with `reason`.
+    fn waiting(snap: Option<&str>, reason: &str) -> Change {
+        let mut tasks: Vec<Task> = (1..=4).map(|id| task(id, "Before", Status::Done)).collect();
+        let mut wait = task(
+            5,
+            "Wait for the apps of snap \"hello\" to exit",
+            Status::Wait,
+        );
+        wait.wait = Some(WaitInfo {
+            event: "snap-idle:hello".into(),
+            until: None,
+            reason: reason.into(),
+        });
+        tasks.push(wait);
+        tasks.extend((6..=11).map(|id| task(id, "After", Status::Do)));
+        let mut c = change(tasks);
+        c.snap = snap.map(String::from);
+        c
+    }
+
+    const REASON: &str =
+        "waiting for 1 process to exit: pid 4242 (user alice): /snap/hello/x1/bin/hello --window";
+
+    #[test]
+    fn a_wait_says_what_to_do_about_it() {
+        let c = waiting(Some("hello"), REASON);
+        let hint = "see: refreshctl status hello; cancel: refreshctl abort 7";
+        // Room for everything.
+        assert_eq!(
+            live_line(&c, 250),
+            format!("[4/11] Wait for the apps of snap \"hello\" to exit: {REASON} — {hint}")
+        );
+        // The summary gives way first, then the reason.
+        assert_eq!(
+            live_line(&c, 150),
+            format!(
+                "[4/11] Wait for the…: waiting for 1 process to exit: pid 4242 (user alice): \
+                 /snap/hello/x1… — {hint}"
+            )
+        );
+        // Then the summary goes, the count stays.
+        assert_eq!(live_line(&c, 79), format!("[4/11] waiting for … — {hint}"));
+        // Then the abort goes (`status hello` names the change), and the count.
+        assert_eq!(
+            live_line(&c, 49),
+            "waiting for 1 pro… — see: refreshctl status hello"
+        );
+        assert_eq!(
+            live_line(&c, 45),
+            "waiting for 1… — see: refreshctl status hello"
+        );
+        // No room for a hint worth having: the reason, shortened.
+        assert_eq!(live_line(&c, 30), "[4/11] Wait for the apps of s…");
+        for width in 0..=250 {
+            let line = live_line(&c, width);
+            assert!(line.chars().count() <= width, "{width}: {line}");
+            if width >= 45 {
+                assert!(line.contains("refreshctl status hello"), "{width}: {line}");
+            }
+            if width >= 75 {
+                assert!(line.contains("refreshctl abort 7"), "{width}: {line}");
+            }
+        }
+        // A short reason is not padded; a change of no snap points at its tasks.
+        let c = waiting(None, "waiting for a hook");
+        assert_eq!(
+            live_line(&c, 79),
+            "[4/11] waiting for a hook — see: refreshctl tasks 7; cancel: refreshctl abort 7"
+        );
+    }
+
+    #[test]
+    fn lines_say_what_to_do_about_a_wait() {
+        let out = render(Mode::Lines, &[waiting(Some("hello"), REASON)]);
+        assert!(
+            out.ends_with(&format!(
+                "Wait     Wait for the apps of snap \"hello\" to exit\n         \
+                 Wait for the apps of snap \"hello\" to exit: {REASON} — see: refreshctl \
+                 status hello; cancel: refreshctl abort 7\n"
+            )),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_resized_terminal_gets_the_line_redrawn_to_its_width() {
+        let mut f = Follower::new(Vec::new(), Mode::Live).width(Width::Fixed(120));
+        f.show(&waiting(Some("hello"), REASON)).unwrap();
+        f.width = Width::Fixed(49);
+        f.redraw().unwrap();
+        f.finish().unwrap();
+        // Nothing to redraw once finished.
+        f.redraw().unwrap();
+        let out = String::from_utf8(f.out).unwrap();
+        let lines: Vec<&str> = out.split("\r\x1b[K").collect();
+        assert_eq!(lines.len(), 4, "{out:?}");
+        assert_eq!(lines[0], "");
+        assert!(lines[1].contains("refreshctl abort 7"), "{}", lines[1]);
+        assert_eq!(
+            lines[2],
+            "waiting for 1 pro… — see: refreshctl status hello"
+        );
+        assert_eq!(lines[3], "");
+    }
+
+    #[test]
+    fn a_label_the_summary_does_not_say_is_shown() {
+        let mut c = downloading("verifying", 4_200_000, 10_000_000);
+        c.tasks[2].summary = "Prepare snap \"hello\" (x1)".into();
+        assert_eq!(
+            live_line(&c, LIVE_WIDTH),
+            "[2/9] Prepare snap \"hello\" (x1): verifying [####.......]  42%  4.2 MB / 10.0 MB"
+        );
+        assert_eq!(live_line(&c, 20), "[2/9] Prepare s… 42%");
+        let out = render(Mode::Lines, &[c]);
+        assert!(
+            out.contains("Prepare snap \"hello\" (x1): verifying 42%  4.2 MB / 10.0 MB\n"),
+            "{out}"
+        );
+    }
+
+    fn meter(width: usize) -> Meter<Vec<u8>> {
+        Meter::new(
+            Vec::new(),
+            Width::Fixed(width),
+            "Uploading hello_1.0_all.snap".into(),
+        )
+    }
+
+    #[test]
+    fn a_meter_draws_the_start_and_the_end_and_little_between() {
+        let mut m = meter(LIVE_WIDTH);
+        m.show(0, 20_000_000);
+        // Redrawn no more than every METER_EVERY: these come too soon after the first.
+        for done in (1..100).map(|i| i * 100_000) {
+            m.show(done, 20_000_000);
+        }
+        m.show(20_000_000, 20_000_000);
+        // The same again is not news.
+        m.show(20_000_000, 20_000_000);
+        m.finish();
+        let out = String::from_utf8(m.out).unwrap();
+        let lines: Vec<&str> = out.split("\r\x1b[K").skip(1).collect();
+        assert_eq!(
+            lines,
+            [
+                "Uploading hello_1.0_all.snap: [....................]   0%  0 B / 20.0 MB",
+                "Uploading hello_1.0_all.snap: [####################] 100%  20.0 MB / 20.0 MB",
+                "",
+            ],
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_meter_fits_its_width_and_shows_the_head_without_a_total() {
+        let mut m = meter(30);
+        m.show(8_400_000, 20_000_000);
+        let mut n = meter(LIVE_WIDTH);
+        n.set_head("Packing hello (12 files)".into());
+        n.show(0, 0);
+        n.show(0, 0);
+        // Never drawn, nothing to clear.
+        let mut q = meter(LIVE_WIDTH);
+        q.finish();
+        assert_eq!(
+            String::from_utf8(m.out).unwrap(),
+            "\r\x1b[KUploading hello_1.0_all.…: 42%"
+        );
+        assert_eq!(
+            String::from_utf8(n.out).unwrap(),
+            "\r\x1b[KPacking hello (12 files)"
+        );
+        assert!(q.out.is_empty());
     }
 }

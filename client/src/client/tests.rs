@@ -207,7 +207,7 @@ async fn post_is_retried_with_the_same_key() {
                      headers: HeaderMap,
                      Json(action): Json<SnapAction>| async move {
                         assert_eq!(name, "hello");
-                        assert_eq!(action, SnapAction::remove());
+                        assert_eq!(action, SnapAction::remove(false));
                         keys.lock().unwrap().push(key(&headers));
                         (StatusCode::ACCEPTED, Json(ChangeRef { change: 7 }))
                     },
@@ -217,7 +217,7 @@ async fn post_is_retried_with_the_same_key() {
         axum::serve(listener, app).await.unwrap();
     });
 
-    assert_eq!(client(&socket).remove("hello").await.unwrap(), 7);
+    assert_eq!(client(&socket).remove("hello", false).await.unwrap(), 7);
     let keys = keys.lock().unwrap().clone();
     assert_eq!(keys.len(), 2, "{keys:?}");
     assert_eq!(keys[0], keys[1]);
@@ -355,7 +355,7 @@ async fn error_bodies_become_api_errors() {
     // The name travelled percent-encoded and came back decoded.
     assert_eq!(err.to_string(), "snap \"a b/c\" is not installed");
 
-    let err = client.remove("hello").await.unwrap_err();
+    let err = client.remove("hello", false).await.unwrap_err();
     assert!(
         matches!(
             err,

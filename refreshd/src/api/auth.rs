@@ -10,7 +10,6 @@ use super::{ApiError, ApiState};
 pub struct Peer {
     pub uid: u32,
     pub gid: u32,
-    pub pid: Option<i32>,
 }
 
 /// A uid that is nobody's: used when the kernel could not tell, so nothing is allowed.
@@ -23,12 +22,10 @@ impl Peer {
             Ok(c) => Peer {
                 uid: c.uid(),
                 gid: c.gid(),
-                pid: c.pid(),
             },
             Err(_) => Peer {
                 uid: UNKNOWN_UID,
                 gid: UNKNOWN_UID,
-                pid: None,
             },
         }
     }

@@ -8,7 +8,6 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use refreshd_state::now_ms;
 
-use super::status::{clock_ticks, stat_fields};
 use super::{ApiError, ApiState};
 use crate::metrics::ProcessInfo;
 
@@ -27,38 +26,13 @@ pub async fn metrics(State(st): State<Arc<ApiState>>) -> Result<Response, ApiErr
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response())
 }
 
-/// CPU time, resident memory and open descriptors of this process, from /proc/self.
+/// CPU time, resident memory and open descriptors of this process.
 fn own_figures() -> ProcessInfo {
-    let cpu_seconds = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let f = stat_fields(&s);
-            // utime and stime: fields 14 and 15.
-            let utime: u64 = f.get(11)?.parse().ok()?;
-            let stime: u64 = f.get(12)?.parse().ok()?;
-            Some((utime + stime) as f64 / clock_ticks() as f64)
-        });
-    let resident_bytes = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let kb: u64 = s
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()?;
-            Some(kb * 1024)
-        });
-    // The directory's own descriptor, open while it is read, is not counted.
-    let open_fds = std::fs::read_dir("/proc/self/fd")
-        .ok()
-        .map(|d| d.count().saturating_sub(1) as u64);
+    let own = crate::procfs::own();
     ProcessInfo {
-        cpu_seconds,
-        resident_bytes,
-        open_fds,
+        cpu_seconds: own.cpu_seconds,
+        resident_bytes: own.resident_bytes,
+        open_fds: own.open_fds,
         ..ProcessInfo::default()
     }
 }

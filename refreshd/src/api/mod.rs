@@ -8,13 +8,14 @@ mod metrics;
 pub mod refresh;
 mod server;
 mod snaps;
+mod snapshots;
 mod status;
 mod watch;
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use refreshd_client::types::{ErrorKind, MountMode as ApiMountMode};
 use refreshd_state::State;
@@ -97,6 +98,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/changes", get(changes::list))
         .route("/v1/changes/{id}", get(changes::one).post(changes::action))
         .route("/v1/changes/{id}/watch", get(changes::watch))
+        .route("/v1/snapshots", get(snapshots::list))
+        .route("/v1/snapshots/{set}", post(snapshots::action))
         .route("/v1/metrics", get(metrics::metrics))
         .fallback(|| async {
             ApiError::new(

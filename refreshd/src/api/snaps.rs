@@ -160,7 +160,7 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
     Ok(Some(s.to_owned()))
 }
 
-fn accepted(id: u64) -> Response {
+pub(super) fn accepted(id: u64) -> Response {
     (
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/v1/changes/{id}"))],
@@ -340,7 +340,7 @@ pub async fn action(
     if act.action == SnapActionKind::Refresh {
         return refresh_one(&st, peer.uid, key, name, act.channel.as_deref()).await;
     }
-    let id = ops::remove::remove(&st.ops, peer.uid, key, &name).await?;
+    let id = ops::remove::remove(&st.ops, peer.uid, key, &name, act.purge).await?;
     Ok(accepted(id))
 }
 

@@ -20,6 +20,7 @@ use refreshd_state::Select;
 use super::changes::{change_json, View};
 use super::{ApiError, ApiState, Peer};
 use crate::metrics::{wait_started, waiting_for_apps};
+use crate::procfs;
 
 type St = State<Arc<ApiState>>;
 
@@ -82,12 +83,12 @@ pub async fn status(
             let tr = &ctx.tracking;
             let pids = tr.procs(&n)?;
             let hidden = crate::procfs::hidepid();
-            let sys = System::read();
+            let clock = crate::procfs::Clock::read();
             // One look-up per owner, however many processes they have.
             let mut users = std::collections::HashMap::new();
             let processes: Vec<SnapProcess> = pids
                 .into_iter()
-                .filter_map(|pid| process(pid, &sys))
+                .filter_map(|pid| process(pid, &clock))
                 .map(|mut p| {
                     p.user = users
                         .entry(p.uid)
@@ -118,65 +119,16 @@ pub async fn status(
     }))
 }
 
-/// What turns a process's start (in clock ticks since boot) into a time.
-pub(super) struct System {
-    /// Boot time, unix seconds (`btime` in /proc/stat).
-    boot: Option<i64>,
-    /// Clock ticks per second of /proc's times.
-    ticks: u64,
-}
-
-impl System {
-    pub(super) fn read() -> System {
-        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("btime "))
-                .and_then(|v| v.trim().parse().ok())
-        });
-        System {
-            boot,
-            ticks: clock_ticks(),
-        }
-    }
-}
-
-/// Clock ticks per second (`USER_HZ`), the unit of the times in /proc/PID/stat.
-pub(super) fn clock_ticks() -> u64 {
-    // SAFETY: sysconf takes a constant and touches no memory of ours.
-    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(100)
-}
-
-/// The fields of /proc/PID/stat after the process name (which may hold spaces and parens):
-/// index 0 is field 3 (state).
-pub(super) fn stat_fields(stat: &str) -> Vec<&str> {
-    stat.rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default()
-}
-
 /// A process as the kernel describes it, without its owner's name; None once it is gone.
-fn process(pid: u32, sys: &System) -> Option<SnapProcess> {
-    let dir = format!("/proc/{pid}");
-    let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
-    let uid = real_uid(&status)?;
-    let command = std::fs::read(format!("{dir}/cmdline"))
-        .ok()
-        .map(|b| split_cmdline(&b));
-    let comm = std::fs::read_to_string(format!("{dir}/comm"))
-        .map(|s| s.trim_end_matches('\n').to_owned())
-        .unwrap_or_default();
-    let started = std::fs::read_to_string(format!("{dir}/stat"))
-        .ok()
-        .and_then(|s| start_ms(&s, sys))
-        .map(ts);
+fn process(pid: u32, clock: &procfs::Clock) -> Option<SnapProcess> {
+    let uid = procfs::real_uid(pid)?;
     Some(SnapProcess {
         pid,
         uid,
         user: None,
-        command: Some(command.unwrap_or_default()),
-        comm,
-        started,
+        command: Some(procfs::argv(pid).unwrap_or_default()),
+        comm: procfs::comm(pid).unwrap_or_default(),
+        started: procfs::started_ms(pid, clock).map(ts),
     })
 }
 
@@ -188,75 +140,14 @@ fn user_name(uid: u32) -> Option<String> {
         .map(|u| u.name)
 }
 
-/// The real uid from /proc/PID/status (`Uid: real effective saved fs`).
-fn real_uid(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// argv from /proc/PID/cmdline: NUL-terminated arguments (empty ones kept).
-fn split_cmdline(b: &[u8]) -> Vec<String> {
-    let b = b.strip_suffix(b"\0").unwrap_or(b);
-    if b.is_empty() {
-        return vec![];
-    }
-    b.split(|&c| c == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
-}
-
-/// When the process started (unix ms), from field 22 of /proc/PID/stat.
-fn start_ms(stat: &str, sys: &System) -> Option<i64> {
-    let ticks: u64 = stat_fields(stat).get(19)?.parse().ok()?;
-    let boot = sys.boot?;
-    let ms = ticks.checked_mul(1000)? / sys.ticks;
-    boot.checked_mul(1000)?.checked_add(i64::try_from(ms).ok()?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn command_lines_keep_their_arguments() {
-        let cases: &[(&[u8], &[&str])] = &[
-            (b"sleep\x00100\x00", &["sleep", "100"]),
-            (b"a\0\0b\0", &["a", "", "b"]),
-            (b"a b c", &["a b c"]),
-            (b"", &[]),
-            (b"\xff\0", &["\u{fffd}"]),
-        ];
-        for (raw, want) in cases {
-            assert_eq!(split_cmdline(raw), *want, "{raw:?}");
-        }
-    }
-
-    #[test]
-    fn owners_and_start_times_from_proc() {
-        let status = "Name:\tsleep\nUid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\n";
-        assert_eq!(real_uid(status), Some(1000));
-        assert_eq!(real_uid("Name: x\n"), None);
-        // A name with spaces and parens does not shift the fields.
-        let stat = "4242 (my (odd) app) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 12345 1000 100";
-        assert_eq!(stat_fields(stat)[0], "S");
-        assert_eq!(stat_fields(stat)[11], "7");
-        let sys = System {
-            boot: Some(1_790_000_000),
-            ticks: 100,
-        };
-        assert_eq!(start_ms(stat, &sys), Some(1_790_000_123_450));
-        assert_eq!(start_ms(stat, &System { boot: None, ..sys }), None);
-        assert_eq!(start_ms("garbage", &System::read()), None);
-    }
-
-    #[test]
     fn this_process_reads_as_itself() {
-        let me = process(std::process::id(), &System::read()).expect("our own process");
+        let clock = procfs::Clock::read();
+        let me = process(std::process::id(), &clock).expect("our own process");
         assert_eq!(me.uid, nix::unistd::getuid().as_raw());
         assert_eq!(user_name(0).as_deref(), Some("root"));
         assert!(!me.command.unwrap().is_empty());
@@ -264,6 +155,6 @@ mod tests {
         let started = me.started.expect("a start time");
         let age = jiff::Timestamp::now().as_second() - started.as_second();
         assert!((0..3600).contains(&age), "started {started}");
-        assert!(process(u32::MAX, &System::read()).is_none());
+        assert!(process(u32::MAX, &clock).is_none());
     }
 }

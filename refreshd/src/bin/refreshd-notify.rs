@@ -12,6 +12,8 @@
 //! Without `--bus`, the bus is `DBUS_SESSION_BUS_ADDRESS` (a `unix:path=` address). Exit status
 //! 0 with the notification's id on stdout; 1 with one line on stderr saying what went wrong.
 
+#![deny(unsafe_code)]
+
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;

@@ -12,9 +12,14 @@
 //! blob are written to its `.partial` (a bare `mid-download`: after the first chunk). The crash
 //! matrix (docs/crash-matrix.md) cuts at random positions with these.
 //!
-//! `pause:POINT=FILE` stops the thread at `POINT` (`mid-copy:setup-data`, `mid-download`): it
-//! creates `FILE.reached`, then waits until `FILE` exists, so a test can break the filesystem
-//! under a task in the middle of its work.
+//! `mid-save:save-data` fires once a remove's snapshot holds the system's data and before it
+//! takes users' trees; `mid-restore:restore-data` once a restore put the system's data back
+//! and before users' trees.
+//!
+//! `pause:POINT=FILE` stops the thread at `POINT` (`mid-copy:setup-data`, `mid-download`,
+//! `mid-verify`: `prepare` hashing the blob, its first progress recorded): it creates
+//! `FILE.reached`, then waits until `FILE` exists, so a test can break the filesystem under a
+//! task in the middle of its work, or see its progress.
 //!
 //! `lose-events` drops the events the tracking watcher sees (and makes its backstop look every
 //! second), to show that the backstop catches up with events lost outside the protocol.

@@ -141,6 +141,28 @@ impl TaskCtx {
         self.update(move |t| t.data = data);
     }
 
+    /// The task's data as its type, as it is in the database now (an earlier step of this same
+    /// run may have recorded part of it); the default when there is none or it is not a `T`.
+    pub fn data<T: serde::de::DeserializeOwned + Default>(&self) -> T {
+        let data = self
+            .db
+            .with(|s| s.task(self.task.id))
+            .ok()
+            .flatten()
+            .map_or_else(|| self.task.data.clone(), |row| row.data);
+        serde_json::from_value(data).unwrap_or_default()
+    }
+
+    /// Records `data` as the task's data ([`TaskCtx::set_data`], typed).
+    pub fn record<T: serde::Serialize>(&self, data: &T) {
+        self.set_data(serde_json::to_value(data).expect("task data serializes"));
+    }
+
+    /// Records `data` and commits it before returning ([`TaskCtx::try_set_data`], typed).
+    pub fn try_record<T: serde::Serialize>(&self, data: &T) -> refreshd_state::Result<()> {
+        self.try_set_data(serde_json::to_value(data).expect("task data serializes"))
+    }
+
     /// Replaces the task's data and commits it before returning: for a record that must not be
     /// lost (what a re-run after a crash relies on).
     pub fn try_set_data(&self, data: serde_json::Value) -> refreshd_state::Result<()> {

@@ -1,6 +1,6 @@
 //! The operations layer: what a request or a timer decides and makes. Refreshing one snap or
-//! many, installing (from the store or a file), reverting, removing and holding refreshes are
-//! planned here, once, whoever asks:
+//! many, installing (from the store or a file), reverting, removing, holding refreshes and
+//! restoring or forgetting snapshots are planned here, once, whoever asks:
 //! the API (`api/`) only parses, authorizes and turns an [`OpError`] into a response, and
 //! auto-refresh calls these same functions. The rules each operation keeps live here:
 //! idempotency keys, no new work while the daemon shuts down, and a change is made from the
@@ -11,6 +11,7 @@ pub mod install;
 pub mod refresh;
 pub mod remove;
 pub mod revert;
+pub mod snapshots;
 pub mod store;
 mod workers;
 

@@ -5,8 +5,15 @@ use refreshd_state::ChangeId;
 use super::{OpError, Ops, Result};
 use crate::tasks::RemoveSetup;
 
-/// Makes the change that removes `name`, from what is kept of it when the change is made.
-pub async fn remove(ops: &Ops, uid: u32, key: Option<String>, name: &str) -> Result<ChangeId> {
+/// Makes the change that removes `name`, from what is kept of it when the change is made;
+/// unless `purge`, its data is kept as a snapshot.
+pub async fn remove(
+    ops: &Ops,
+    uid: u32,
+    key: Option<String>,
+    name: &str,
+    purge: bool,
+) -> Result<ChangeId> {
     let n = name.to_owned();
     let created = ops
         .make(uid, key, "remove", move |s| {
@@ -17,6 +24,7 @@ pub async fn remove(ops: &Ops, uid: u32, key: Option<String>, name: &str) -> Res
                 instance: n.clone(),
                 current: row.current.clone(),
                 revisions: s.revisions(&n)?.into_iter().map(|r| r.revision).collect(),
+                purge,
             }))
         })
         .await?;

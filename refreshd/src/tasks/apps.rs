@@ -8,6 +8,7 @@ use refreshd_snap::text::printable;
 
 use super::{setup, Ctx, SnapSetup};
 use crate::engine::{Outcome, Phase, TaskCtx};
+use crate::kinds::ChangeKind;
 use crate::tracking::{idle_event, Kind};
 
 /// Unix time in nanoseconds, for log lines tests line up with apps' own clocks.
@@ -23,21 +24,21 @@ pub fn unix_ns() -> u128 {
 /// marker is written and launches wait. Otherwise parks until the tracking backend says the
 /// snap went idle. Never kills anything.
 pub fn wait_for_apps(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
-    let ss: SnapSetup = setup(t)?;
-    let name = &ss.instance;
+    let entry = Entry::of(t)?;
+    let name = entry.instance();
     let tr = &c.tracking;
     if phase == Phase::Undo {
         tr.lift(name)?;
-        c.inhibit.release(name);
+        c.shutdown_delay.release(name);
         return Ok(Outcome::Done);
     }
     if tr.kind == Kind::None {
         // Tracking turned off (`--tracking none`): launches can still be kept out; running
         // apps cannot be seen. Never pretend.
-        verify_blob(c, &ss)?;
+        entry.verify(c)?;
         let at = unix_ns();
         tr.inhibit(name, t.change.id)?;
-        c.inhibit.hold(name);
+        c.shutdown_delay.hold(name);
         t.log(format!(
             "the apps of {name} cannot be tracked ({}): going on without waiting; critical section entered at={at}",
             tr.reason
@@ -49,7 +50,7 @@ pub fn wait_for_apps(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outco
     // A failed task is not undone: an inhibition this change wrote (refresh-pending-behavior
     // block, or just now) goes with the error.
     let verify = || {
-        verify_blob(c, &ss).or_else(|e| {
+        entry.verify(c).or_else(|e| {
             if tr.inhibition_owner(name) == Some(t.change.id) {
                 tr.lift(name)?;
             }
@@ -70,13 +71,18 @@ pub fn wait_for_apps(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outco
                 // Went idle between the two looks.
                 verify()?;
             }
-            c.inhibit.hold(name);
+            c.shutdown_delay.hold(name);
             t.log(format!(
                 "no process of {name} is left; critical section entered at={at}"
             ));
             Ok(Outcome::Done)
         }
         Empty::No(procs) => {
+            let Entry::Switch(ss) = &entry else {
+                // A remove or a restore just waits: no hook or notice speaks of it.
+                drop(lock);
+                return Ok(wait_for(c, name, &procs));
+            };
             if ss.block_launches && !tr.is_inhibited(name) {
                 tr.inhibit(name, t.change.id)?;
                 t.log(
@@ -85,10 +91,48 @@ pub fn wait_for_apps(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outco
             }
             drop(lock);
             // The refresh is pending: the app may prepare and exit (bounded; never fatal).
-            super::hooks::refresh_pending(c, t, &ss)?;
+            super::hooks::refresh_pending(c, t, ss)?;
             // Logged-in users hear of it once (and with a reminder policy, again later).
             let out = wait_for(c, name, &procs);
-            Ok(super::notices::pending(c, t, &ss, procs.len(), out))
+            Ok(super::notices::pending(c, t, ss, procs.len(), out))
+        }
+    }
+}
+
+/// What a change that enters the critical section is about.
+enum Entry {
+    /// An install, refresh or revert: a revision is switched to.
+    Switch(Box<SnapSetup>),
+    /// A remove or a restore: the snap's data is moved, no revision is switched to.
+    Data(String),
+}
+
+impl Entry {
+    fn of(t: &TaskCtx) -> anyhow::Result<Entry> {
+        #[derive(serde::Deserialize)]
+        struct Instance {
+            instance: String,
+        }
+        Ok(match ChangeKind::parse(&t.change.kind) {
+            Some(ChangeKind::Remove | ChangeKind::Restore) => {
+                Entry::Data(setup::<Instance>(t)?.instance)
+            }
+            _ => Entry::Switch(Box::new(setup(t)?)),
+        })
+    }
+
+    fn instance(&self) -> &str {
+        match self {
+            Entry::Switch(ss) => &ss.instance,
+            Entry::Data(name) => name,
+        }
+    }
+
+    /// The revision switched to is what its blob was when it came.
+    fn verify(&self, c: &Ctx) -> anyhow::Result<()> {
+        match self {
+            Entry::Switch(ss) => verify_blob(c, ss),
+            Entry::Data(_) => Ok(()),
         }
     }
 }
@@ -153,8 +197,8 @@ fn wait_for(c: &Ctx, name: &str, procs: &[u32]) -> Outcome {
     // No deadline of its own: a timer per waiting refresh would wake an idle daemon once a
     // minute per refresh (docs/performance.md, the idle daemon).
     let until = tr
-        .polled
-        .then(|| refreshd_state::now_ms() + tr.poll_interval.as_millis() as i64);
+        .poll_every()
+        .map(|every| refreshd_state::now_ms() + every.as_millis() as i64);
     tr.parked.notify_one();
     Outcome::Wait {
         event: Some(idle_event(name)),
@@ -175,7 +219,7 @@ fn wait_for(c: &Ctx, name: &str, procs: &[u32]) -> Outcome {
 /// lock, an empty snap is entered again; otherwise the task waits for its apps, with the marker
 /// restored only under `refresh-pending-behavior: block` (as when the refresh began), so no
 /// launch of anyone waits on a marker the daemon cannot get past. `None`: go on.
-pub fn reenter(
+pub fn reenter_switch(
     c: &Ctx,
     t: &TaskCtx,
     ss: &SnapSetup,
@@ -185,17 +229,29 @@ pub fn reenter(
         // A first install: nothing of the snap can run, there is no critical section.
         return Ok(None);
     }
-    let (tr, name) = (&c.tracking, &ss.instance);
+    reenter(c, t, &ss.instance, ss.block_launches, phase)
+}
+
+/// [`reenter_switch`] for any change inside `name`'s critical section; `block`: the marker is
+/// restored while apps drain (`refresh-pending-behavior: block`).
+pub fn reenter(
+    c: &Ctx,
+    t: &TaskCtx,
+    name: &str,
+    block: bool,
+    phase: Phase,
+) -> anyhow::Result<Option<Outcome>> {
+    let tr = &c.tracking;
     if tr.kind == Kind::None {
         if !tr.is_inhibited(name) {
             tr.inhibit(name, t.change.id)?;
         }
-        c.inhibit.hold(name);
+        c.shutdown_delay.hold(name);
         return Ok(None);
     }
     if tr.inhibition_owner(name) == Some(t.change.id) {
-        // Still inside: after a restart of refreshd the inhibitor is taken again.
-        c.inhibit.hold(name);
+        // Still inside: after a restart of refreshd the shutdown delay is taken again.
+        c.shutdown_delay.hold(name);
         return Ok(None);
     }
     let Some(lock) = tr.try_lock(name).context("cannot take the snap's lock")? else {
@@ -203,14 +259,14 @@ pub fn reenter(
     };
     match check_empty(c, t, name)? {
         Empty::Yes(_) => {
-            c.inhibit.hold(name);
+            c.shutdown_delay.hold(name);
             t.log(format!(
                 "re-entered the critical section of {name} (its marker was gone)"
             ));
             Ok(None)
         }
         Empty::No(procs) => {
-            if ss.block_launches {
+            if block {
                 tr.inhibit(name, t.change.id)?;
             }
             drop(lock);
@@ -232,16 +288,19 @@ pub fn reenter(
 
 /// Leaves the critical section: the new revision is linked, launches may go on.
 pub fn lift_inhibition(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
-    let ss: SnapSetup = setup(t)?;
+    let entry = Entry::of(t)?;
     if phase == Phase::Do {
         let at = unix_ns();
-        c.tracking.lift(&ss.instance)?;
-        c.inhibit.release(&ss.instance);
+        c.tracking.lift(entry.instance())?;
+        c.shutdown_delay.release(entry.instance());
         t.log(format!("critical section left at={at}"));
-        super::notices::done(c, t, &ss);
-    } else {
-        // A later task failed: whoever heard it was updated hears that it was not.
-        super::notices::undone(c, t, &ss);
+    }
+    if let Entry::Switch(ss) = &entry {
+        match phase {
+            Phase::Do => super::notices::done(c, t, ss),
+            // A later task failed: whoever heard it was updated hears that it was not.
+            Phase::Undo => super::notices::undone(c, t, ss),
+        }
     }
     Ok(Outcome::Done)
 }
@@ -266,22 +325,15 @@ fn describe(procs: &[u32]) -> String {
         if i > 0 {
             out.push_str("; ");
         }
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|b| {
-                b.split(|&c| c == 0)
+        let cmd = crate::procfs::argv(*pid)
+            .map(|argv| {
+                argv.into_iter()
                     .filter(|a| !a.is_empty())
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
                     .collect::<Vec<_>>()
                     .join(" ")
             })
             .unwrap_or_default();
-        let user = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Uid:"))
-                    .and_then(|u| u.split_whitespace().next()?.parse::<u32>().ok())
-            })
+        let user = crate::procfs::real_uid(*pid)
             .map(|uid| {
                 nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
                     .ok()

@@ -9,20 +9,15 @@
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use nix::errno::Errno;
-use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitid, Id, WaitPidFlag};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use refreshd_snap::payload::Trust;
 use refreshd_snap::text::one_line;
 use refreshd_snap::SnapYaml;
@@ -30,6 +25,7 @@ use refreshd_snap::SnapYaml;
 use super::{setup, Ctx, SnapSetup};
 use crate::engine::{Outcome, Phase, TaskCtx};
 use crate::layout::Layout;
+use crate::supervise::{self, End, Exit, Job, Stream};
 
 pub const PRE_REFRESH: &str = "pre-refresh";
 pub const POST_REFRESH: &str = "post-refresh";
@@ -40,25 +36,11 @@ const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Between SIGTERM and SIGKILL to a hook's process group.
 const GRACE: Duration = Duration::from_secs(2);
-/// How long to wait for a hook to exit after SIGKILL before giving up on it (a process stuck in
-/// the kernel, say); it is still reaped whenever it does exit.
-const REAP_LIMIT: Duration = Duration::from_secs(10);
-/// How long, after the hook exited, its output may take to reach its end: a process that left
-/// the hook's process group may still hold the pipes, and is not waited for longer.
-const DRAIN: Duration = Duration::from_millis(500);
-/// How often a running hook checks whether the daemon is shutting down (a flag without a
-/// wake-up: `TaskCtx::cancelled`).
-const CANCEL_CHECK: Duration = Duration::from_millis(250);
 
 /// How much of a hook's output is kept (the last bytes), and how many of its lines go into the
 /// task's log (which keeps 30 lines in all).
 const MAX_OUTPUT: usize = 4096;
 const MAX_LOGGED_LINES: usize = 12;
-/// Longer lines are cut when read (and cut again, escaped, when logged).
-const MAX_LINE: usize = 1024;
-
-/// The key in the wait-for-apps task's data that records the refresh-pending hook was started.
-const PENDING_KEY: &str = "refresh-pending-hook";
 
 /// Runs the current (old) revision's `pre-refresh` hook, if it has one. It runs before the data
 /// is pre-copied and before the apps are waited for; a failure undoes the refresh.
@@ -89,22 +71,19 @@ pub fn post_refresh(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcom
 /// `refresh-pending` hook once per change, so the app can save its state and exit. Never fails
 /// the refresh: whatever goes wrong is logged, and the apps are waited for as before.
 pub fn refresh_pending(c: &Ctx, t: &TaskCtx, ss: &SnapSetup) -> anyhow::Result<()> {
-    if t.task.data.get(PENDING_KEY).is_some() || t.cancelled() {
+    let mut data: super::data::WaitForApps = t.data();
+    if data.refresh_pending_hook.is_some() || t.cancelled() {
         return Ok(());
     }
     let Some(prev) = ss.previous.as_deref() else {
         return Ok(());
     };
     // Recorded before it starts: at most once per change, even when the daemon dies mid-hook.
-    let mut data = match &t.task.data {
-        serde_json::Value::Object(m) => m.clone(),
-        _ => serde_json::Map::new(),
-    };
-    data.insert(
-        PENDING_KEY.to_owned(),
-        serde_json::json!({ "revision": prev, "at": refreshd_state::now_ms() }),
-    );
-    t.set_data(serde_json::Value::Object(data));
+    data.refresh_pending_hook = Some(super::data::HookStarted {
+        revision: prev.to_owned(),
+        at: refreshd_state::now_ms(),
+    });
+    t.record(&data);
     let res = old_revision(t, ss).and_then(|rev| {
         let rev = rev.context("no revision is current")?;
         run_hook(c, t, &rev, REFRESH_PENDING)
@@ -244,27 +223,21 @@ fn run_hook(c: &Ctx, t: &TaskCtx, rev: &Rev, hook: &str) -> anyhow::Result<Ran> 
         rev.target,
         seconds(c.hook_timeout)
     ));
-    let spec = Spec {
-        path,
-        env,
-        cwd,
-        timeout: c.hook_timeout,
-        grace: GRACE,
-    };
-    let run = spawn_and_wait(&spec, &|| t.cancelled()).with_context(|| who.clone())?;
+    let job = job(path, &env, cwd, c.hook_timeout, GRACE);
+    let run = execute(&job, &|| t.cancelled()).with_context(|| who.clone())?;
     for line in run.output.log_lines(hook) {
         t.log(line);
     }
-    if !run.output.closed {
+    if !run.exit.closed {
         t.log(format!(
             "the {hook} hook exited but its output stayed open: a process it started outside its process group still holds it"
         ));
     }
-    match verdict(&who, &run, spec.timeout) {
+    match verdict(&who, &run, job.limit()) {
         Ok(Ran::Ok) => {
             t.log(format!(
                 "the {who} succeeded in {:.2} s",
-                run.elapsed.as_secs_f64()
+                run.exit.elapsed.as_secs_f64()
             ));
             Ok(Ran::Ok)
         }
@@ -280,8 +253,8 @@ fn verdict(who: &str, run: &Run, timeout: Duration) -> Result<Ran, String> {
         .last_line()
         .map(|l| format!(": {l}"))
         .unwrap_or_default();
-    match run.end {
-        End::Cancelled => Ok(Ran::Cancelled),
+    match run.exit.end {
+        End::Stopped => Ok(Ran::Cancelled),
         End::TimedOut => Err(format!(
             "{who} timed out after {} and was stopped (refreshd --hook-timeout){tail}",
             seconds(timeout)
@@ -396,43 +369,19 @@ impl Env {
     }
 
     /// Expands `$NAME` and `${NAME}` in `value` against this environment (unknown: empty), as
-    /// the launcher does for apps. A `$` not starting a name, and an unterminated `${`, stay.
+    /// the launcher does for apps ([`refreshd_runctl::expand`]).
     fn expand(&self, value: &str) -> OsString {
-        let is_start = |c: u8| c.is_ascii_alphabetic() || c == b'_';
-        let is_name = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
-        let lookup = |name: &[u8]| {
-            std::str::from_utf8(name)
-                .ok()
-                .and_then(|n| self.get(n))
-                .map(|v| v.as_bytes().to_vec())
-                .unwrap_or_default()
-        };
-        let value = value.as_bytes();
         let mut out = Vec::with_capacity(value.len());
-        let mut i = 0;
-        while i < value.len() {
-            if value[i] == b'$' {
-                let rest = &value[i + 1..];
-                if rest.first() == Some(&b'{') {
-                    if let Some(end) = rest.iter().position(|&c| c == b'}') {
-                        let name = &rest[1..end];
-                        if !name.is_empty() && is_start(name[0]) && name.iter().all(|&c| is_name(c))
-                        {
-                            out.extend(lookup(name));
-                            i += 1 + end + 1;
-                            continue;
-                        }
-                    }
-                } else if rest.first().is_some_and(|&c| is_start(c)) {
-                    let len = rest.iter().take_while(|&&c| is_name(c)).count();
-                    out.extend(lookup(&rest[..len]));
-                    i += 1 + len;
-                    continue;
-                }
-            }
-            out.push(value[i]);
-            i += 1;
-        }
+        refreshd_runctl::expand(
+            value.as_bytes(),
+            |name| {
+                std::str::from_utf8(name)
+                    .ok()
+                    .and_then(|n| self.get(n))
+                    .map(OsStrExt::as_bytes)
+            },
+            |piece| out.extend_from_slice(piece),
+        );
         OsString::from_vec(out)
     }
 }
@@ -466,43 +415,31 @@ fn environment(layout: &Layout, rev: &Rev, hook: &str) -> Env {
     env
 }
 
-/// What to run, where, and for how long.
-struct Spec {
-    path: PathBuf,
-    env: Env,
-    cwd: PathBuf,
-    timeout: Duration,
-    /// Between SIGTERM and SIGKILL.
-    grace: Duration,
+/// A hook as the supervisor runs it: as root, with `env` and nothing else, stopped after
+/// `timeout` (SIGTERM to its process group, SIGKILL after `grace`).
+fn job(path: PathBuf, env: &Env, cwd: PathBuf, timeout: Duration, grace: Duration) -> Job {
+    env.0
+        .iter()
+        .fold(Job::new(path, timeout), |j, (k, v)| j.env(k, v))
+        .cwd(cwd)
+        .grace(grace)
 }
 
-/// How a hook's process ended.
-#[derive(Debug)]
-enum End {
-    Exited(ExitStatus),
-    /// Outlived its time and was stopped.
-    TimedOut,
-    /// Stopped because the daemon is shutting down.
-    Cancelled,
-}
-
+/// A finished hook and the tail of its output.
 struct Run {
-    end: End,
-    elapsed: Duration,
+    exit: Exit,
     output: Output,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stream {
-    Stdout,
-    Stderr,
-}
-
-/// What the hook's threads report: output lines, the end of a stream, the exit.
-enum Msg {
-    Line(Stream, Vec<u8>),
-    Eof,
-    Exited(io::Result<ExitStatus>),
+/// Runs `job` to its end, stopped early when `cancelled()` turns true (shutdown).
+fn execute(job: &Job, cancelled: &dyn Fn() -> bool) -> anyhow::Result<Run> {
+    let mut output = Output::default();
+    let exit =
+        supervise::run(job, cancelled, &mut |s, l| output.push(s, l)).map_err(|e| match e {
+            supervise::Error::Start(e) => anyhow!("cannot be started: {e}"),
+            e => anyhow!(e),
+        })?;
+    Ok(Run { exit, output })
 }
 
 /// The tail of a hook's output, bounded in bytes and lines; stdout is dropped before stderr.
@@ -515,8 +452,6 @@ struct Output {
     dropped: usize,
     last_stderr: Option<String>,
     last_stdout: Option<String>,
-    /// Whether both streams reached their end.
-    closed: bool,
 }
 
 impl Output {
@@ -569,183 +504,11 @@ impl Output {
     }
 }
 
-/// Runs `spec` to its end: exited, or stopped after its time or when `cancelled()` turns true
-/// (SIGTERM to its process group, then SIGKILL after the grace). Whatever the hook leaves in
-/// its process group is killed when it exits.
-fn spawn_and_wait(spec: &Spec, cancelled: &dyn Fn() -> bool) -> anyhow::Result<Run> {
-    let mut cmd = Command::new(&spec.path);
-    cmd.env_clear()
-        .envs(spec.env.0.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let parent = nix::unistd::getpid();
-    // SAFETY: the closure runs in the forked child before exec and only makes two system
-    // calls (prctl, getppid) and builds an io::Error from a raw errno: no allocation, no lock.
-    unsafe {
-        cmd.pre_exec(move || {
-            // If refreshd dies, so does the hook, rather than run on unbounded. (The signal
-            // follows the thread that forked: this one, which stays until the hook is reaped.)
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-                .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
-            if nix::unistd::getppid() != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
-    let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| anyhow!("cannot be started: {e}"))?;
-    let pid = Pid::from_raw(child.id() as i32);
-    let (tx, rx) = mpsc::sync_channel::<Msg>(64);
-    if let Some(out) = child.stdout.take() {
-        let tx = tx.clone();
-        std::thread::spawn(move || read_lines(out, Stream::Stdout, tx));
-    }
-    if let Some(err) = child.stderr.take() {
-        let tx = tx.clone();
-        std::thread::spawn(move || read_lines(err, Stream::Stderr, tx));
-    }
-    std::thread::spawn(move || {
-        let res = wait_and_sweep(&mut child, pid);
-        let _ = tx.send(Msg::Exited(res));
-    });
-
-    enum State {
-        Running,
-        Terminating { kill_at: Instant },
-        Killing { give_up_at: Instant },
-        Draining { until: Instant },
-    }
-    let deadline = started + spec.timeout;
-    let mut state = State::Running;
-    let mut stopped: Option<End> = None;
-    let mut exit: Option<io::Result<ExitStatus>> = None;
-    let mut eofs = 0;
-    let mut output = Output::default();
-    while exit.is_none() || eofs < 2 {
-        let now = Instant::now();
-        let wake_at = match state {
-            State::Running => deadline.min(now + CANCEL_CHECK),
-            State::Terminating { kill_at } => kill_at,
-            State::Killing { give_up_at } => give_up_at,
-            State::Draining { until } => until,
-        };
-        match rx.recv_timeout(wake_at.saturating_duration_since(now)) {
-            Ok(Msg::Line(s, l)) => output.push(s, &l),
-            Ok(Msg::Eof) => eofs += 1,
-            Ok(Msg::Exited(res)) => {
-                exit = Some(res);
-                state = State::Draining {
-                    until: Instant::now() + DRAIN,
-                };
-            }
-            // Every thread is done: the exit and both ends have been received.
-            Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {
-                let now = Instant::now();
-                match state {
-                    State::Running => {
-                        let why = if cancelled() {
-                            Some(End::Cancelled)
-                        } else if now >= deadline {
-                            Some(End::TimedOut)
-                        } else {
-                            None
-                        };
-                        if let Some(why) = why {
-                            let _ = killpg(pid, Signal::SIGTERM);
-                            stopped = Some(why);
-                            state = State::Terminating {
-                                kill_at: now + spec.grace,
-                            };
-                        }
-                    }
-                    State::Terminating { .. } => {
-                        let _ = killpg(pid, Signal::SIGKILL);
-                        state = State::Killing {
-                            give_up_at: now + REAP_LIMIT,
-                        };
-                    }
-                    State::Killing { .. } => bail!(
-                        "does not exit even after SIGKILL (process {pid}, stuck in the kernel?); it is left behind"
-                    ),
-                    State::Draining { .. } => break,
-                }
-            }
-        }
-    }
-    output.closed = eofs >= 2;
-    let status = match exit {
-        Some(Ok(st)) => st,
-        Some(Err(e)) => bail!("cannot wait for process {pid}: {e}"),
-        None => bail!("lost track of process {pid}"),
-    };
-    Ok(Run {
-        end: stopped.unwrap_or(End::Exited(status)),
-        elapsed: started.elapsed(),
-        output,
-    })
-}
-
-/// Waits for the hook to exit; before reaping it kills whatever it left in its process group.
-/// Until it is reaped its pid — the group's id — cannot be reused, so the group signalled is
-/// the hook's.
-fn wait_and_sweep(child: &mut Child, pid: Pid) -> io::Result<ExitStatus> {
-    loop {
-        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-            Ok(_) => break,
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
-        }
-    }
-    let _ = killpg(pid, Signal::SIGKILL);
-    child.wait()
-}
-
-/// Sends `r`'s lines (cut at [`MAX_LINE`] bytes) until its end, then [`Msg::Eof`].
-fn read_lines(mut r: impl Read, stream: Stream, tx: SyncSender<Msg>) {
-    let mut buf = [0u8; 4096];
-    let mut line = Vec::new();
-    let mut cut = false;
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        for &b in &buf[..n] {
-            if b == b'\n' {
-                if cut {
-                    line.extend_from_slice("…".as_bytes());
-                }
-                if tx
-                    .send(Msg::Line(stream, std::mem::take(&mut line)))
-                    .is_err()
-                {
-                    return;
-                }
-                cut = false;
-            } else if line.len() < MAX_LINE {
-                line.push(b);
-            } else {
-                cut = true;
-            }
-        }
-    }
-    if !line.is_empty() {
-        let _ = tx.send(Msg::Line(stream, line));
-    }
-    let _ = tx.send(Msg::Eof);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use std::time::Instant;
 
     fn rev(yaml: &str, key: Option<&str>) -> Rev {
         let yaml = refreshd_snap::yaml::parse(yaml.as_bytes()).unwrap();
@@ -907,17 +670,17 @@ mod tests {
         p
     }
 
-    fn spec(dir: &Path, body: &str, timeout: Duration) -> Spec {
+    fn spec(dir: &Path, body: &str, timeout: Duration) -> Job {
         let mut env = Env::default();
         env.set("PATH", PATH);
         env.set("OUT", dir);
-        Spec {
-            path: script(dir, body),
-            env,
-            cwd: dir.to_owned(),
+        job(
+            script(dir, body),
+            &env,
+            dir.to_owned(),
             timeout,
-            grace: Duration::from_millis(300),
-        }
+            Duration::from_millis(300),
+        )
     }
 
     #[test]
@@ -928,9 +691,9 @@ mod tests {
             "for i in $(seq 1 50); do echo \"line $i\"; done\necho 'bad thing' >&2\nexit 3",
             Duration::from_secs(30),
         );
-        let run = spawn_and_wait(&s, &|| false).unwrap();
-        assert!(matches!(run.end, End::Exited(st) if st.code() == Some(3)));
-        assert!(run.output.closed);
+        let run = execute(&s, &|| false).unwrap();
+        assert!(matches!(run.exit.end, End::Exited(st) if st.code() == Some(3)));
+        assert!(run.exit.closed);
         let lines = run.output.log_lines("pre-refresh");
         assert!(lines.len() <= MAX_LOGGED_LINES + 1, "{lines:?}");
         assert!(lines[0].contains("lines of output left out"), "{lines:?}");
@@ -944,7 +707,7 @@ mod tests {
             "{lines:?}"
         );
         assert_eq!(
-            verdict("pre-refresh hook of \"x\" (revision x1)", &run, s.timeout),
+            verdict("pre-refresh hook of \"x\" (revision x1)", &run, s.limit()),
             Err("pre-refresh hook of \"x\" (revision x1) exited with status 3: bad thing".into())
         );
     }
@@ -953,8 +716,8 @@ mod tests {
     fn the_environment_is_exactly_what_was_given() {
         let d = tempfile::tempdir().unwrap();
         let s = spec(d.path(), "env; pwd", Duration::from_secs(30));
-        let run = spawn_and_wait(&s, &|| false).unwrap();
-        assert!(matches!(run.end, End::Exited(st) if st.success()));
+        let run = execute(&s, &|| false).unwrap();
+        assert!(matches!(run.exit.end, End::Exited(st) if st.success()));
         let text: Vec<&str> = run.output.lines.iter().map(|(_, l)| l.as_str()).collect();
         let out = format!("OUT={}", d.path().display());
         assert!(text.contains(&out.as_str()), "{text:?}");
@@ -970,22 +733,15 @@ mod tests {
     /// Waits (on a pidfd: no polling) until process `pid` has exited; false if it still runs
     /// after `within`.
     fn exits_within(pid: i32, within: Duration) -> bool {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            return io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        }
-        // SAFETY: the descriptor was just opened and is owned by nothing else.
-        let fd =
-            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-        let mut p = libc::pollfd {
-            fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
-            events: libc::POLLIN,
-            revents: 0,
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let pid = rustix::process::Pid::from_raw(pid).unwrap();
+        let fd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(e) => return e == rustix::io::Errno::SRCH,
         };
-        // SAFETY: one valid pollfd, for the duration of the call.
-        let n = unsafe { libc::poll(&mut p, 1, within.as_millis() as i32) };
-        n == 1
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        let within = Timespec::try_from(within).unwrap();
+        poll(&mut fds, Some(&within)).unwrap_or(0) == 1
     }
 
     fn read_pid(p: &Path) -> i32 {
@@ -1002,10 +758,10 @@ mod tests {
             Duration::from_millis(300),
         );
         let t0 = Instant::now();
-        let run = spawn_and_wait(&s, &|| false).unwrap();
-        assert!(matches!(run.end, End::TimedOut), "{:?}", run.end);
+        let run = execute(&s, &|| false).unwrap();
+        assert!(matches!(run.exit.end, End::TimedOut), "{:?}", run.exit.end);
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
-        let msg = verdict("post-refresh hook of \"x\" (revision 3)", &run, s.timeout).unwrap_err();
+        let msg = verdict("post-refresh hook of \"x\" (revision 3)", &run, s.limit()).unwrap_err();
         assert!(msg.contains("timed out"), "{msg}");
         assert!(msg.ends_with(": started"), "{msg}");
         // SIGKILL was sent to the group before the hook was reaped; the child is dying.
@@ -1024,8 +780,8 @@ mod tests {
             "sleep 1000 >/dev/null 2>&1 &\necho $! > \"$OUT/child\"\nexit 0",
             Duration::from_secs(30),
         );
-        let run = spawn_and_wait(&s, &|| false).unwrap();
-        assert!(matches!(run.end, End::Exited(st) if st.success()));
+        let run = execute(&s, &|| false).unwrap();
+        assert!(matches!(run.exit.end, End::Exited(st) if st.success()));
         let child = read_pid(&d.path().join("child"));
         assert!(
             exits_within(child, Duration::from_secs(5)),
@@ -1038,10 +794,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = spec(d.path(), "exec sleep 1000", Duration::from_secs(60));
         let t0 = Instant::now();
-        let run = spawn_and_wait(&s, &|| t0.elapsed() > Duration::from_millis(100)).unwrap();
-        assert!(matches!(run.end, End::Cancelled), "{:?}", run.end);
+        let run = execute(&s, &|| t0.elapsed() > Duration::from_millis(100)).unwrap();
+        assert!(matches!(run.exit.end, End::Stopped), "{:?}", run.exit.end);
         assert!(t0.elapsed() < Duration::from_secs(5));
-        assert_eq!(verdict("x", &run, s.timeout), Ok(Ran::Cancelled));
+        assert_eq!(verdict("x", &run, s.limit()), Ok(Ran::Cancelled));
     }
 
     #[test]
@@ -1052,9 +808,9 @@ mod tests {
             "echo dying >&2; kill -SEGV $$",
             Duration::from_secs(30),
         );
-        let run = spawn_and_wait(&s, &|| false).unwrap();
+        let run = execute(&s, &|| false).unwrap();
         assert_eq!(
-            verdict("hook", &run, s.timeout),
+            verdict("hook", &run, s.limit()),
             Err("hook was killed by signal SIGSEGV: dying".into())
         );
     }
@@ -1063,8 +819,8 @@ mod tests {
     fn a_hook_that_cannot_start_says_why() {
         let d = tempfile::tempdir().unwrap();
         let s = spec(d.path(), "", Duration::from_secs(30));
-        fs::write(&s.path, "#!/nonexistent/interpreter\n").unwrap();
-        let e = spawn_and_wait(&s, &|| false).err().unwrap();
+        fs::write(d.path().join("hook"), "#!/nonexistent/interpreter\n").unwrap();
+        let e = execute(&s, &|| false).err().unwrap();
         assert!(format!("{e:#}").starts_with("cannot be started: "), "{e:#}");
     }
 }

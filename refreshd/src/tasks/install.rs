@@ -9,9 +9,10 @@ use refreshd_snap::payload::Trust;
 use refreshd_snap::Mounted;
 use refreshd_state::{now_ms, RevisionRow, SnapRow};
 
-use super::{setup, Ctx, MountMode, SnapSetup};
+use super::{data, setup, Ctx, MountMode, SnapSetup};
 use crate::engine::{Outcome, Phase, TaskCtx};
 use crate::fsutil;
+use crate::kinds::ChangeKind;
 
 /// Takes the uploaded file into blobs/ and checks it; records the revision.
 pub fn prepare(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
@@ -29,8 +30,7 @@ pub fn prepare(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
                 })?;
                 fsutil::sync_dir(&c.layout.blobs())?;
             }
-            let (hash, size) = crate::blob::sha3_file(&blob)
-                .with_context(|| format!("cannot read {}", blob.display()))?;
+            let (hash, size) = verify(t, &blob)?;
             if hash != ss.sha3_384 || size != ss.size {
                 fs::remove_file(&blob)?;
                 bail!("blob {} does not match what was uploaded (sha3-384 or size differ); install it again", blob.display());
@@ -151,6 +151,24 @@ fn verb(m: MountMode) -> &'static str {
         MountMode::Loop => "loop-mounted",
         MountMode::Extract => "extracted (no loop devices)",
     }
+}
+
+/// The sha3-384 and size of `blob`, with the task's progress (`verifying`) recorded as it is
+/// hashed: a large snap takes seconds.
+fn verify(t: &TaskCtx, blob: &Path) -> anyhow::Result<(String, u64)> {
+    let mut last: Option<std::time::Instant> = None;
+    let mut progress = |done: u64, total: u64| {
+        // Recorded a few times a second, not per chunk: each record is a commit (as downloads).
+        if last.is_none_or(|at| at.elapsed().as_millis() >= 200) || done == total {
+            last = Some(std::time::Instant::now());
+            t.progress("verifying", done, total);
+        }
+        if done > 0 && done < total {
+            crate::engine::failpoint::pause("mid-verify");
+        }
+    };
+    crate::blob::sha3_file_with(blob, &mut progress)
+        .with_context(|| format!("cannot read {}", blob.display()))
 }
 
 /// Makes `snap/INSTANCE/REV` show the blob whose sha3-384 is `sha3` (the one the change, or the
@@ -350,7 +368,7 @@ pub fn unmount_revision(c: &Ctx, dir: &Path) -> anyhow::Result<()> {
 /// keeps it.
 pub fn setup_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     let ss: SnapSetup = setup(t)?;
-    if let Some(out) = super::apps::reenter(c, t, &ss, phase)? {
+    if let Some(out) = super::apps::reenter_switch(c, t, &ss, phase)? {
         return Ok(out);
     }
     let l = &c.layout;
@@ -358,7 +376,7 @@ pub fn setup_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome>
     let dst = l.data_rev(name, &ss.revision);
     match phase {
         Phase::Do => {
-            if t.task.data.get(MADE_KEY).is_some() && fs::symlink_metadata(&dst).is_ok() {
+            if t.data::<data::SetupData>().made.is_some() && fs::symlink_metadata(&dst).is_ok() {
                 return Ok(Outcome::Done);
             }
             for d in [l.data_dir(name), l.data_common(name)] {
@@ -384,7 +402,9 @@ pub fn setup_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome>
                 &ss.revision,
                 &mut entries,
             )?;
-            t.try_set_data(serde_json::json!({ MADE_KEY: refreshd_state::now_ms() }))?;
+            t.try_record(&data::SetupData {
+                made: Some(refreshd_state::now_ms()),
+            })?;
         }
         Phase::Undo => {
             // Only the new revision's directory goes; the previous one was never touched.
@@ -397,9 +417,6 @@ pub fn setup_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome>
     }
     Ok(Outcome::Done)
 }
-
-/// In setup-data's task data: when this change's copy was complete under its final name.
-const MADE_KEY: &str = "made";
 
 /// `DIR/NEW` as a copy of `DIR/OLD`, or empty; `DIR/NEW` does not exist.
 fn copy_revision(
@@ -583,7 +600,7 @@ pub fn user_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> 
 /// Switches `current` (payload and data) to the new revision, atomically each.
 pub fn link(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     let ss: SnapSetup = setup(t)?;
-    if let Some(out) = super::apps::reenter(c, t, &ss, phase)? {
+    if let Some(out) = super::apps::reenter_switch(c, t, &ss, phase)? {
         return Ok(out);
     }
     let target = match phase {
@@ -593,13 +610,13 @@ pub fn link(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     if phase == Phase::Do {
         // A revert goes back to the data the revision had; anything else that has a previous
         // revision (a refresh) starts each user's data as a copy of it.
-        let from = (t.change.kind != "revert")
+        let from = (!ChangeKind::Revert.is(&t.change.kind))
             .then_some(ss.previous.as_deref())
             .flatten();
         write_data_file(c, &ss.instance, &ss.revision, from)?;
     }
     set_current(c, t, &ss.instance, target.as_deref())?;
-    if t.change.kind == "revert" {
+    if ChangeKind::Revert.is(&t.change.kind) {
         // A revert sticks: refreshes that do not name the snap leave it where it was put.
         t.db_with(|s| match phase {
             Phase::Do => s.hold_since_revert(&ss.instance),
@@ -664,7 +681,12 @@ fn forget_users_data(c: &Ctx, t: &TaskCtx, ss: &SnapSetup) {
 /// count as made for it. Written before `current` points at `rev`, so a launch never finds
 /// the one without the other. (Outside a critical section — a first install — a launch in
 /// between only sees the epoch change, which keeps what it finds.)
-fn write_data_file(c: &Ctx, instance: &str, rev: &str, from: Option<&str>) -> anyhow::Result<()> {
+pub(super) fn write_data_file(
+    c: &Ctx,
+    instance: &str,
+    rev: &str,
+    from: Option<&str>,
+) -> anyhow::Result<()> {
     let epoch = uuid::Uuid::new_v4().simple().to_string();
     let mut text = format!("{}\nepoch {}\n", refreshd_runctl::DATA_MAGIC, &epoch[..16]);
     if let Some(f) = from {

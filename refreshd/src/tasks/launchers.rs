@@ -16,7 +16,7 @@ use crate::fsutil;
 
 pub fn launchers(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     let ss: SnapSetup = setup(t)?;
-    if let Some(out) = super::apps::reenter(c, t, &ss, phase)? {
+    if let Some(out) = super::apps::reenter_switch(c, t, &ss, phase)? {
         return Ok(out);
     }
     let rev = match phase {

@@ -5,6 +5,7 @@
 
 pub mod apps;
 pub mod cleanup;
+pub mod data;
 pub mod download;
 pub mod hooks;
 pub mod install;
@@ -12,6 +13,7 @@ pub mod launchers;
 pub mod notices;
 pub mod remove;
 pub mod services;
+pub mod snapshot;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,6 +23,7 @@ use refreshd_state::{NewChange, NewTask};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Handler, Outcome, Phase, TaskCtx};
+use crate::kinds::{ChangeKind, TaskKind};
 use crate::layout::Layout;
 
 /// How revisions' payloads are made available under `snap/NAME/REV`.
@@ -59,8 +62,10 @@ pub struct Ctx {
     pub user_data_budget: std::time::Duration,
     /// Desktop notifications of pending and finished refreshes (`refreshd --notify`).
     pub notify: Arc<crate::notify::Notifier>,
-    /// Shutdown delay inhibitors held during critical sections (logind).
-    pub inhibit: Arc<crate::inhibit::Inhibitors>,
+    /// Shutdown delay locks held during critical sections (logind).
+    pub shutdown_delay: Arc<crate::shutdown_delay::ShutdownDelays>,
+    /// Snapshots of removed snaps' data: retention, and the sets being worked on.
+    pub saved: Arc<snapshot::Saved>,
 }
 
 /// The data an install change carries (the change's `data`), shared by its tasks.
@@ -112,6 +117,22 @@ pub struct RemoveSetup {
     pub current: Option<String>,
     /// Every revision on disk.
     pub revisions: Vec<String>,
+    /// `remove --purge`: no snapshot of the data is kept.
+    #[serde(default)]
+    pub purge: bool,
+}
+
+/// The data a restore change carries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct RestoreSetup {
+    pub instance: String,
+    /// The snapshot put back.
+    pub set: u64,
+    /// The current revision, whose data the snapshot becomes.
+    pub current: String,
+    /// The same: the revision the change starts from (for the services' tasks).
+    pub previous: String,
 }
 
 type HandlerFn = fn(&Ctx, &TaskCtx, Phase) -> anyhow::Result<Outcome>;
@@ -151,25 +172,27 @@ pub(crate) fn error_line(e: &anyhow::Error) -> String {
 
 /// Every task kind this daemon knows, with its handler.
 pub fn handlers(ctx: Arc<Ctx>) -> HashMap<String, Arc<dyn Handler>> {
-    let table: [(&str, HandlerFn); 18] = [
-        ("precopy-data", install::precopy_data),
-        ("download", download::download),
-        ("wait-for-apps", apps::wait_for_apps),
-        ("lift-inhibition", apps::lift_inhibition),
-        ("prepare", install::prepare),
-        ("mount", install::mount),
-        ("setup-data", install::setup_data),
-        ("user-data", install::user_data),
-        ("link", install::link),
-        ("launchers", launchers::launchers),
-        ("unlink", remove::unlink),
-        ("unmount", remove::unmount),
-        ("discard", remove::discard),
-        ("pre-refresh-hook", hooks::pre_refresh),
-        ("post-refresh-hook", hooks::post_refresh),
-        ("stop-services", services::stop),
-        ("start-services", services::start),
-        ("cleanup", cleanup::cleanup),
+    let table: [(TaskKind, HandlerFn); 20] = [
+        (TaskKind::PrecopyData, install::precopy_data),
+        (TaskKind::Download, download::download),
+        (TaskKind::WaitForApps, apps::wait_for_apps),
+        (TaskKind::LiftInhibition, apps::lift_inhibition),
+        (TaskKind::Prepare, install::prepare),
+        (TaskKind::Mount, install::mount),
+        (TaskKind::SetupData, install::setup_data),
+        (TaskKind::UserData, install::user_data),
+        (TaskKind::Link, install::link),
+        (TaskKind::Launchers, launchers::launchers),
+        (TaskKind::Unlink, remove::unlink),
+        (TaskKind::Unmount, remove::unmount),
+        (TaskKind::Discard, remove::discard),
+        (TaskKind::SaveData, snapshot::save_data),
+        (TaskKind::RestoreData, snapshot::restore_data),
+        (TaskKind::PreRefreshHook, hooks::pre_refresh),
+        (TaskKind::PostRefreshHook, hooks::post_refresh),
+        (TaskKind::StopServices, services::stop),
+        (TaskKind::StartServices, services::start),
+        (TaskKind::Cleanup, cleanup::cleanup),
     ];
     table
         .into_iter()
@@ -178,7 +201,7 @@ pub fn handlers(ctx: Arc<Ctx>) -> HashMap<String, Arc<dyn Handler>> {
                 ctx: ctx.clone(),
                 f,
             });
-            (kind.to_owned(), h)
+            (kind.as_str().to_owned(), h)
         })
         .collect()
 }
@@ -211,64 +234,82 @@ pub fn install_change(ss: &SnapSetup) -> NewChange {
     let mut steps = vec![];
     if let Some(d) = &ss.download {
         steps.push((
-            "download",
+            TaskKind::Download,
             format!("Download snap {n:?} ({r}) from {}", d.store),
         ));
     }
     steps.extend([
-        ("prepare", format!("Prepare snap {n:?} ({r})")),
-        ("mount", format!("Mount snap {n:?} ({r})")),
+        (TaskKind::Prepare, format!("Prepare snap {n:?} ({r})")),
+        (TaskKind::Mount, format!("Mount snap {n:?} ({r})")),
     ]);
     let refresh = ss.previous.is_some();
     if refresh {
         steps.extend([
             (
-                "pre-refresh-hook",
+                TaskKind::PreRefreshHook,
                 format!("Run the pre-refresh hook of snap {n:?}"),
             ),
             (
-                "precopy-data",
+                TaskKind::PrecopyData,
                 format!("Copy the data of snap {n:?} ahead of the refresh"),
             ),
             (
-                "wait-for-apps",
+                TaskKind::WaitForApps,
                 format!("Wait for the apps of snap {n:?} to exit"),
             ),
-            ("stop-services", format!("Stop the services of snap {n:?}")),
+            (
+                TaskKind::StopServices,
+                format!("Stop the services of snap {n:?}"),
+            ),
         ]);
     }
     steps.extend([
-        ("setup-data", format!("Set up data of snap {n:?} ({r})")),
-        ("link", format!("Make snap {n:?} ({r}) available")),
-        ("launchers", format!("Write launchers of snap {n:?} ({r})")),
+        (
+            TaskKind::SetupData,
+            format!("Set up data of snap {n:?} ({r})"),
+        ),
+        (TaskKind::Link, format!("Make snap {n:?} ({r}) available")),
+        (
+            TaskKind::Launchers,
+            format!("Write launchers of snap {n:?} ({r})"),
+        ),
     ]);
     if refresh {
         steps.push((
-            "lift-inhibition",
+            TaskKind::LiftInhibition,
             format!("Let the apps of snap {n:?} start again"),
         ));
     }
     steps.push((
-        "start-services",
+        TaskKind::StartServices,
         format!("Start the services of snap {n:?} ({r})"),
     ));
     if refresh {
         steps.extend([
             (
-                "post-refresh-hook",
+                TaskKind::PostRefreshHook,
                 format!("Run the post-refresh hook of snap {n:?} ({r})"),
             ),
             (
-                "user-data",
+                TaskKind::UserData,
                 format!("Carry each user's data of snap {n:?} to {r}"),
             ),
-            ("cleanup", format!("Discard old revisions of snap {n:?}")),
+            (
+                TaskKind::Cleanup,
+                format!("Discard old revisions of snap {n:?}"),
+            ),
         ]);
     }
     let (kind, summary) = match (&ss.download, refresh) {
-        (None, _) => ("install", format!("Install {n:?} ({r}) from a file")),
-        (Some(_), false) => ("install", format!("Install {n:?} ({r}) from the store")),
-        (Some(_), true) => ("refresh", format!("Refresh {n:?} to {r}")),
+        (None, _) => (
+            ChangeKind::Install,
+            format!("Install {n:?} ({r}) from a file"),
+        ),
+        (Some(_), false) => (
+            ChangeKind::Install,
+            format!("Install {n:?} ({r}) from the store"),
+        ),
+        (Some(_), true) => (ChangeKind::Refresh, format!("Refresh {n:?} to {r}")),
     };
     chain(
         kind,
@@ -286,57 +327,118 @@ pub fn install_change(ss: &SnapSetup) -> NewChange {
 pub fn revert_change(ss: &SnapSetup) -> NewChange {
     let (n, r) = (&ss.instance, &ss.revision);
     chain(
-        "revert",
+        ChangeKind::Revert,
         format!("Revert {n:?} to {r}"),
         n,
         serde_json::to_value(ss).expect("serializable"),
         vec![
             (
-                "wait-for-apps",
+                TaskKind::WaitForApps,
                 format!("Wait for the apps of snap {n:?} to exit"),
             ),
-            ("stop-services", format!("Stop the services of snap {n:?}")),
-            ("link", format!("Make snap {n:?} ({r}) current again")),
-            ("launchers", format!("Write launchers of snap {n:?} ({r})")),
             (
-                "lift-inhibition",
+                TaskKind::StopServices,
+                format!("Stop the services of snap {n:?}"),
+            ),
+            (
+                TaskKind::Link,
+                format!("Make snap {n:?} ({r}) current again"),
+            ),
+            (
+                TaskKind::Launchers,
+                format!("Write launchers of snap {n:?} ({r})"),
+            ),
+            (
+                TaskKind::LiftInhibition,
                 format!("Let the apps of snap {n:?} start again"),
             ),
             (
-                "start-services",
+                TaskKind::StartServices,
                 format!("Start the services of snap {n:?} ({r})"),
             ),
         ],
     )
 }
 
-/// The change that removes `rs.instance`: stop-services → unlink → unmount → discard.
+/// The change that removes `rs.instance`, once none of its apps runs (a critical section, as a
+/// refresh's): wait-for-apps → stop-services → unlink → unmount → save-data → discard. Without
+/// `purge` the data in use is saved first, as a snapshot.
 pub fn remove_change(rs: &RemoveSetup) -> NewChange {
     let n = &rs.instance;
+    let mut steps = vec![
+        (
+            TaskKind::WaitForApps,
+            format!("Wait for the apps of snap {n:?} to exit"),
+        ),
+        (
+            TaskKind::StopServices,
+            format!("Stop the services of snap {n:?}"),
+        ),
+        (TaskKind::Unlink, format!("Make snap {n:?} unavailable")),
+        (TaskKind::Unmount, format!("Unmount snap {n:?}")),
+    ];
+    if !rs.purge {
+        steps.push((TaskKind::SaveData, format!("Save the data of snap {n:?}")));
+    }
+    // Discard is the point of no return and ends the critical section itself: a task after
+    // it that failed would undo a remove whose data is gone.
+    steps.push((
+        TaskKind::Discard,
+        format!("Remove data and files of snap {n:?}"),
+    ));
     chain(
-        "remove",
+        ChangeKind::Remove,
         format!("Remove {n:?}"),
         n,
         serde_json::to_value(rs).expect("serializable"),
+        steps,
+    )
+}
+
+/// The change that puts snapshot `rs.set` back as the data of `rs.instance`, once none of its
+/// apps runs: wait-for-apps → stop-services → restore-data → lift-inhibition → start-services.
+pub fn restore_change(rs: &RestoreSetup) -> NewChange {
+    let (n, set) = (&rs.instance, rs.set);
+    chain(
+        ChangeKind::Restore,
+        format!("Restore snapshot {set} of {n:?}"),
+        n,
+        serde_json::to_value(rs).expect("serializable"),
         vec![
-            ("stop-services", format!("Stop the services of snap {n:?}")),
-            ("unlink", format!("Make snap {n:?} unavailable")),
-            ("unmount", format!("Unmount snap {n:?}")),
-            ("discard", format!("Remove data and files of snap {n:?}")),
+            (
+                TaskKind::WaitForApps,
+                format!("Wait for the apps of snap {n:?} to exit"),
+            ),
+            (
+                TaskKind::StopServices,
+                format!("Stop the services of snap {n:?}"),
+            ),
+            (
+                TaskKind::RestoreData,
+                format!("Restore snapshot {set} as the data of snap {n:?}"),
+            ),
+            (
+                TaskKind::LiftInhibition,
+                format!("Let the apps of snap {n:?} start again"),
+            ),
+            (
+                TaskKind::StartServices,
+                format!("Start the services of snap {n:?}"),
+            ),
         ],
     )
 }
 
 /// A change whose tasks run one after the other.
 fn chain(
-    kind: &str,
+    kind: ChangeKind,
     summary: String,
     snap: &str,
     data: serde_json::Value,
-    steps: Vec<(&str, String)>,
+    steps: Vec<(TaskKind, String)>,
 ) -> NewChange {
     NewChange {
-        kind: kind.to_owned(),
+        kind: kind.as_str().to_owned(),
         summary,
         snap: Some(snap.to_owned()),
         data,
@@ -344,7 +446,7 @@ fn chain(
             .into_iter()
             .enumerate()
             .map(|(i, (kind, summary))| NewTask {
-                kind: kind.to_owned(),
+                kind: kind.as_str().to_owned(),
                 summary,
                 data: serde_json::json!({}),
                 waits_for: if i == 0 { vec![] } else { vec![i - 1] },

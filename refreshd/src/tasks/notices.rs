@@ -12,30 +12,15 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
+use super::data::{self, Told, ToldUsers};
 use super::{Ctx, SnapSetup};
 use crate::engine::{Outcome, TaskCtx};
+use crate::kinds::{ChangeKind, TaskKind};
 use crate::notify::{Notice, Session, Urgency};
 
-/// In wait-for-apps' data: who was told the refresh is pending (by uid).
-const PENDING_KEY: &str = "notified";
-/// In lift-inhibition's data: who was told it is done, and who was told it was undone.
-const DONE_KEY: &str = "notified-done";
-const UNDONE_KEY: &str = "notified-undone";
 /// Reminders due within this much of each other are sent in one look, so waiting refreshes
 /// share their wake-ups.
 const REMINDER_GRID_MS: i64 = 60_000;
-
-/// One user's record in wait-for-apps' data.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-struct Told {
-    /// When the last notice (first or reminder) was recorded, unix ms.
-    at: i64,
-    #[serde(default)]
-    reminders: u32,
-}
 
 /// Called by wait-for-apps when it parks with apps running: tells the users not told yet (and,
 /// with a reminder policy, those told long enough ago), records it, and returns `out` with its
@@ -55,13 +40,10 @@ pub fn pending(c: &Ctx, t: &TaskCtx, ss: &SnapSetup, procs: usize, out: Outcome)
         Err(_) => procs,
     };
     let sessions = n.sessions();
-    let mut data = fresh_data(t);
-    let mut told: BTreeMap<String, Told> = data
-        .get(PENDING_KEY)
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default();
+    let mut data: data::WaitForApps = t.data();
+    let told = &mut data.told;
     let now = refreshd_state::now_ms();
-    let plan = plan(&sessions, &told, now, n.reminder.map(as_ms));
+    let plan = plan(&sessions, told, now, n.reminder.map(as_ms));
     let first_look = n.first_look(t.change.id);
     if !plan.first.is_empty() || !plan.remind.is_empty() {
         for s in &plan.first {
@@ -78,12 +60,8 @@ pub fn pending(c: &Ctx, t: &TaskCtx, ss: &SnapSetup, procs: usize, out: Outcome)
             r.at = now;
             r.reminders += 1;
         }
-        data.insert(
-            PENDING_KEY.to_owned(),
-            serde_json::to_value(&told).expect("serializable"),
-        );
         // Recorded before it is sent: at most once.
-        t.set_data(serde_json::Value::Object(data));
+        t.record(&data);
         if !plan.first.is_empty() {
             t.log(format!(
                 "telling {}: {name} will be updated when it is closed",
@@ -130,8 +108,8 @@ pub fn done(c: &Ctx, t: &TaskCtx, ss: &SnapSetup) {
     if !n.enabled() {
         return;
     }
-    let mut data = fresh_data(t);
-    if data.contains_key(DONE_KEY) {
+    let mut data: data::LiftInhibition = t.data();
+    if data.done.is_some() {
         return;
     }
     let told: BTreeMap<String, Told> = t
@@ -139,8 +117,9 @@ pub fn done(c: &Ctx, t: &TaskCtx, ss: &SnapSetup) {
         .ok()
         .into_iter()
         .flatten()
-        .filter(|task| task.kind == "wait-for-apps")
-        .find_map(|task| serde_json::from_value(task.data.get(PENDING_KEY)?.clone()).ok())
+        .filter(|task| TaskKind::WaitForApps.is(&task.kind))
+        .find_map(|task| serde_json::from_value::<data::WaitForApps>(task.data).ok())
+        .map(|w| w.told)
         .unwrap_or_default();
     if told.is_empty() {
         return;
@@ -151,11 +130,11 @@ pub fn done(c: &Ctx, t: &TaskCtx, ss: &SnapSetup) {
         .filter(|s| told.contains_key(&s.uid.to_string()))
         .collect();
     let uids: Vec<u32> = to.iter().map(|s| s.uid).collect();
-    data.insert(
-        DONE_KEY.to_owned(),
-        serde_json::json!({ "uids": uids, "at": refreshd_state::now_ms() }),
-    );
-    t.set_data(serde_json::Value::Object(data));
+    data.done = Some(ToldUsers {
+        uids,
+        at: refreshd_state::now_ms(),
+    });
+    t.record(&data);
     let name = &ss.instance;
     if to.is_empty() {
         t.log(format!(
@@ -163,7 +142,7 @@ pub fn done(c: &Ctx, t: &TaskCtx, ss: &SnapSetup) {
         ));
         return;
     }
-    let notice = done_notice(ss, t.change.kind == "revert");
+    let notice = done_notice(ss, ChangeKind::Revert.is(&t.change.kind));
     t.log(format!("telling {}: {}", list(&to), notice.summary));
     n.post(to, notice, name);
 }
@@ -175,14 +154,11 @@ pub fn undone(c: &Ctx, t: &TaskCtx, ss: &SnapSetup) {
     if !n.enabled() {
         return;
     }
-    let mut data = fresh_data(t);
-    if data.contains_key(UNDONE_KEY) {
+    let mut data: data::LiftInhibition = t.data();
+    if data.undone.is_some() {
         return;
     }
-    let Some(uids) = data
-        .get(DONE_KEY)
-        .and_then(|d| serde_json::from_value::<Vec<u32>>(d.get("uids")?.clone()).ok())
-    else {
+    let Some(uids) = data.done.as_ref().map(|d| d.uids.clone()) else {
         return;
     };
     let to: Vec<Session> = n
@@ -191,11 +167,11 @@ pub fn undone(c: &Ctx, t: &TaskCtx, ss: &SnapSetup) {
         .filter(|s| uids.contains(&s.uid))
         .collect();
     let told: Vec<u32> = to.iter().map(|s| s.uid).collect();
-    data.insert(
-        UNDONE_KEY.to_owned(),
-        serde_json::json!({ "uids": told, "at": refreshd_state::now_ms() }),
-    );
-    t.set_data(serde_json::Value::Object(data));
+    data.undone = Some(ToldUsers {
+        uids: told,
+        at: refreshd_state::now_ms(),
+    });
+    t.record(&data);
     if to.is_empty() {
         return;
     }
@@ -209,7 +185,7 @@ pub fn undone(c: &Ctx, t: &TaskCtx, ss: &SnapSetup) {
                 |r| format!("version {}", r.version),
             )
     });
-    let notice = undone_notice(ss, t.change.kind == "revert", back.as_deref());
+    let notice = undone_notice(ss, ChangeKind::Revert.is(&t.change.kind), back.as_deref());
     t.log(format!("telling {}: {}", list(&to), notice.summary));
     n.post(to, notice, &ss.instance);
 }
@@ -265,21 +241,6 @@ fn min(a: Option<i64>, b: i64) -> Option<i64> {
 
 fn as_ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
-}
-
-/// The task's data as it is in the database now (an earlier step of this same run may have
-/// written it: the refresh-pending hook's record).
-fn fresh_data(t: &TaskCtx) -> serde_json::Map<String, serde_json::Value> {
-    let data = t
-        .db_with(|s| s.task(t.task.id))
-        .ok()
-        .flatten()
-        .map(|row| row.data)
-        .unwrap_or_else(|| t.task.data.clone());
-    match data {
-        serde_json::Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    }
 }
 
 /// `alice (uid 1000), bob (uid 1001)`.

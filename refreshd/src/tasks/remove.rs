@@ -1,4 +1,4 @@
-//! Removing a snap: unlink → unmount → discard. Discard is the point of no return: it deletes
+//! Removing a snap, inside its critical section: unlink → unmount → (save-data) → discard. Discard is the point of no return: it deletes
 //! data, so it has no undo and retries rather than fails.
 
 use super::install::{mount_revision, set_current, unmount_revision};
@@ -9,6 +9,9 @@ use crate::fsutil;
 /// Takes the snap out of use: launchers and `current` links go.
 pub fn unlink(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     let rs: RemoveSetup = setup(t)?;
+    if let Some(out) = super::apps::reenter(c, t, &rs.instance, false, phase)? {
+        return Ok(out);
+    }
     match phase {
         Phase::Do => {
             launchers::remove_all(c, &rs.instance)?;
@@ -49,9 +52,15 @@ pub fn discard(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
         // Nothing can bring deleted data back; the engine only gets here if discard never ran.
         return Ok(Outcome::Done);
     }
+    if let Some(out) = super::apps::reenter(c, t, &rs.instance, false, phase)? {
+        return Ok(out);
+    }
     match discard_all(c, t, &rs) {
         Ok(()) => {
             t.db_with(|s| s.delete_snap(&rs.instance))?;
+            // The snap is gone: its critical section ends here (a launch finds no revision).
+            c.tracking.lift(&rs.instance)?;
+            c.shutdown_delay.release(&rs.instance);
             t.log(format!("removed {} and its data", rs.instance));
             Ok(Outcome::Done)
         }

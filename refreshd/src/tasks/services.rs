@@ -17,11 +17,12 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _};
 use refreshd_snap::{App, DaemonKind, RefreshMode, SnapYaml};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::{launchers, Ctx};
+use super::{data, launchers, Ctx};
 use crate::engine::{Outcome, Phase, TaskCtx};
 use crate::fsutil;
+use crate::kinds::{ChangeKind, TaskKind};
 use crate::layout::Layout;
 
 /// `refreshd --services`.
@@ -310,18 +311,6 @@ fn inactive(unit: &str) -> anyhow::Result<bool> {
     Ok(out.status.success() && matches!(state.trim(), "inactive" | "failed"))
 }
 
-/// What stop-services found and did, kept in its task's data: what undo restores and what
-/// start-services starts again.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-struct Stopped {
-    /// Units that were active before they were stopped.
-    active: Vec<String>,
-    /// Units that were enabled (recorded, and disabled, only when the snap is removed).
-    #[serde(default)]
-    enabled: Vec<String>,
-}
-
 /// The instance a change is about (install, refresh, revert and remove data all name it).
 #[derive(Deserialize)]
 struct Instance {
@@ -358,7 +347,7 @@ fn left_alone(c: &Ctx, t: &TaskCtx, yaml: &SnapYaml) -> Outcome {
 /// with `refresh-mode: endure` stay up through a refresh). Undo starts again what was active.
 pub fn stop(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     let inst: Instance = super::setup(t)?;
-    let removing = t.change.kind == "remove";
+    let removing = ChangeKind::Remove.is(&t.change.kind);
     let Some((rev, yaml)) = current_yaml(t, &inst.instance)? else {
         return Ok(Outcome::Done);
     };
@@ -374,24 +363,30 @@ pub fn stop(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
         Phase::Do => {
             // A second run (after a crash) keeps what the first one saw: by now the units
             // may be stopped by our own hand.
-            let mut rec: Stopped = serde_json::from_value(t.task.data.clone()).unwrap_or_default();
-            if t.task.data.get("active").is_none() {
-                for u in &units {
-                    if query("is-active", u)? {
-                        rec.active.push(u.clone());
+            let mut rec: data::StopServices = t.data();
+            let active = match rec.active.clone() {
+                Some(active) => active,
+                None => {
+                    let mut active = vec![];
+                    for u in &units {
+                        if query("is-active", u)? {
+                            active.push(u.clone());
+                        }
+                        if removing && query("is-enabled", u)? {
+                            rec.enabled.push(u.clone());
+                        }
                     }
-                    if removing && query("is-enabled", u)? {
-                        rec.enabled.push(u.clone());
-                    }
+                    rec.active = Some(active.clone());
+                    t.record(&rec);
+                    active
                 }
-                t.set_data(serde_json::to_value(&rec)?);
-            }
+            };
             for u in &units {
                 // At boot the services are ordered after refreshd-boot.service and wait with
                 // a queued start job; stopping an inactive unit would cancel that job, and the
                 // service would not come up after the refresh. A unit with nothing running is
                 // left alone: if it starts now, confine-hook holds it until the section ends.
-                if !removing && !rec.active.contains(u) && inactive(u)? {
+                if !removing && !active.contains(u) && inactive(u)? {
                     continue;
                 }
                 systemctl(&["stop", u])?;
@@ -402,16 +397,16 @@ pub fn stop(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
             t.log(format!(
                 "stopped {} service(s) of revision {rev} ({} were active)",
                 units.len(),
-                rec.active.len()
+                active.len()
             ));
         }
         Phase::Undo => {
-            let rec: Stopped = serde_json::from_value(t.task.data.clone()).unwrap_or_default();
+            let rec: data::StopServices = t.data();
             for u in rec.enabled.iter().filter(|u| units.contains(u)) {
                 systemctl(&["enable", u])?;
             }
             let mut started = 0;
-            for u in rec.active.iter().filter(|u| units.contains(u)) {
+            for u in rec.active.iter().flatten().filter(|u| units.contains(u)) {
                 // Queued, not waited for: this undo runs inside the critical section, where
                 // the service's launch waits for the inhibition that wait-for-apps' undo, next,
                 // lifts. Waiting here would deadlock a notify or forking service.
@@ -470,9 +465,9 @@ pub fn start(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> {
     let was_active: BTreeSet<String> = t
         .db_with(|s| s.tasks(t.change.id))?
         .into_iter()
-        .filter(|task| task.kind == "stop-services")
-        .filter_map(|task| serde_json::from_value::<Stopped>(task.data).ok())
-        .flat_map(|s| s.active)
+        .filter(|task| TaskKind::StopServices.is(&task.kind))
+        .filter_map(|task| serde_json::from_value::<data::StopServices>(task.data).ok())
+        .flat_map(|s| s.active.unwrap_or_default())
         .collect();
     let mut done = vec![];
     for (name, app) in daemons(&yaml) {

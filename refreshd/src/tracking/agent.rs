@@ -226,14 +226,7 @@ fn lock() -> Result<Flock<File>, String> {
             .create(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+    let f = crate::fsutil::open_lock_file(path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     // Held for microseconds by each daemon as it starts or stops; only root can open it.
     Flock::lock(f, FlockArg::LockExclusive)
@@ -413,7 +406,7 @@ fn root_of_runctl(runctl: &Path) -> Option<PathBuf> {
 /// (major, minor, inode) of every file someone holds a flock(2) on, from `/proc/locks`
 /// (`1: FLOCK  ADVISORY  WRITE 4242 fe:00:1234 0 EOF`; `->` lines are waiters).
 fn flocked() -> std::collections::HashSet<(u64, u64, u64)> {
-    parse_locks(&fs::read_to_string("/proc/locks").unwrap_or_default())
+    parse_locks(&crate::procfs::locks())
 }
 
 fn parse_locks(text: &str) -> std::collections::HashSet<(u64, u64, u64)> {

@@ -15,7 +15,9 @@ pub struct Mounts {
 
 impl Mounts {
     pub fn read() -> io::Result<Mounts> {
-        Ok(Self::parse(&fs::read_to_string("/proc/self/mountinfo")?))
+        Ok(Self::parse(&String::from_utf8_lossy(
+            &crate::procfs::mountinfo()?,
+        )))
     }
 
     /// With the parser confine-hook uses too: both must see the same hierarchies.
@@ -40,6 +42,81 @@ pub fn make_v1_parent(parent: &Path) -> io::Result<()> {
         _ => {}
     }
     fs::write(parent.join("notify_on_release"), "1")
+}
+
+/// This root's parent groups (`PARENT`) in each hierarchy that is mounted and usable. The
+/// launcher joins every hierarchy present whatever the backend, so every backend has them.
+#[derive(Debug, Default, Clone)]
+pub struct Parents {
+    /// `FREEZER/PARENT`.
+    pub v1: Option<PathBuf>,
+    /// `UNIFIED/PARENT`.
+    pub v2: Option<PathBuf>,
+}
+
+impl Parents {
+    fn each(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.v1, &self.v2].into_iter().flatten()
+    }
+
+    /// The snap's groups, `PARENT/snap.NAME`, in every hierarchy.
+    pub fn groups(&self, name: &str) -> Vec<PathBuf> {
+        self.each()
+            .map(|p| p.join(format!("snap.{name}")))
+            .collect()
+    }
+
+    /// Every process in the snap's groups (the union over the hierarchies; a group that does
+    /// not exist is empty).
+    pub fn procs(&self, name: &str) -> io::Result<Vec<u32>> {
+        let mut all = vec![];
+        for g in self.groups(name) {
+            match fs::read_to_string(g.join("cgroup.procs")) {
+                Ok(s) => all.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        all.sort_unstable();
+        all.dedup();
+        Ok(all)
+    }
+
+    /// Instance names that have a group in some hierarchy.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .each()
+            .filter_map(|p| fs::read_dir(p).ok())
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix("snap.")
+                    .map(str::to_owned)
+            })
+            .filter(|n| refreshd_runctl::valid_instance_name(n.as_bytes()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Removes the parents if nothing is left in them.
+    pub fn remove_parents(&self) {
+        for p in self.each() {
+            remove_group(p);
+        }
+    }
+}
+
+/// Removes a group if it is empty; one that stays is said at debug level.
+pub fn remove_group(g: &Path) {
+    if let Err(e) = fs::remove_dir(g) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::debug!(group = %g.display(), "group stays: {e}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The event side of tracking: inotify, turned into engine events (`snap-idle:NAME`).
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -9,30 +9,29 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{idle_event, Kind, Tracking, BACKSTOP, IDLE_EVENT};
+use super::backend::Events;
+use super::markers::running_marker_name;
+use super::{idle_event, Tracking, BACKSTOP, IDLE_EVENT};
 use crate::engine::{failpoint, Engine};
 
-/// Starts the watcher of the chosen backend (nothing for `v1-poll` and `none`).
+/// Starts the watcher of the chosen backend's events, with its backstop (nothing for a
+/// backend that is polled or not tracked).
 pub fn spawn_watcher(
     t: Arc<Tracking>,
     engine: Engine,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // Made at start with the first watch; none when polled (`Tracking::setup` says why).
-    let Some(ino) = t.inotify.lock().unwrap().take() else {
+    let Some(events) = t.take_events() else {
         return Ok(());
     };
-    match t.kind {
-        Kind::V1 => {
-            tokio::spawn(backstop(t.clone(), engine.clone(), shutdown.clone()));
-            tokio::spawn(watch_v1(t, ino, engine, shutdown));
+    tokio::spawn(backstop(t.clone(), engine.clone(), shutdown.clone()));
+    match events {
+        Events::RunningMarkers(ino) => tokio::spawn(watch_v1(t, ino, engine, shutdown)),
+        Events::CgroupEvents { inotify, parent } => {
+            tokio::spawn(watch_v2(t, inotify, parent, engine, shutdown))
         }
-        Kind::V2 => {
-            tokio::spawn(backstop(t.clone(), engine.clone(), shutdown.clone()));
-            tokio::spawn(watch_v2(t, ino, engine, shutdown));
-        }
-        Kind::V1Poll | Kind::Environ | Kind::None => {}
-    }
+    };
     Ok(())
 }
 
@@ -134,17 +133,14 @@ async fn watch_v1(t: Arc<Tracking>, ino: Inotify, engine: Engine, shutdown: Canc
     }
 }
 
-fn running_marker_name(file: &OsStr) -> Option<&str> {
-    let n = file
-        .to_str()?
-        .strip_prefix("snap.")?
-        .strip_suffix(".running")?;
-    refreshd_runctl::valid_instance_name(n.as_bytes()).then_some(n)
-}
-
 /// v2: `cgroup.events` of each `snap.NAME` group changes to `populated 0` when it empties.
-async fn watch_v2(t: Arc<Tracking>, ino: Inotify, engine: Engine, shutdown: CancellationToken) {
-    let Some(parent) = t.v2.clone() else { return };
+async fn watch_v2(
+    t: Arc<Tracking>,
+    ino: Inotify,
+    parent: PathBuf,
+    engine: Engine,
+    shutdown: CancellationToken,
+) {
     let mut watches = ino.watches();
     let mut by_wd: HashMap<WatchDescriptor, String> = HashMap::new();
     let parent_wd = match watches.add(&parent, WatchMask::CREATE) {
@@ -160,7 +156,7 @@ async fn watch_v2(t: Arc<Tracking>, ino: Inotify, engine: Engine, shutdown: Canc
     // Groups that exist already (and any made between the scan and the watch: CREATE above
     // was armed first).
     for name in t.tracked_names() {
-        add_group(&t, &mut watches, &mut by_wd, &name, &engine).await;
+        add_group(&t, &parent, &mut watches, &mut by_wd, &name, &engine).await;
     }
     loop {
         let ev = tokio::select! {
@@ -170,7 +166,7 @@ async fn watch_v2(t: Arc<Tracking>, ino: Inotify, engine: Engine, shutdown: Canc
         let Some(Ok(ev)) = ev else { return };
         if ev.mask.contains(EventMask::Q_OVERFLOW) {
             for name in t.tracked_names() {
-                add_group(&t, &mut watches, &mut by_wd, &name, &engine).await;
+                add_group(&t, &parent, &mut watches, &mut by_wd, &name, &engine).await;
             }
             overflow(&t, &engine).await;
             continue;
@@ -184,7 +180,7 @@ async fn watch_v2(t: Arc<Tracking>, ino: Inotify, engine: Engine, shutdown: Canc
                 .filter(|n| refreshd_runctl::valid_instance_name(n.as_bytes()))
                 .map(str::to_owned);
             if let Some(name) = name {
-                add_group(&t, &mut watches, &mut by_wd, &name, &engine).await;
+                add_group(&t, &parent, &mut watches, &mut by_wd, &name, &engine).await;
             }
             continue;
         }
@@ -193,33 +189,32 @@ async fn watch_v2(t: Arc<Tracking>, ino: Inotify, engine: Engine, shutdown: Canc
             continue;
         }
         if let Some(name) = by_wd.get(&ev.wd).cloned() {
-            check_group(&t, &name, &engine).await;
+            check_group(&t, &parent, &name, &engine).await;
         }
     }
 }
 
 async fn add_group(
     t: &Tracking,
+    parent: &Path,
     watches: &mut inotify::Watches,
     by_wd: &mut HashMap<WatchDescriptor, String>,
     name: &str,
     engine: &Engine,
 ) {
-    let Some(parent) = &t.v2 else { return };
     let events = parent.join(format!("snap.{name}")).join("cgroup.events");
     match watches.add(&events, WatchMask::MODIFY) {
         Ok(wd) => {
             by_wd.insert(wd, name.to_owned());
             // It may have emptied before the watch was armed.
-            check_group(t, name, engine).await;
+            check_group(t, parent, name, engine).await;
         }
         Err(e) => warn!(snap = name, "cannot watch {}: {e}", events.display()),
     }
 }
 
 /// Reads `cgroup.events`; when the group is empty, the running marker goes and waiters wake.
-async fn check_group(t: &Tracking, name: &str, engine: &Engine) {
-    let Some(parent) = &t.v2 else { return };
+async fn check_group(t: &Tracking, parent: &Path, name: &str, engine: &Engine) {
     let events = parent.join(format!("snap.{name}")).join("cgroup.events");
     let populated = std::fs::read_to_string(&events)
         .map(|s| s.lines().any(|l| l.trim() == "populated 1"))

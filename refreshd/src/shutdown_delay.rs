@@ -1,6 +1,7 @@
-//! logind delay inhibitors for shutdown while a refresh is in its critical section, so that a
-//! power-off waits (up to logind's `InhibitDelayMaxSec`, 5 s by default) rather than cut a data
-//! copy or a revision switch in half.
+//! Shutdown delay locks (logind's "delay" inhibitor locks for `shutdown`) while a refresh is
+//! in its critical section, so that a power-off waits (up to logind's `InhibitDelayMaxSec`, 5 s
+//! by default) rather than cut a data copy or a revision switch in half. Called delays here, so
+//! that "inhibit" only ever means the runctl marker that keeps launches out.
 //!
 //! `wait-for-apps` takes one per snap as it enters the critical section (every task inside it
 //! takes it again after a restart, when it re-enters); `lift-inhibition`, or the undo of
@@ -22,9 +23,9 @@ use tracing::{debug, info};
 /// How long the system bus and logind have to answer.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The delay inhibitors held (or asked for), by snap.
+/// The shutdown delay locks held (or asked for), by snap.
 #[derive(Debug)]
-pub struct Inhibitors {
+pub struct ShutdownDelays {
     enabled: bool,
     slots: Mutex<HashMap<String, Slot>>,
     /// Whether "no logind" was logged already.
@@ -39,17 +40,17 @@ enum Slot {
     Held(#[allow(dead_code)] zbus::zvariant::OwnedFd),
 }
 
-impl Inhibitors {
+impl ShutdownDelays {
     /// `enabled`: the daemon's root is `/`.
-    pub fn new(enabled: bool) -> Arc<Inhibitors> {
-        Arc::new(Inhibitors {
+    pub fn new(enabled: bool) -> Arc<ShutdownDelays> {
+        Arc::new(ShutdownDelays {
             enabled,
             slots: Mutex::new(HashMap::new()),
             said: AtomicBool::new(false),
         })
     }
 
-    /// Asks logind for a delay inhibitor for `name` (in the background), unless one is held or
+    /// Asks logind for a shutdown delay lock for `name` (in the background), unless one is held or
     /// asked for already. Returns at once.
     pub fn hold(self: &Arc<Self>, name: &str) {
         if !self.enabled {
@@ -76,7 +77,7 @@ impl Inhibitors {
         let name = name.to_owned();
         rt.spawn(async move {
             let why = format!("Refreshing {name}");
-            let res = tokio::time::timeout(TIMEOUT, inhibit(&why))
+            let res = tokio::time::timeout(TIMEOUT, take_delay_lock(&why))
                 .await
                 .unwrap_or_else(|_| {
                     Err(anyhow::anyhow!("no answer within {} s", TIMEOUT.as_secs()))
@@ -90,7 +91,7 @@ impl Inhibitors {
         let wanted = matches!(slots.get(name), Some(Slot::Asking { wanted: true }));
         match res {
             Ok(fd) if wanted => {
-                debug!(snap = name, "holding a logind delay inhibitor for shutdown");
+                debug!(snap = name, "holding a logind shutdown delay lock");
                 slots.insert(name.to_owned(), Slot::Held(fd));
             }
             // The section ended meanwhile: the descriptor closes here.
@@ -104,26 +105,26 @@ impl Inhibitors {
                         "cannot hold off shutdown during critical sections (logind): {e:#}; refreshes go on without"
                     );
                 } else {
-                    debug!(snap = name, "no logind delay inhibitor: {e:#}");
+                    debug!(snap = name, "no logind shutdown delay lock: {e:#}");
                 }
             }
         }
     }
 
-    /// Lets go of `name`'s inhibitor (at once, or when logind answers).
+    /// Lets go of `name`'s delay lock (at once, or when logind answers).
     pub fn release(&self, name: &str) {
         let mut slots = self.slots.lock().unwrap();
         match slots.get_mut(name) {
             Some(Slot::Asking { wanted }) => *wanted = false,
             Some(Slot::Held(_)) => {
                 slots.remove(name);
-                debug!(snap = name, "released the logind delay inhibitor");
+                debug!(snap = name, "released the logind shutdown delay lock");
             }
             None => {}
         }
     }
 
-    /// The snaps whose inhibitor is held.
+    /// The snaps whose delay lock is held.
     pub fn held(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .slots
@@ -138,8 +139,9 @@ impl Inhibitors {
     }
 }
 
-/// `org.freedesktop.login1.Manager.Inhibit("shutdown", "refreshd", why, "delay")`.
-async fn inhibit(why: &str) -> anyhow::Result<zbus::zvariant::OwnedFd> {
+/// `org.freedesktop.login1.Manager.Inhibit("shutdown", "refreshd", why, "delay")`: logind's
+/// name for it, not this crate's.
+async fn take_delay_lock(why: &str) -> anyhow::Result<zbus::zvariant::OwnedFd> {
     let conn = zbus::connection::Builder::system()
         .context("no system bus")?
         .method_timeout(TIMEOUT)
@@ -155,7 +157,7 @@ async fn inhibit(why: &str) -> anyhow::Result<zbus::zvariant::OwnedFd> {
             &("shutdown", "refreshd", why, "delay"),
         )
         .await
-        .context("logind refused the inhibitor")?;
+        .context("logind refused the delay lock")?;
     reply
         .body()
         .deserialize::<zbus::zvariant::OwnedFd>()
@@ -168,7 +170,7 @@ mod tests {
 
     #[test]
     fn off_for_a_scratch_root() {
-        let i = Inhibitors::new(false);
+        let i = ShutdownDelays::new(false);
         i.hold("hello");
         assert!(i.held().is_empty());
         i.release("hello");
@@ -176,7 +178,7 @@ mod tests {
 
     #[test]
     fn a_release_before_logind_answers_closes_the_lock_on_arrival() {
-        let i = Inhibitors::new(true);
+        let i = ShutdownDelays::new(true);
         i.slots
             .lock()
             .unwrap()
