@@ -325,6 +325,9 @@ pub fn gauges(s: &refreshd_state::State, now_ms: i64) -> refreshd_state::Result<
     };
     for c in s.changes(Select::InProgress, None)? {
         g.in_progress += 1;
+        if !is_refresh(&c) {
+            continue;
+        }
         let tasks = s.tasks(c.id)?;
         if let Some(t) = waiting_for_apps(&tasks) {
             g.pending += 1;
@@ -353,6 +356,12 @@ pub fn wait_started(tasks: &[TaskRow], t: &TaskRow) -> i64 {
         .filter_map(|id| tasks.iter().find(|o| o.id == *id)?.ready_time)
         .max()
         .unwrap_or(t.spawn_time)
+}
+
+/// Whether `change` is a refresh (it switches the snap to a revision): the only changes counted.
+/// A remove or a restore waits for apps too.
+fn is_refresh(change: &ChangeRow) -> bool {
+    ChangeKind::parse(&change.kind).is_some_and(ChangeKind::switches_revision)
 }
 
 /// True for the steps [`observe_task`] learns from: the critical section's edges, done.
@@ -397,9 +406,7 @@ fn stamp(t: &TaskRow, needle: &str) -> Option<u128> {
 impl Observer for Metrics {
     /// Counts a change that has a critical section (a refresh) by kind and outcome.
     fn change_ready(&self, change: &ChangeRow, status: Status, tasks: &[TaskRow]) {
-        // A remove or a restore waits for apps too, but is no refresh.
-        let refresh = ChangeKind::parse(&change.kind).is_some_and(ChangeKind::switches_revision);
-        if refresh && tasks.iter().any(|t| t.kind == WAIT_FOR_APPS) {
+        if is_refresh(change) && tasks.iter().any(|t| t.kind == WAIT_FOR_APPS) {
             self.finished(&change.kind, Outcome::of(status));
         }
     }
@@ -409,7 +416,11 @@ impl Observer for Metrics {
     }
 
     /// A wait for apps that ended, or a critical section that was left.
-    fn task_step(&self, t: &TaskRow, phase: Phase, tasks: &[TaskRow]) {
+    fn task_step(&self, change: &ChangeRow, t: &TaskRow, phase: Phase, tasks: &[TaskRow]) {
+        // A remove or a restore waits for apps too, but is no refresh.
+        if !is_refresh(change) {
+            return;
+        }
         if let Some(o) = observes(t, phase).then(|| observation(tasks, t)).flatten() {
             self.observe(o);
         }

@@ -130,6 +130,11 @@ fn a_remove_waits_for_a_running_app_and_keeps_everyones_data_for_a_restore() {
             .contains(&format!("pid {}", app.pid)),
         "the wait names the app: {c}"
     );
+    let metrics = raw_get(r, "/v1/metrics");
+    assert!(
+        metrics.contains("\nrefreshd_refreshes_pending 0\n"),
+        "a remove that waits is no pending refresh: {metrics}"
+    );
     assert!(user_note.exists(), "nothing is deleted under a running app");
     assert!(
         system_note.exists(),
@@ -447,4 +452,20 @@ fn a_save_and_a_restore_killed_midway_are_finished_after_a_restart() {
     let replaced = home.join(format!("snap/.saved-{undo}-{name}/{rev}/note"));
     assert_eq!(fs::read_to_string(&replaced).unwrap(), "user v2\n");
     assert!(!r.join(format!("var/snap/.saved-{set}-{name}")).exists());
+}
+
+/// The body of `GET PATH` on the daemon's socket, as text.
+fn raw_get(r: &Path, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(r.join("run/refreshd.socket")).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    all.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or(all)
 }

@@ -50,7 +50,7 @@ pub trait Observer: Send + Sync {
     /// Whether a committed step of task `t` in `phase` is of interest: then the engine reads
     /// the tasks of its change and calls [`Observer::task_step`].
     fn wants(&self, t: &TaskRow, phase: Phase) -> bool;
-    fn task_step(&self, t: &TaskRow, phase: Phase, tasks: &[TaskRow]);
+    fn task_step(&self, change: &ChangeRow, t: &TaskRow, phase: Phase, tasks: &[TaskRow]);
 }
 
 /// No one listening (tests, benchmarks).
@@ -61,7 +61,7 @@ impl Observer for Unobserved {
     fn wants(&self, _: &TaskRow, _: Phase) -> bool {
         false
     }
-    fn task_step(&self, _: &TaskRow, _: Phase, _: &[TaskRow]) {}
+    fn task_step(&self, _: &ChangeRow, _: &TaskRow, _: Phase, _: &[TaskRow]) {}
 }
 
 /// What a handler reports back.
@@ -642,8 +642,13 @@ impl Engine {
         }
         let id = t.change_id;
         // Read errors only cost the observation.
-        if let Ok(tasks) = self.inner.db.call(move |s| s.tasks(id)).await {
-            self.inner.observer.task_step(t, phase, &tasks);
+        let read = self
+            .inner
+            .db
+            .call(move |s| Ok::<_, refreshd_state::Error>((s.change(id)?, s.tasks(id)?)))
+            .await;
+        if let Ok((Some(change), tasks)) = read {
+            self.inner.observer.task_step(&change, t, phase, &tasks);
         }
     }
 }
