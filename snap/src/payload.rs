@@ -33,11 +33,11 @@ const KEEP: u32 = 0o755;
 /// Why a payload could not be made safe, or a program in it is not run.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
-    #[error("cannot {op} {}: {source}", path.display())]
+    #[error("cannot {op} {}: {error}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "the image links {} to a file outside it ({links} hard links, {seen} inside); refusing it",
@@ -60,7 +60,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> Payload
     move |e| PayloadError::Io {
         op,
         path: path.to_owned(),
-        source: std::io::Error::from_raw_os_error(e as i32),
+        error: std::io::Error::from_raw_os_error(e as i32),
     }
 }
 
@@ -120,7 +120,7 @@ fn names(dir: &OwnedFd, path: &Path) -> Result<Vec<Vec<u8>>, PayloadError> {
     let dup = dir.try_clone().map_err(|source| PayloadError::Io {
         op: "read",
         path: path.to_owned(),
-        source,
+        error: source,
     })?;
     let mut d = Dir::from_fd(dup).map_err(io_err("read", path))?;
     let mut out = vec![];
