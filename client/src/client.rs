@@ -38,7 +38,8 @@ use crate::types::{
 /// The header that makes a `POST` safe to repeat (docs/api.md, "Idempotency").
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-/// Everything that can go wrong talking to refreshd.
+/// Everything that can go wrong talking to refreshd. A cause is quoted in the message, not a
+/// `source()` (a printed chain would repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No answer could be had: the socket is missing or refused, or the connection kept

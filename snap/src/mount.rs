@@ -29,7 +29,8 @@ const CONFIGURE_ATTEMPTS: u32 = 8;
 const UNMOUNT_ATTEMPTS: u32 = 5;
 const UNMOUNT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Why a mount, unmount or mount-table query failed. One line each.
+/// Why a mount, unmount or mount-table query failed. One line each, which quotes its cause
+/// (a plain field, not a `source()`, so a printed chain does not repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
     #[error("cannot mount {}: {error}", image.display())]

@@ -30,7 +30,8 @@ pub const MAX_DEPTH: usize = 256;
 /// The mode bits a payload keeps: no setuid/setgid/sticky, no group or other write.
 const KEEP: u32 = 0o755;
 
-/// Why a payload could not be made safe, or a program in it is not run.
+/// Why a payload could not be made safe, or a program in it is not run. The cause is quoted in
+/// the message, not a `source()` (a printed chain would repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
     #[error("cannot {op} {}: {error}", path.display())]
