@@ -45,8 +45,14 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> anyhow::Result<()> {
         })
         .collect();
     let publish = |i: usize| -> anyhow::Result<()> {
-        let e = refreshd_store::publish(&store, &blobs[i], "stable")
-            .with_context(|| format!("cannot publish {}", blobs[i].display()))?;
+        let e = refreshd_store::publish(&store, &blobs[i], "stable").map_err(|e| {
+            match e.says_publish() {
+                true => anyhow::Error::new(e),
+                false => {
+                    anyhow::Error::new(e).context(format!("cannot publish {}", blobs[i].display()))
+                }
+            }
+        })?;
         if e.revision as usize != i + 1 {
             bail!("published as revision {}, expected {}", e.revision, i + 1);
         }

@@ -38,13 +38,14 @@ use crate::types::{
 /// The header that makes a `POST` safe to repeat (docs/api.md, "Idempotency").
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-/// Everything that can go wrong talking to refreshd.
+/// Everything that can go wrong talking to refreshd. A cause is quoted in the message, not a
+/// `source()` (a printed chain would repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No answer could be had: the socket is missing or refused, or the connection kept
     /// breaking, for longer than the retry window.
-    #[error("cannot reach refreshd at {}: {source}; is refreshd running?", socket.display())]
-    Unreachable { socket: PathBuf, source: io::Error },
+    #[error("cannot reach refreshd at {}: {error}; is refreshd running?", socket.display())]
+    Unreachable { socket: PathBuf, error: io::Error },
 
     /// refreshd answered with an error. The message is the server's, meant for a person.
     #[error("{message}")]
@@ -60,8 +61,8 @@ pub enum ClientError {
     Protocol(String),
 
     /// A local file could not be read (the snap being uploaded).
-    #[error("cannot read {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cannot read {}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
 }
 
 impl ClientError {
@@ -436,7 +437,7 @@ impl Client {
     fn unreachable(&self, source: io::Error) -> ClientError {
         ClientError::Unreachable {
             socket: self.socket.clone(),
-            source,
+            error: source,
         }
     }
 }
@@ -609,7 +610,7 @@ impl Payload {
                 let io_err = |source| {
                     Failure::Fatal(ClientError::Io {
                         path: path.clone(),
-                        source,
+                        error: source,
                     })
                 };
                 let file = tokio::fs::File::open(path).await.map_err(io_err)?;
@@ -627,7 +628,7 @@ impl Payload {
                     }
                     chunk.map(Frame::data).map_err(|source| BodyError {
                         path: path.clone(),
-                        source,
+                        error: source,
                     })
                 });
                 BuiltBody {
@@ -644,20 +645,17 @@ impl Payload {
 #[derive(Debug)]
 struct BodyError {
     path: PathBuf,
-    source: io::Error,
+    error: io::Error,
 }
 
 impl fmt::Display for BodyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot read {}: {}", self.path.display(), self.source)
+        write!(f, "cannot read {}: {}", self.path.display(), self.error)
     }
 }
 
-impl StdError for BodyError {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        Some(&self.source)
-    }
-}
+// The cause is in the message, so it is not a source too: a chain would say it twice.
+impl StdError for BodyError {}
 
 /// Why an attempt failed, and whether another could succeed.
 enum Failure {
@@ -677,7 +675,7 @@ fn classify(err: hyper::Error, req: &Req) -> Failure {
         if let Some(body) = e.downcast_ref::<BodyError>() {
             return Failure::Fatal(ClientError::Io {
                 path: body.path.clone(),
-                source: io::Error::new(body.source.kind(), body.source.to_string()),
+                error: io::Error::new(body.error.kind(), body.error.to_string()),
             });
         }
         if let Some(io) = e.downcast_ref::<io::Error>() {

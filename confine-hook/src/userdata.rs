@@ -282,10 +282,11 @@ fn copy(snap: &Path, target: &Path, from: &[u8]) -> Result<Prepared> {
     };
     let stats = refreshd_copydata::copy_tree(&src, target, &opts, &mut |_| {}).map_err(|e| {
         fail!(
-            "cannot copy your data from {} to {}: {e}; your data of revision {} is untouched: \
+            "cannot copy your data from {} to {}: {}; your data of revision {} is untouched: \
              make room (or fix what the error names) and start the app again",
             src.display(),
             target.display(),
+            e.chain(),
             show(from)
         )
     })?;

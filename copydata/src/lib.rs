@@ -105,7 +105,7 @@ use std::path::PathBuf;
 pub use copy::copy_tree;
 pub use dir::FD_WINDOW;
 pub use dir::{read_dir as list_dir, remove_tree_at};
-pub use error::{Error, Result};
+pub use error::{Chain, Error, Result};
 pub use precopy::{discard, finish, precopy};
 pub use stats::{Note, NoteKind, Progress, Stats, MAX_NOTES};
 

@@ -29,7 +29,7 @@ fn full_destination(fs_name: &str, mount: Mount) {
     let before = used_kib(&mount.path);
     let dst = mount.path.join("dst");
     let e = copy_tree(&src, &dst, &Options::default(), &mut no_progress()).unwrap_err();
-    println!("{fs_name}: {e}");
+    println!("{fs_name}: {}", e.chain());
     assert!(e.is_no_space(), "{fs_name}: {e:?}");
     assert!(
         e.path().starts_with(&mount.path),

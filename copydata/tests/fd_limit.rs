@@ -52,14 +52,15 @@ fn deep_tree_under_a_low_fd_limit() {
     nofile(&format!("{}:{}", 2 * FD_WINDOW + 40, saved[1])).unwrap();
     let result = (|| -> Result<(), String> {
         let dst = tmp.path().join("dst");
-        copy_tree(&src, &dst, &opts, &mut no_progress()).map_err(|e| e.to_string())?;
+        copy_tree(&src, &dst, &opts, &mut no_progress()).map_err(|e| e.chain().to_string())?;
         let staging = tmp.path().join(".next.staging");
-        precopy(&src, &staging, &opts, &mut no_progress()).map_err(|e| e.to_string())?;
-        precopy(&src, &staging, &opts, &mut no_progress()).map_err(|e| e.to_string())?;
+        precopy(&src, &staging, &opts, &mut no_progress()).map_err(|e| e.chain().to_string())?;
+        precopy(&src, &staging, &opts, &mut no_progress()).map_err(|e| e.chain().to_string())?;
         let next = tmp.path().join("next");
-        finish(&src, &staging, &next, &opts, &mut no_progress()).map_err(|e| e.to_string())?;
-        precopy(&src, &staging, &opts, &mut no_progress()).map_err(|e| e.to_string())?;
-        discard(&staging, &opts).map_err(|e| e.to_string())?;
+        finish(&src, &staging, &next, &opts, &mut no_progress())
+            .map_err(|e| e.chain().to_string())?;
+        precopy(&src, &staging, &opts, &mut no_progress()).map_err(|e| e.chain().to_string())?;
+        discard(&staging, &opts).map_err(|e| e.chain().to_string())?;
         Ok(())
     })();
     nofile(&format!("{}:{}", saved[0], saved[1])).unwrap();

@@ -329,15 +329,20 @@ impl Daemon {
                 layout.hook().display()
             );
         }
-        let mut state = State::open(&layout.state_db())
-            .with_context(|| format!("cannot open {}", layout.state_db().display()))?;
+        // Its errors name the database.
+        let mut state = State::open(&layout.state_db())?;
         let store = match &args.store {
             Some(url) => Some(Arc::new(
                 refreshd_store::Store::open_with(
                     url,
                     store_config(args.store_timeout, args.store_ca.clone()),
                 )
-                .with_context(|| format!("cannot use the store {url}"))?,
+                .map_err(|e| match e {
+                    // These say which store already.
+                    e @ (refreshd_store::Error::BadUrl { .. }
+                    | refreshd_store::Error::StoreDir { .. }) => anyhow::Error::new(e),
+                    e => anyhow::Error::new(e).context(format!("cannot use the store {url}")),
+                })?,
             )),
             None => None,
         };
@@ -381,8 +386,7 @@ impl Daemon {
             prune,
             metrics.clone(),
         );
-        let reads = Reads::open(&layout.state_db(), limits::READERS, limits::WAIT)
-            .with_context(|| format!("cannot open {}", layout.state_db().display()))?;
+        let reads = Reads::open(&layout.state_db(), limits::READERS, limits::WAIT)?;
         let ops = Arc::new(Ops {
             engine: engine.clone(),
             ctx,

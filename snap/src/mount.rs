@@ -29,13 +29,14 @@ const CONFIGURE_ATTEMPTS: u32 = 8;
 const UNMOUNT_ATTEMPTS: u32 = 5;
 const UNMOUNT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Why a mount, unmount or mount-table query failed. One line each.
+/// Why a mount, unmount or mount-table query failed. One line each, which quotes its cause
+/// (a plain field, not a `source()`, so a printed chain does not repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("cannot mount {}: {source}", image.display())]
-    Image { image: PathBuf, source: ImageError },
-    #[error("cannot use {} as a mount point: {source}", path.display())]
-    Target { path: PathBuf, source: io::Error },
+    #[error("cannot mount {}: {error}", image.display())]
+    Image { image: PathBuf, error: ImageError },
+    #[error("cannot use {} as a mount point: {error}", path.display())]
+    Target { path: PathBuf, error: io::Error },
     #[error("cannot use {} as a mount point: not a directory", path.display())]
     TargetNotDir { path: PathBuf },
     #[error("cannot mount {} on {}: {mounted} is already mounted there", image.display(), target.display())]
@@ -44,31 +45,31 @@ pub enum MountError {
         target: PathBuf,
         mounted: String,
     },
-    #[error("cannot open {LOOP_CONTROL}: {source}")]
-    LoopControl { source: io::Error },
-    #[error("cannot get a free loop device: {source}")]
-    GetFree { source: io::Error },
-    #[error("cannot open {}: {source}", device.display())]
-    OpenDevice { device: PathBuf, source: io::Error },
-    #[error("cannot attach {} to {}: {source}", image.display(), device.display())]
+    #[error("cannot open {LOOP_CONTROL}: {error}")]
+    LoopControl { error: io::Error },
+    #[error("cannot get a free loop device: {error}")]
+    GetFree { error: io::Error },
+    #[error("cannot open {}: {error}", device.display())]
+    OpenDevice { device: PathBuf, error: io::Error },
+    #[error("cannot attach {} to {}: {error}", image.display(), device.display())]
     Configure {
         image: PathBuf,
         device: PathBuf,
-        source: io::Error,
+        error: io::Error,
     },
     #[error("cannot attach {} to a loop device: other processes took {attempts} free devices in a row", image.display())]
     NoFreeDevice { image: PathBuf, attempts: u32 },
-    #[error("cannot mount {} on {}: {source}{}", image.display(), target.display(), mount_hint(source))]
+    #[error("cannot mount {} on {}: {error}{}", image.display(), target.display(), mount_hint(error))]
     Mount {
         image: PathBuf,
         target: PathBuf,
         device: PathBuf,
-        source: io::Error,
+        error: io::Error,
     },
-    #[error("cannot unmount {}: {source}", target.display())]
-    Unmount { target: PathBuf, source: io::Error },
-    #[error("cannot read {}: {source}", path.display())]
-    MountTable { path: PathBuf, source: io::Error },
+    #[error("cannot unmount {}: {error}", target.display())]
+    Unmount { target: PathBuf, error: io::Error },
+    #[error("cannot read {}: {error}", path.display())]
+    MountTable { path: PathBuf, error: io::Error },
 }
 
 /// What a mount(2) errno usually means for a squashfs image, since the bare errno
@@ -183,12 +184,12 @@ pub fn mount_squashfs_replacing(image: &Path, target: &Path) -> Result<Mounted, 
 fn open_image(image: &Path) -> Result<(File, (u64, u64)), MountError> {
     let image_err = |source| MountError::Image {
         image: image.to_owned(),
-        source,
+        error: source,
     };
     let backing = File::open(image).map_err(|source| {
         image_err(ImageError::Open {
             path: image.to_owned(),
-            source,
+            error: source,
         })
     })?;
     // Refuse truncated or foreign files before the kernel sees them (the squashfs driver would
@@ -198,7 +199,7 @@ fn open_image(image: &Path) -> Result<(File, (u64, u64)), MountError> {
     let meta = backing.metadata().map_err(|source| {
         image_err(ImageError::Read {
             path: image.to_owned(),
-            source,
+            error: source,
         })
     })?;
     Ok((backing, (meta.dev(), meta.ino())))
@@ -207,7 +208,7 @@ fn open_image(image: &Path) -> Result<(File, (u64, u64)), MountError> {
 fn check_target(target: &Path) -> Result<(), MountError> {
     let target_meta = fs::metadata(target).map_err(|source| MountError::Target {
         path: target.to_owned(),
-        source,
+        error: source,
     })?;
     if !target_meta.is_dir() {
         return Err(MountError::TargetNotDir {
@@ -240,7 +241,7 @@ fn mount_backing(image: &Path, backing: &File, target: &Path) -> Result<(), Moun
             image: image.to_owned(),
             target: target.to_owned(),
             device: device_path,
-            source: io::Error::from_raw_os_error(errno as i32),
+            error: io::Error::from_raw_os_error(errno as i32),
         });
     }
     // The mount now holds the device; closing ours leaves the mount as its last user.
@@ -255,11 +256,11 @@ fn attach(image: &Path, backing: &File) -> Result<(PathBuf, File), MountError> {
         .read(true)
         .write(true)
         .open(LOOP_CONTROL)
-        .map_err(|source| MountError::LoopControl { source })?;
+        .map_err(|source| MountError::LoopControl { error: source })?;
     let name = image.as_os_str().as_bytes();
     for _ in 0..CONFIGURE_ATTEMPTS {
         let n = sys::loop_ctl_get_free(control.as_fd())
-            .map_err(|source| MountError::GetFree { source })?;
+            .map_err(|source| MountError::GetFree { error: source })?;
         let device_path = PathBuf::from(format!("/dev/loop{n}"));
         let device = open_device(&device_path)?;
         match sys::loop_configure(
@@ -275,7 +276,7 @@ fn attach(image: &Path, backing: &File) -> Result<(PathBuf, File), MountError> {
                 return Err(MountError::Configure {
                     image: image.to_owned(),
                     device: device_path,
-                    source,
+                    error: source,
                 })
             }
         }
@@ -297,7 +298,7 @@ fn open_device(path: &Path) -> Result<File, MountError> {
         })
         .map_err(|source| MountError::OpenDevice {
             device: path.to_owned(),
-            source,
+            error: source,
         })
 }
 
@@ -344,7 +345,7 @@ pub fn unmount(target: &Path) -> Result<(), MountError> {
 pub fn unmount_reporting(target: &Path) -> Result<Unmounted, MountError> {
     let fail = |errno: Errno| MountError::Unmount {
         target: target.to_owned(),
-        source: io::Error::from_raw_os_error(errno as i32),
+        error: io::Error::from_raw_os_error(errno as i32),
     };
     // NOFOLLOW: a symlink planted at the target must not redirect us to another mount.
     let mut attempt = 0;
@@ -413,7 +414,7 @@ fn canonical(path: &Path) -> Result<Option<PathBuf>, MountError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(MountError::Target {
             path: path.to_owned(),
-            source,
+            error: source,
         }),
     }
 }
@@ -421,7 +422,7 @@ fn canonical(path: &Path) -> Result<Option<PathBuf>, MountError> {
 fn read_mountinfo() -> Result<Vec<MountEntry>, MountError> {
     let text = fs::read(MOUNTINFO).map_err(|source| MountError::MountTable {
         path: MOUNTINFO.into(),
-        source,
+        error: source,
     })?;
     Ok(mountinfo::parse(&text))
 }

@@ -30,14 +30,15 @@ pub const MAX_DEPTH: usize = 256;
 /// The mode bits a payload keeps: no setuid/setgid/sticky, no group or other write.
 const KEEP: u32 = 0o755;
 
-/// Why a payload could not be made safe, or a program in it is not run.
+/// Why a payload could not be made safe, or a program in it is not run. The cause is quoted in
+/// the message, not a `source()` (a printed chain would repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
-    #[error("cannot {op} {}: {source}", path.display())]
+    #[error("cannot {op} {}: {error}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "the image links {} to a file outside it ({links} hard links, {seen} inside); refusing it",
@@ -60,7 +61,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> Payload
     move |e| PayloadError::Io {
         op,
         path: path.to_owned(),
-        source: std::io::Error::from_raw_os_error(e as i32),
+        error: std::io::Error::from_raw_os_error(e as i32),
     }
 }
 
@@ -120,7 +121,7 @@ fn names(dir: &OwnedFd, path: &Path) -> Result<Vec<Vec<u8>>, PayloadError> {
     let dup = dir.try_clone().map_err(|source| PayloadError::Io {
         op: "read",
         path: path.to_owned(),
-        source,
+        error: source,
     })?;
     let mut d = Dir::from_fd(dup).map_err(io_err("read", path))?;
     let mut out = vec![];

@@ -107,13 +107,14 @@ impl std::fmt::Display for Tool {
 ///
 /// Messages about the image's contents leave out its path: the file is usually an upload in a
 /// temporary location that means nothing to the person reading the message. The path is still
-/// in the variant for logs.
+/// in the variant for logs. Messages are printed on their own, so each quotes its cause in a
+/// plain field rather than a `source()` (a printed chain would repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("cannot open {}: {source}", path.display())]
-    Open { path: PathBuf, source: io::Error },
-    #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
+    #[error("cannot open {}: {error}", path.display())]
+    Open { path: PathBuf, error: io::Error },
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: PathBuf, error: io::Error },
     #[error("{} is not a regular file", path.display())]
     NotAFile { path: PathBuf },
     #[error("not a squashfs image (the file is empty)")]
@@ -138,8 +139,8 @@ pub enum ImageError {
     BadSuperblock { path: PathBuf, reason: String },
     #[error("{tool} not found: install squashfs-tools")]
     ToolMissing { tool: Tool },
-    #[error("cannot run {tool}: {source}")]
-    Spawn { tool: Tool, source: io::Error },
+    #[error("cannot run {tool}: {error}")]
+    Spawn { tool: Tool, error: io::Error },
     #[error(
         "cannot read {inner:?} from a snap: the path must be relative, without \"..\" or wildcards"
     )]
@@ -158,8 +159,8 @@ pub enum ImageError {
         inner: String,
         detail: String,
     },
-    #[error("{source}")]
-    SnapYaml { image: PathBuf, source: YamlError },
+    #[error("{error}")]
+    SnapYaml { image: PathBuf, error: YamlError },
     #[error("unsquashfs {version} can be made to write outside its destination by a crafted image; install squashfs-tools 4.5.1 or later")]
     UnsafeTool { version: String },
     #[error("cannot extract the snap to {}: it already exists", dest.display())]
@@ -172,8 +173,8 @@ pub enum ImageError {
     },
     #[error("cannot pack {}: it has no meta/snap.yaml", dir.display())]
     PackNoSnapYaml { dir: PathBuf },
-    #[error("cannot pack {}: {source}", dir.display())]
-    PackSnapYaml { dir: PathBuf, source: YamlError },
+    #[error("cannot pack {}: {error}", dir.display())]
+    PackSnapYaml { dir: PathBuf, error: YamlError },
     #[error("cannot pack {}: {detail}", dir.display())]
     Pack {
         dir: PathBuf,
@@ -181,12 +182,25 @@ pub enum ImageError {
         detail: String,
     },
     /// A filesystem step around the tools (temporary directories, renames, cleanup).
-    #[error("cannot {op} {}: {source}", path.display())]
+    #[error("cannot {op} {}: {error}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: io::Error,
+        error: io::Error,
     },
+}
+
+impl ImageError {
+    /// The message already begins with `cannot pack DIR`: a caller that says which directory it
+    /// packed adds that only to the others.
+    pub fn says_pack(&self) -> bool {
+        matches!(
+            self,
+            ImageError::PackNoSnapYaml { .. }
+                | ImageError::PackSnapYaml { .. }
+                | ImageError::Pack { .. }
+        )
+    }
 }
 
 /// Checks that `path` holds a complete squashfs 4.0 image and returns its superblock.
@@ -196,7 +210,7 @@ pub enum ImageError {
 pub fn check_image(path: &Path) -> Result<Superblock, ImageError> {
     let file = File::open(path).map_err(|source| ImageError::Open {
         path: path.to_owned(),
-        source,
+        error: source,
     })?;
     check_open_image(&file, path)
 }
@@ -206,7 +220,7 @@ pub fn check_image(path: &Path) -> Result<Superblock, ImageError> {
 pub fn check_open_image(file: &File, path: &Path) -> Result<Superblock, ImageError> {
     let read_err = |source| ImageError::Read {
         path: path.to_owned(),
-        source,
+        error: source,
     };
     let meta = file.metadata().map_err(read_err)?;
     if !meta.is_file() {
@@ -484,7 +498,7 @@ pub fn read_snap_yaml(image: &Path) -> Result<SnapYaml, ImageError> {
     let bytes = read_file_limited(image, "meta/snap.yaml", yaml::MAX_SNAP_YAML_SIZE)?;
     yaml::parse(&bytes).map_err(|source| ImageError::SnapYaml {
         image: image.to_owned(),
-        source,
+        error: source,
     })
 }
 
@@ -549,7 +563,7 @@ fn read_file_by_extracting(
         .map_err(|source| ImageError::Io {
             op: "create a temporary directory in",
             path: std::env::temp_dir(),
-            source,
+            error: source,
         })?;
     let root = tmp.path().join("root");
     let mut args: Vec<&OsStr> = vec!["-no-progress".as_ref(), "-no-xattrs".as_ref()];
@@ -675,7 +689,7 @@ pub(crate) fn extract_with(
         .map_err(|source| ImageError::Io {
             op: "create a temporary directory in",
             path: parent.to_owned(),
-            source,
+            error: source,
         })?;
     let result = extract_into(tools, caps, image, dest, tmp.path());
     if let Err(e) = cleanup(tmp) {
@@ -728,7 +742,7 @@ fn extract_into(
             ImageError::Io {
                 op: "move the extracted snap to",
                 path: dest.to_owned(),
-                source,
+                error: source,
             }
         }
     })
@@ -781,7 +795,7 @@ pub(crate) fn pack_with(
         Err(source) => {
             return Err(ImageError::Read {
                 path: snap_yaml,
-                source,
+                error: source,
             })
         }
     };
@@ -796,11 +810,11 @@ pub(crate) fn pack_with(
         })
         .map_err(|source| ImageError::Read {
             path: snap_yaml.clone(),
-            source,
+            error: source,
         })?;
     yaml::parse(&bytes).map_err(|source| ImageError::PackSnapYaml {
         dir: dir.to_owned(),
-        source,
+        error: source,
     })?;
 
     let pack_err = |detail: String| ImageError::Pack {
@@ -825,7 +839,7 @@ pub(crate) fn pack_with(
         .map_err(|source| ImageError::Io {
             op: "create a temporary directory in",
             path: parent.to_owned(),
-            source,
+            error: source,
         })?;
     let staged = tmp.path().join("image.snap");
     let (files, bytes) = count_tree(dir);
@@ -875,7 +889,7 @@ pub(crate) fn pack_with(
         let io_err = |op, source| ImageError::Io {
             op,
             path: out.to_owned(),
-            source,
+            error: source,
         };
         File::open(&staged)
             .and_then(|f| f.sync_all())
@@ -954,7 +968,7 @@ fn cleanup(tmp: tempfile::TempDir) -> Result<(), ImageError> {
         fs::remove_dir_all(&path).map_err(|source| ImageError::Io {
             op: "remove",
             path: path.clone(),
-            source,
+            error: source,
         })?;
     }
     // The TempDir's own removal now finds nothing; dropping it is harmless.
@@ -1032,7 +1046,10 @@ fn run_tool_watched(
             if source.kind() == io::ErrorKind::NotFound {
                 ImageError::ToolMissing { tool }
             } else {
-                ImageError::Spawn { tool, source }
+                ImageError::Spawn {
+                    tool,
+                    error: source,
+                }
             }
         })?;
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -1061,9 +1078,10 @@ fn run_tool_watched(
         drop(stop);
         read
     });
-    let status = child
-        .wait()
-        .map_err(|source| ImageError::Spawn { tool, source })?;
+    let status = child.wait().map_err(|source| ImageError::Spawn {
+        tool,
+        error: source,
+    })?;
     let (stderr, _) = stderr_thread.join().unwrap_or_default();
     Ok(ToolOutput {
         status,

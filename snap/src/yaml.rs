@@ -284,8 +284,8 @@ pub enum YamlError {
         line: Option<usize>,
         column: Option<usize>,
     },
-    #[error("snap.yaml: {field}: {source}")]
-    InvalidName { field: FieldPath, source: NameError },
+    #[error("snap.yaml: {field}: {error}")]
+    InvalidName { field: FieldPath, error: NameError },
     #[error("snap.yaml: {field}: {reason}")]
     Invalid { field: FieldPath, reason: String },
 }
@@ -390,7 +390,7 @@ fn validate(y: &SnapYaml) -> Result<(), YamlError> {
     };
     let bad_name = |parts: &[&str], source: NameError| YamlError::InvalidName {
         field: FieldPath::new(parts),
-        source,
+        error: source,
     };
 
     validate_snap_name(&y.name).map_err(|e| bad_name(&["name"], e))?;

@@ -31,28 +31,46 @@ pub type TaskId = u64;
 /// Errors from the state store. Each names what it was doing.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot open state database {path}: {source}")]
+    #[error("cannot open state database {path}: {error}")]
     Open {
         path: PathBuf,
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
     #[error("state database {path} is damaged ({detail}); refreshd leaves it as it is: restore it from a backup, or move it aside to start with no snaps recorded")]
     Damaged { path: PathBuf, detail: String },
-    #[error("state database has schema version {found}, newer than the {supported} this refreshd knows; run a newer refreshd")]
-    TooNew { found: u32, supported: u32 },
+    #[error("state database {path} has schema version {found}, newer than the {supported} this refreshd knows; run a newer refreshd")]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
     #[error("snap {snap:?} has change {change} in progress")]
     Conflict { snap: String, change: ChangeId },
     #[error("idempotency key {key:?} was already used for a {request} request")]
     KeyReused { key: String, request: String },
     #[error("state database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error("state database holds malformed JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error("state database holds an unknown task status {0:?}")]
     BadStatus(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+// These messages are printed on their own (the API's answers), so each says its cause and
+// none has a source: a chain printed whole would repeat it. Hence no `#[from]` above.
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        Error::Sqlite(e)
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Error {
+        Error::Json(e)
+    }
+}
 
 impl Error {
     /// The database's filesystem refuses it (ENOSPC, EIO, EROFS; a read that fails under a
@@ -333,11 +351,11 @@ impl State {
     pub fn open(path: &Path) -> Result<State> {
         make_private(path).map_err(|e| Error::Open {
             path: path.to_owned(),
-            source: io_error(e),
+            error: io_error(e),
         })?;
         let conn = Connection::open(path).map_err(|source| Error::Open {
             path: path.to_owned(),
-            source,
+            error: source,
         })?;
         let damaged = |detail: String| Error::Damaged {
             path: path.to_owned(),
@@ -360,6 +378,11 @@ impl State {
                     .to_owned(),
             )),
             Err(Error::Sqlite(e)) if is_damage(&e) => Err(damaged(e.to_string())),
+            // Named here so that no caller has to say which database it opened.
+            Err(Error::Sqlite(error)) => Err(Error::Open {
+                path: path.to_owned(),
+                error,
+            }),
             Err(e) => Err(e),
         }
     }
@@ -372,12 +395,20 @@ impl State {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|source| Error::Open {
             path: path.to_owned(),
-            source,
+            error: source,
         })?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        let found = schema::version(&conn)?;
+        let open_err = |error| Error::Open {
+            path: path.to_owned(),
+            error,
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
+        let found: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
         if found > crate::schema::SCHEMA_VERSION {
             return Err(Error::TooNew {
+                path: path.to_owned(),
                 found,
                 supported: crate::schema::SCHEMA_VERSION,
             });

@@ -119,6 +119,7 @@ pub(crate) fn migrate_to(conn: &mut Connection, target: u32) -> Result<(), Error
     let found = version(conn)?;
     if found > SCHEMA_VERSION {
         return Err(Error::TooNew {
+            path: conn.path().unwrap_or_default().into(),
             found,
             supported: SCHEMA_VERSION,
         });

@@ -19,7 +19,7 @@ impl DirSource {
     pub(crate) fn open(dir: &Path) -> Result<DirSource> {
         let store_dir = |source| Error::StoreDir {
             path: dir.to_owned(),
-            source,
+            error: source,
         };
         let root = fs::canonicalize(dir).map_err(store_dir)?;
         if !fs::metadata(&root).map_err(store_dir)?.is_dir() {
@@ -56,7 +56,7 @@ impl DirSource {
             Err(source) => Err(Error::Io {
                 op: "open",
                 path,
-                source,
+                error: source,
             }),
         }
     }
@@ -135,7 +135,7 @@ impl DirSource {
         Failure::Fatal(Error::Io {
             op: "read",
             path: self.root.join(&entry.path),
-            source,
+            error: source,
         })
     }
 }

@@ -12,14 +12,16 @@ use refreshd_snap::{ImageError, NameError};
 /// A result of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Why a store could not be opened, read, downloaded from or published to.
+/// Why a store could not be opened, read, downloaded from or published to. Messages are printed
+/// on their own, so each quotes its cause in a plain field rather than a `source()` (a printed
+/// chain would repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid store address {}: {reason}", quote(.url))]
     BadUrl { url: String, reason: String },
 
-    #[error("cannot use the store directory {}: {source}; check the store address", .path.display())]
-    StoreDir { path: PathBuf, source: io::Error },
+    #[error("cannot use the store directory {}: {error}; check the store address", .path.display())]
+    StoreDir { path: PathBuf, error: io::Error },
 
     #[error(
         "cannot use the CA file {}: {detail}; give a PEM file of certificates",
@@ -147,8 +149,8 @@ pub enum Error {
     #[error("another download to {} is in progress: wait for it to finish", .partial.display())]
     Busy { partial: PathBuf },
 
-    #[error("cannot publish {}: {source}", .snap.display())]
-    Publish { snap: PathBuf, source: ImageError },
+    #[error("cannot publish {}: {error}", .snap.display())]
+    Publish { snap: PathBuf, error: ImageError },
 
     #[error(
         "cannot publish {}: it is {size} bytes, more than the store's limit of {limit}",
@@ -160,18 +162,28 @@ pub enum Error {
         limit: u64,
     },
 
-    #[error("cannot {op} {}: {source}", .path.display())]
+    #[error("cannot {op} {}: {error}", .path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: io::Error,
+        error: io::Error,
     },
 }
 
 impl Error {
+    /// The message already begins with `cannot publish FILE`: a caller that says which file it
+    /// published adds that only to the others.
+    pub fn says_publish(&self) -> bool {
+        matches!(self, Error::Publish { .. } | Error::PublishTooLarge { .. })
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
-        move |source| Error::Io { op, path, source }
+        move |source| Error::Io {
+            op,
+            path,
+            error: source,
+        }
     }
 }
 
@@ -186,6 +198,20 @@ pub(crate) use refreshd_snap::text::{one_line, quote};
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quoted_cause_is_not_a_source_too() {
+        use std::error::Error as _;
+        let e = Error::StoreDir {
+            path: "/srv/store".into(),
+            error: io::Error::other("not a directory"),
+        };
+        assert!(e.source().is_none());
+        assert_eq!(
+            e.to_string(),
+            "cannot use the store directory /srv/store: not a directory; check the store address"
+        );
+    }
 
     #[test]
     fn messages_are_one_line() {

@@ -40,12 +40,12 @@ pub fn publish_with_progress(
     validate_channel(channel)?;
     let meta = fs::metadata(store_dir).map_err(|source| Error::StoreDir {
         path: store_dir.to_owned(),
-        source,
+        error: source,
     })?;
     if !meta.is_dir() {
         return Err(Error::StoreDir {
             path: store_dir.to_owned(),
-            source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+            error: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
         });
     }
     let snaps_dir = store_dir.join("v1/snaps");
@@ -58,7 +58,7 @@ pub fn publish_with_progress(
     let (tmp, sha3_384, size) = copy_in(snap_file, &blobs_dir, progress)?;
     let publish_err = |source| Error::Publish {
         snap: snap_file.to_owned(),
-        source,
+        error: source,
     };
     check_image(tmp.path()).map_err(publish_err)?;
     let yaml = read_snap_yaml(tmp.path()).map_err(publish_err)?;
@@ -87,7 +87,7 @@ pub fn publish_with_progress(
             return Err(Error::Io {
                 op: "read",
                 path: index_path,
-                source,
+                error: source,
             })
         }
     };
@@ -149,7 +149,7 @@ fn copy_in(
                 return Err(Error::Io {
                     op: "read",
                     path: snap_file.to_owned(),
-                    source,
+                    error: source,
                 })
             }
         };
@@ -186,6 +186,6 @@ fn lock(store_dir: &Path) -> Result<Flock<File>> {
     Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Io {
         op: "lock",
         path,
-        source: errno.into(),
+        error: errno.into(),
     })
 }

@@ -215,7 +215,7 @@ impl Store {
                 return Err(Error::Io {
                     op: "lock",
                     path: partial,
-                    source: errno.into(),
+                    error: errno.into(),
                 })
             }
         };
@@ -307,7 +307,7 @@ pub fn partial_path(dest: &Path) -> Result<PathBuf> {
         return Err(Error::Io {
             op: "download to",
             path: dest.to_owned(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "not a file path"),
+            error: io::Error::new(io::ErrorKind::InvalidInput, "not a file path"),
         });
     };
     let mut name: OsString = name.to_owned();

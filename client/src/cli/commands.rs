@@ -181,7 +181,10 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
             if let Some(m) = &mut meter {
                 m.finish();
             }
-            packed.with_context(|| format!("cannot pack {}", dir.display()))?;
+            packed.map_err(|e| match e.says_pack() {
+                true => anyhow::Error::new(e),
+                false => anyhow::Error::new(e).context(format!("cannot pack {}", dir.display())),
+            })?;
             if json {
                 return print_json(&serde_json::json!({ "file": out }));
             }
@@ -204,7 +207,12 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
             if let Some(m) = &mut meter {
                 m.finish();
             }
-            let e = published.with_context(|| format!("cannot publish {}", file.display()))?;
+            let e = published.map_err(|e| match e.says_publish() {
+                true => anyhow::Error::new(e),
+                false => {
+                    anyhow::Error::new(e).context(format!("cannot publish {}", file.display()))
+                }
+            })?;
             if json {
                 return print_json(&serde_json::json!({
                     "name": e.name,

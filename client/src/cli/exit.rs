@@ -136,21 +136,15 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
-/// The error and its causes on one line, like `{:#}`, but without repeating a cause that an
-/// outer message already quotes (ClientError::Unreachable names its source, for one).
+/// The error and its causes on one line, like `{:#}` (each cause is said once: see
+/// docs/architecture.md, Errors), with the lines of a multi-line message joined by `; `.
 pub fn one_line(err: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        let text = text.trim();
-        if text.is_empty() || line.contains(text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(text);
-    }
+    let line = err
+        .chain()
+        .map(|cause| cause.to_string().trim().to_owned())
+        .filter(|text| !text.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ");
     let line = line
         .lines()
         .map(str::trim)
@@ -195,7 +189,7 @@ mod tests {
     fn exit_codes() {
         let unreachable = || ClientError::Unreachable {
             socket: "/run/refreshd.socket".into(),
-            source: io::Error::from(io::ErrorKind::NotFound),
+            error: io::Error::from(io::ErrorKind::NotFound),
         };
         let cases: Vec<(anyhow::Error, i32)> = vec![
             (unreachable().into(), UNREACHABLE),
@@ -215,7 +209,7 @@ mod tests {
             (
                 ClientError::Io {
                     path: PathBuf::from("x.snap"),
-                    source: io::Error::from(io::ErrorKind::NotFound),
+                    error: io::Error::from(io::ErrorKind::NotFound),
                 }
                 .into(),
                 FAILURE,
@@ -276,11 +270,22 @@ mod tests {
     fn one_line_errors() {
         let err = anyhow::Error::new(ClientError::Unreachable {
             socket: "/run/refreshd.socket".into(),
-            source: io::Error::new(io::ErrorKind::NotFound, "No such file or directory"),
+            error: io::Error::new(io::ErrorKind::NotFound, "No such file or directory"),
         });
         assert_eq!(
             one_line(&err),
             "cannot reach refreshd at /run/refreshd.socket: No such file or directory; is refreshd running?"
+        );
+
+        // A cause quoted in its error's message is not its source too: said once.
+        let err = anyhow::Error::new(ClientError::Io {
+            path: "/x.snap".into(),
+            error: io::Error::other("disk on fire"),
+        })
+        .context("cannot install /x.snap");
+        assert_eq!(
+            one_line(&err),
+            "cannot install /x.snap: cannot read /x.snap: disk on fire"
         );
 
         let err: Result<(), io::Error> = Err(io::Error::other("disk on fire\nreally"));

@@ -41,6 +41,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
+use anyhow::Context;
 use refreshd_snap::{Revision, Unmounted};
 use refreshd_state::Select;
 use serde_json::Value;
@@ -305,33 +306,30 @@ fn entries(dir: &Path) -> Vec<String> {
 /// so one that cannot go does not keep the others.
 fn remove_leftovers(c: &Ctx, instance: &str, rev: &str, problems: &mut Vec<String>) {
     let l = &c.layout;
-    let mut note = |path: &Path, r: anyhow::Result<()>| {
+    // The removals' own errors name what they could not remove (fsutil); only the steps
+    // before them get that said as their context.
+    let mut note = |r: anyhow::Result<()>| {
         if let Err(e) = r {
-            let e = e.context(format!("cannot remove {}", path.display()));
-            problems.push(super::error_line(&e));
+            problems.push(format!("{e:#}"));
         }
     };
     let payload = l.rev_dir(instance, rev);
     note(
-        &payload,
         // Never delete through a mount. The record that an extracted tree is whole goes
         // before the tree does: a removal cut short never leaves a partial tree that a later
         // change of the same revision would take as whole.
-        unmount_payload(&payload).and_then(|_| {
-            fsutil::remove_file_if_exists(&l.payload_record(instance, rev))?;
-            fsutil::remove_tree_if_exists(&payload).map_err(Into::into)
-        }),
+        unmount_payload(&payload)
+            .with_context(|| format!("cannot remove {}", payload.display()))
+            .and_then(|_| {
+                fsutil::remove_file_if_exists(&l.payload_record(instance, rev))?;
+                fsutil::remove_tree_if_exists(&payload).map_err(Into::into)
+            }),
     );
-    note(
-        &l.launch_dir(instance).join(rev),
-        launchers::remove_descriptions(c, instance, Some(rev)),
-    );
-    let data = l.data_rev(instance, rev);
-    note(&data, remove_data(&data));
+    note(launchers::remove_descriptions(c, instance, Some(rev)));
+    note(remove_data(&l.data_rev(instance, rev)));
     let blob = l.blob(instance, rev);
     let partial = refreshd_store::partial_path(&blob).ok();
     note(
-        &blob,
         fsutil::remove_file_if_exists(&blob)
             .and_then(|()| partial.map_or(Ok(()), |p| fsutil::remove_file_if_exists(&p)))
             .map_err(Into::into),
@@ -343,8 +341,14 @@ fn remove_leftovers(c: &Ctx, instance: &str, rev: &str, problems: &mut Vec<Strin
 /// delete what it shows. Once it is unmounted, the next cleanup removes the directory.
 fn remove_data(path: &Path) -> anyhow::Result<()> {
     if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
-        if let Some(m) = refreshd_snap::mounts_under(path)?.last() {
-            anyhow::bail!("{} is mounted inside it", m.display());
+        let mounted = refreshd_snap::mounts_under(path)
+            .with_context(|| format!("cannot remove {}", path.display()))?;
+        if let Some(m) = mounted.last() {
+            anyhow::bail!(
+                "cannot remove {}: {} is mounted inside it",
+                path.display(),
+                m.display()
+            );
         }
     }
     Ok(fsutil::remove_tree_if_exists(path)?)

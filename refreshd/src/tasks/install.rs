@@ -491,7 +491,9 @@ fn sweep_copy_temporaries(dir: &Path, new: &str, opts: &refreshd_copydata::Optio
         if e.file_name().to_string_lossy().starts_with(&prefix) {
             match refreshd_copydata::discard(&e.path(), opts) {
                 Ok(_) => tracing::info!(path = %e.path().display(), "removed an interrupted copy"),
-                Err(err) => tracing::warn!(path = %e.path().display(), "left alone: {err}"),
+                Err(err) => {
+                    tracing::warn!(path = %e.path().display(), "left alone: {}", err.chain())
+                }
             }
         }
     }
@@ -531,14 +533,18 @@ pub fn precopy_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcom
                     started.elapsed().as_secs_f64() * 1e3
                 )),
                 Err(e) => t.log(format!(
-                    "no pre-copy of {} ({e}); it will be copied in full",
-                    src.display()
+                    "no pre-copy of {} ({}); it will be copied in full",
+                    src.display(),
+                    e.chain()
                 )),
             }
         }
         Phase::Undo => {
-            refreshd_copydata::discard(&staging, &opts)
-                .with_context(|| format!("cannot remove {}", staging.display()))?;
+            refreshd_copydata::discard(&staging, &opts).map_err(|e| match e {
+                // Already says what it could not remove.
+                e @ refreshd_copydata::Error::Remove { .. } => anyhow::Error::new(e),
+                e => anyhow::Error::new(e).context(format!("cannot remove {}", staging.display())),
+            })?;
         }
     }
     Ok(Outcome::Done)

@@ -144,30 +144,9 @@ struct FnHandler {
 
 impl Handler for FnHandler {
     fn run(&self, task: &TaskCtx, phase: Phase) -> Outcome {
-        (self.f)(&self.ctx, task, phase).unwrap_or_else(|e| Outcome::Failed(error_line(&e)))
+        // `{:#}`: the whole chain on one line, each cause once (docs/architecture.md, Errors).
+        (self.f)(&self.ctx, task, phase).unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")))
     }
-}
-
-/// An error and its causes on one line, each said once: errors that quote their cause in
-/// their own message (`cannot open X: EIO`) would otherwise repeat it (`...: EIO: EIO`), and a
-/// context that its cause already begins with (`cannot remove X` over `cannot remove X: EIO`)
-/// would say it twice.
-pub(crate) fn error_line(e: &anyhow::Error) -> String {
-    let mut msg = String::new();
-    let mut last = 0;
-    for cause in e.chain().map(ToString::to_string) {
-        if msg.ends_with(&cause) {
-            continue;
-        }
-        if cause.starts_with(&msg[last..]) {
-            msg.truncate(last);
-        } else if !msg.is_empty() {
-            msg.push_str(": ");
-        }
-        last = msg.len();
-        msg.push_str(&cause);
-    }
-    msg
 }
 
 /// Every task kind this daemon knows, with its handler.
@@ -452,5 +431,37 @@ fn chain(
                 waits_for: if i == 0 { vec![] } else { vec![i - 1] },
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context;
+
+    /// A task's error is its chain printed with `{:#}`: a real copy failure under the context
+    /// setup-data gives it says each cause once.
+    #[test]
+    fn a_task_error_says_each_cause_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        // Under a regular file: ENOTDIR from the first open.
+        let src = file.join("1");
+        let (staging, dst) = (tmp.path().join(".2.staging"), tmp.path().join("2"));
+        let opts = refreshd_copydata::Options::default();
+        let e = refreshd_copydata::finish(&src, &staging, &dst, &opts, &mut |_| {})
+            .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))
+            .unwrap_err();
+        assert_eq!(e.chain().count(), 3, "{e:?}");
+        let errno = std::io::Error::from_raw_os_error(libc::ENOTDIR).to_string();
+        assert_eq!(
+            format!("{e:#}"),
+            format!(
+                "cannot copy {} to {}: cannot open {}: {errno}",
+                src.display(),
+                dst.display(),
+                file.display()
+            )
+        );
     }
 }
