@@ -318,7 +318,8 @@ pub fn save_all(layout: &Layout, instance: &str, set: u64) -> (Vec<u32>, Vec<Str
 
 /// Puts snapshot `set` back as each user's `HOME/snap/INSTANCE`; what a user has there now
 /// is set aside first, as snapshot `displaced`. The set's data of revision `rev` becomes the
-/// user's data of `cur` (a rename inside the tree put back, when it has none of `cur`). Returns
+/// user's data of `cur` (a rename inside the tree put back, when it has none of `cur`; for the
+/// set's users, `in_set`, also when an interrupted earlier run put the tree back). Returns
 /// the users whose data `displaced` holds, and one line per user whose tree could not be moved
 /// (their data stays where it is, under one name or the other). Runs again after an
 /// interruption and finishes the work.
@@ -327,6 +328,7 @@ pub fn restore_all(
     instance: &str,
     (set, rev): (u64, &str),
     (displaced, cur): (u64, &str),
+    in_set: &[u32],
 ) -> (Vec<u32>, Vec<String>) {
     let from = crate::layout::saved_entry(set, instance);
     let aside = crate::layout::saved_entry(displaced, instance);
@@ -347,6 +349,8 @@ pub fn restore_all(
         }
         match rename_in(&snap, &from, instance) {
             Ok(()) => {}
+            // Put back already (an earlier run), or never in the set.
+            Err(Errno::ENOENT) if in_set.contains(&h.uid) => {}
             Err(Errno::ENOENT) => continue,
             Err(e) => {
                 problems.push(format!(

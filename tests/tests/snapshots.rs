@@ -380,8 +380,9 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Killed in the middle of saving, then of restoring (the system's data moved, users' not yet):
-/// the restarted daemon finishes each, and nothing is lost or doubled.
+/// Killed in the middle of saving, then of restoring (the system's data moved, a user's tree put
+/// back but not yet renamed to the current revision): the restarted daemon finishes each, and
+/// nothing is lost or doubled.
 #[test]
 fn a_save_and_a_restore_killed_midway_are_finished_after_a_restart() {
     if !prerequisites() {
@@ -426,13 +427,28 @@ fn a_save_and_a_restore_killed_midway_are_finished_after_a_restart() {
         &ctl(r, &["install", file.to_str().unwrap()]),
         "install again",
     );
+    // At a revision other than the set's: the user's tree put back is renamed to it.
+    ok(&ctl(r, &["install", file.to_str().unwrap()]), "refresh");
     run_app(r, name, "write", Some(&user), &["user v2"]);
     d.stop();
     let d = dying("mid-restore:restore-data");
-    let _ = ctl(r, &["restore", &set.to_string(), "--no-wait"]);
+    let out = ctl(r, &["restore", &set.to_string(), "--no-wait"]);
+    let undo: u64 = text(&out.stdout).trim().parse().unwrap();
     assert!(killed_by_sigkill(d.wait()), "the daemon died mid-restore");
+    // As if killed just after the user's tree was set aside and put back, before the tree's
+    // own rename to the current revision: the next run finishes that too.
+    let snapdir = home.join("snap");
+    fs::rename(
+        snapdir.join(name),
+        snapdir.join(format!(".saved-{undo}-{name}")),
+    )
+    .unwrap();
+    fs::rename(
+        snapdir.join(format!(".saved-{set}-{name}")),
+        snapdir.join(name),
+    )
+    .unwrap();
     let _d = Daemon::start(r);
-    let undo = newest_change(r);
     let c = watch_until_ready(r, undo);
     assert_eq!(c["status"], "Done", "{c}");
     assert_eq!(

@@ -74,7 +74,8 @@ pub fn save_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> 
         return Ok(out);
     }
     if phase == Phase::Undo {
-        let (_, problems) = crate::usertree::restore_all(&c.layout, name, (set, ""), (set, ""));
+        let (_, problems) =
+            crate::usertree::restore_all(&c.layout, name, (set, ""), (set, ""), &[]);
         for p in problems {
             t.log(p);
         }
@@ -217,7 +218,7 @@ pub fn restore_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcom
     super::install::write_data_file(c, name, cur, None)?;
     crate::engine::failpoint::hit("mid-restore:restore-data");
     let (users, problems) =
-        crate::usertree::restore_all(l, name, (set, &row.revision), (aside, cur));
+        crate::usertree::restore_all(l, name, (set, &row.revision), (aside, cur), &row.users);
     for p in &problems {
         t.log(format!("{p}: left in place"));
     }
