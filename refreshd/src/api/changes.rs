@@ -12,15 +12,11 @@ use refreshd_client::types::{
 };
 use refreshd_state::{ChangeId, ChangeRow, Select, TaskRow};
 
-use super::{ApiError, ApiState, Peer};
+use super::{ts, ApiError, ApiState, Peer};
 use crate::engine::{change_status, AbortError, Status};
 use crate::tracking::IDLE_EVENT;
 
 type St = State<Arc<ApiState>>;
-
-fn ts(ms: i64) -> jiff::Timestamp {
-    jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-}
 
 pub fn api_status(s: Status) -> api::Status {
     match s {

@@ -18,14 +18,10 @@ use refreshd_state::{Created, Select, SnapRow};
 use sha3::{Digest, Sha3_384};
 use tokio::io::AsyncWriteExt;
 
-use super::{ApiError, ApiState, Peer};
+use super::{ts, ApiError, ApiState, Peer};
 use crate::ops;
 
 type St = State<Arc<ApiState>>;
-
-fn ts(ms: i64) -> jiff::Timestamp {
-    jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-}
 
 pub async fn system_info(State(st): St) -> Result<Json<SystemInfo>, ApiError> {
     let (snaps, changes, auto) = st

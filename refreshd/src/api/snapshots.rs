@@ -9,7 +9,7 @@ use refreshd_client::types::{Forgotten, Snapshot, SnapshotAction, SnapshotAction
 use refreshd_state::SnapshotRow;
 use serde::Deserialize;
 
-use super::{ApiError, ApiState, Peer};
+use super::{ts, ApiError, ApiState, Peer};
 use crate::ops;
 
 type St = State<Arc<ApiState>>;
@@ -17,10 +17,6 @@ type St = State<Arc<ApiState>>;
 #[derive(Deserialize)]
 pub struct SnapshotsQuery {
     snap: Option<String>,
-}
-
-fn ts(ms: i64) -> jiff::Timestamp {
-    jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }
 
 fn snapshot_json(row: SnapshotRow) -> Snapshot {
@@ -32,12 +28,7 @@ fn snapshot_json(row: SnapshotRow) -> Snapshot {
         users: row
             .users
             .iter()
-            .map(|&uid| {
-                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                    .ok()
-                    .flatten()
-                    .map_or_else(|| uid.to_string(), |u| u.name)
-            })
+            .map(|&uid| super::status::user_name(uid).unwrap_or_else(|| uid.to_string()))
             .collect(),
         time: ts(row.made),
         expires: row.expires.map(ts),

@@ -18,15 +18,11 @@ use refreshd_snap::InstanceName;
 use refreshd_state::Select;
 
 use super::changes::{change_json, View};
-use super::{ApiError, ApiState, Peer};
+use super::{ts, ApiError, ApiState, Peer};
 use crate::metrics::{wait_started, waiting_for_apps};
 use crate::procfs;
 
 type St = State<Arc<ApiState>>;
-
-fn ts(ms: i64) -> jiff::Timestamp {
-    jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-}
 
 pub async fn status(
     State(st): St,
@@ -133,7 +129,7 @@ fn process(pid: u32, clock: &procfs::Clock) -> Option<SnapProcess> {
 }
 
 /// The name of `uid` in the user database; None when it has none.
-fn user_name(uid: u32) -> Option<String> {
+pub(super) fn user_name(uid: u32) -> Option<String> {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten()

@@ -128,13 +128,13 @@ pub fn save_data(c: &Ctx, t: &TaskCtx, phase: Phase) -> anyhow::Result<Outcome> 
 fn save_system(c: &Ctx, name: &str, set: u64, rev: &str) -> anyhow::Result<()> {
     let l = &c.layout;
     let saved = l.saved_data(set, name);
-    match fs::create_dir(&saved) {
+    // 0700 from its making (docs/layout.md): no moment in which it is open to others.
+    match fs::DirBuilder::new().mode(0o700).create(&saved) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
             return Err(e).with_context(|| format!("cannot create {}", saved.display()))
         }
         _ => {}
     }
-    fs::set_permissions(&saved, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     move_entry(&l.data_rev(name, rev), &saved.join(rev))?;
     move_entry(&l.data_common(name), &saved.join("common"))?;
     fsutil::sync_dir(&l.at_var_snap())?;
