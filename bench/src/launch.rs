@@ -1181,7 +1181,7 @@ fn parse_line(line: &str) -> Option<Syscall<'_>> {
 /// A syscall named by what it touched.
 fn label(sc: &Syscall<'_>, v1: Option<&Path>, v2: Option<&Path>, app_exec: bool) -> String {
     let t = sc.text;
-    let under = |m: Option<&Path>| m.is_some_and(|m| t.contains(m.to_string_lossy().as_ref()));
+    let under = |m: Option<&Path>| m.is_some_and(|m| t.contains(&*m.to_string_lossy()));
     let object = if sc.name == "execve" {
         if app_exec {
             "of the app"

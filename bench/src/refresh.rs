@@ -62,7 +62,11 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> anyhow::Result<()> {
     let d = Daemon::start_with(
         r,
         DaemonOpts {
-            extra_args: vec!["--store".into(), store.to_string_lossy().into_owned()],
+            extra_args: vec![
+                "--insecure-unsigned-store".into(),
+                "--store".into(),
+                store.to_string_lossy().into_owned(),
+            ],
             ..Default::default()
         },
     );

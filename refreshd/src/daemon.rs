@@ -77,6 +77,15 @@ pub struct Args {
     /// Mozilla roots built in: a private store's own CA, or the system's bundle.
     #[arg(long, value_name = "FILE")]
     pub store_ca: Option<PathBuf>,
+    /// The root metadata of the signed store to trust (default ROOT/etc/refreshd/store-root.json,
+    /// as `refreshctl store init` made it): every index and blob is verified through the
+    /// store's signed metadata from it; docs/store.md.
+    #[arg(long, value_name = "FILE")]
+    pub store_root: Option<PathBuf>,
+    /// Use a store that is not signed, trusting whoever serves it or sits on the way to it: for
+    /// development only (`refreshctl status` says so on every call).
+    #[arg(long)]
+    pub insecure_unsigned_store: bool,
     /// Interval of the polling fallback, in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub poll_interval_ms: u64,
@@ -333,10 +342,11 @@ impl Daemon {
         let mut state = State::open(&layout.state_db())?;
         let store = match &args.store {
             Some(url) => Some(Arc::new(
-                refreshd_store::Store::open_with(
-                    url,
-                    store_config(args.store_timeout, args.store_ca.clone()),
-                )
+                refreshd_store::Store::open_with(url, {
+                    let mut config = store_config(args.store_timeout, args.store_ca.clone());
+                    config.trust = store_trust(args, &layout, url)?;
+                    config
+                })
                 .map_err(|e| match e {
                     // These say which store already.
                     e @ (refreshd_store::Error::BadUrl { .. }
@@ -563,6 +573,41 @@ fn api_limits(args: &Args) -> limits::Config {
         config.header_timeout
     );
     config
+}
+
+/// How the store is trusted: through the pinned root, or (`--insecure-unsigned-store`) not at
+/// all. A store without a pinned root is refused: it would be trusted for being reachable.
+fn store_trust(
+    args: &Args,
+    layout: &Layout,
+    url: &str,
+) -> anyhow::Result<Option<refreshd_store::TrustConfig>> {
+    if args.insecure_unsigned_store {
+        if let Some(root) = &args.store_root {
+            anyhow::bail!(
+                "--store-root {} and --insecure-unsigned-store contradict each other: give one",
+                root.display()
+            );
+        }
+        warn!(
+            "the store {url} is not verified (--insecure-unsigned-store): whoever serves it, or sits on the way to it, chooses what is installed; for development only"
+        );
+        return Ok(None);
+    }
+    let root = args
+        .store_root
+        .clone()
+        .unwrap_or_else(|| layout.store_root());
+    if args.store_root.is_none() && !root.exists() {
+        anyhow::bail!(
+            "the store {url} is not trusted: no pinned store root at {}; install the root.json its operator gives there (refreshctl store init prints it) or pass --store-root FILE (for development only: --insecure-unsigned-store)",
+            root.display()
+        );
+    }
+    Ok(Some(refreshd_store::TrustConfig {
+        root,
+        state_dir: layout.store_trust(),
+    }))
 }
 
 /// The store client's settings: `--store-timeout` bounds every wait on the store; connecting

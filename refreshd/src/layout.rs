@@ -35,6 +35,14 @@ impl Layout {
     pub fn state_dir(&self) -> PathBuf {
         self.at("var/lib/refreshd")
     }
+    /// The signed store's root metadata this machine trusts (`--store-root` overrides it).
+    pub fn store_root(&self) -> PathBuf {
+        self.at("etc/refreshd/store-root.json")
+    }
+    /// What refreshd verified of the signed store: versions never go back from here.
+    pub fn store_trust(&self) -> PathBuf {
+        self.at("var/lib/refreshd/store-trust")
+    }
     pub fn state_db(&self) -> PathBuf {
         self.at("var/lib/refreshd/state.db")
     }

@@ -5,7 +5,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::index::{Entry, MAX_INDEX_SIZE};
+use crate::index::Entry;
 use crate::source::{Failure, Opened};
 
 pub(crate) struct DirSource {
@@ -39,19 +39,27 @@ impl DirSource {
     }
 
     /// Where `rel` (already checked to have no `..` or absolute parts) really is, or `None` if
-    /// it does not exist. A symlink that leads out of the store is an error naming `field`.
+    /// it does not exist. A symlink that leads out of the store is an error naming `field` of
+    /// the index of snap `name` (or, with no name, the file).
     fn resolve(&self, rel: &str, name: &str, field: &str) -> Result<Option<PathBuf>> {
         let path = self.root.join(rel);
         match fs::canonicalize(&path) {
             Ok(real) if real.starts_with(&self.root) => Ok(Some(real)),
-            Ok(real) => Err(Error::Index {
-                name: name.to_owned(),
-                field: field.to_owned(),
-                reason: format!(
+            Ok(real) => {
+                let reason = format!(
                     "{rel} resolves to {}, outside the store (through a symlink)",
                     real.display()
-                ),
-            }),
+                );
+                Err(if name.is_empty() {
+                    Error::OutsideStore { reason }
+                } else {
+                    Error::Index {
+                        name: name.to_owned(),
+                        field: field.to_owned(),
+                        reason,
+                    }
+                })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(Error::Io {
                 op: "open",
@@ -61,21 +69,23 @@ impl DirSource {
         }
     }
 
-    pub(crate) fn index(&self, name: &str) -> Result<Option<Vec<u8>>, Failure> {
-        let rel = format!("v1/snaps/{name}.json");
-        let Some(path) = self.resolve(&rel, name, "the file")? else {
+    /// A small file of the store (an index, signed metadata), at most `limit` bytes; `None` if
+    /// it does not exist. `too_large` is the error for a longer one.
+    pub(crate) fn file(
+        &self,
+        rel: &str,
+        limit: u64,
+        too_large: impl FnOnce() -> Error,
+    ) -> Result<Option<Vec<u8>>, Failure> {
+        let Some(path) = self.resolve(rel, "", "the file")? else {
             return Ok(None);
         };
         let mut bytes = Vec::new();
         File::open(&path)
-            .and_then(|f| f.take(MAX_INDEX_SIZE + 1).read_to_end(&mut bytes))
+            .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
             .map_err(Error::io("read", &path))?;
-        if bytes.len() as u64 > MAX_INDEX_SIZE {
-            return Err(Error::IndexTooLarge {
-                name: name.to_owned(),
-                limit: MAX_INDEX_SIZE,
-            }
-            .into());
+        if bytes.len() as u64 > limit {
+            return Err(too_large().into());
         }
         Ok(Some(bytes))
     }

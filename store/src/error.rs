@@ -162,6 +162,34 @@ pub enum Error {
         limit: u64,
     },
 
+    /// A file of a directory store that resolves outside it, through a symlink.
+    #[error("refused a file of the store: {reason}; the store's operator must fix it")]
+    OutsideStore { reason: String },
+
+    /// What the store serves failed verification against its signed metadata (TUF): forged,
+    /// replayed, expired, mixed from different moments, or longer than signed. `advice` says
+    /// what to do (the operator's part, or the admin's).
+    #[error(
+        "refused what the store {url} serves: {reason}; nothing was installed or changed: {advice}"
+    )]
+    Untrusted {
+        url: String,
+        reason: String,
+        advice: String,
+    },
+
+    /// The pinned root of a signed store cannot be used.
+    #[error(
+        "cannot use the pinned store root {}: {reason}; install the root.json the store's operator gives (refreshctl store init prints it), or pass --store-root FILE",
+        .path.display()
+    )]
+    PinnedRoot { path: PathBuf, reason: String },
+
+    /// The publisher's side of a signed store: its keys, its metadata, signing. The reason says
+    /// what to do.
+    #[error("{reason}")]
+    Signing { reason: String },
+
     #[error("cannot {op} {}: {error}", .path.display())]
     Io {
         op: &'static str,

@@ -9,7 +9,7 @@ use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig};
 use ureq::Body;
 
 use crate::error::{one_line, Error};
-use crate::index::{Entry, MAX_INDEX_SIZE};
+use crate::index::Entry;
 use crate::redirect;
 use crate::source::{Failure, Opened};
 use crate::StoreConfig;
@@ -18,7 +18,7 @@ pub(crate) struct HttpSource {
     agent: ureq::Agent,
     /// Without a trailing `/`.
     base: String,
-    /// The longest an index's body may take to arrive, in all.
+    /// The longest a small file's body (an index, signed metadata) may take to arrive, in all.
     index_budget: Duration,
 }
 
@@ -67,10 +67,6 @@ impl HttpSource {
         &self.base
     }
 
-    pub(crate) fn index_url(&self, name: &str) -> String {
-        format!("{}/v1/snaps/{name}.json", self.base)
-    }
-
     /// The URL of a blob; `entry.path` is validated, so it needs no escaping.
     pub(crate) fn blob_url(&self, entry: &Entry) -> String {
         format!("{}/{}", self.base, entry.path)
@@ -83,7 +79,7 @@ impl HttpSource {
         &self,
         url: &str,
         offset: Option<u64>,
-        index: bool,
+        small: bool,
     ) -> Result<(Response<Body>, String), Failure> {
         let mut current = url.to_owned();
         let mut visited = vec![current.clone()];
@@ -93,8 +89,8 @@ impl HttpSource {
                 // Kept on every hop: a redirect is to the same bytes elsewhere.
                 req = req.header(header::RANGE, format!("bytes={offset}-"));
             }
-            if index {
-                // An index is small (at most 16 MiB, a few KiB in practice): a server that
+            if small {
+                // An index or signed metadata is small (at most 16 MiB, a few KiB in practice): a server that
                 // drips it a byte at a time, never silent for `read_timeout`, must not hold
                 // the caller (an API request) for ever.
                 req = req
@@ -147,23 +143,27 @@ impl HttpSource {
         }
     }
 
-    pub(crate) fn index(&self, name: &str) -> Result<Option<Vec<u8>>, Failure> {
-        let (resp, url) = self.get(&self.index_url(name), None, true)?;
+    /// A small file of the store (an index, signed metadata), at most `limit` bytes, whole
+    /// within the read timeout; `None` on 404 or 410. `too_large` is the error for a longer one.
+    pub(crate) fn file(
+        &self,
+        rel: &str,
+        limit: u64,
+        too_large: impl FnOnce() -> Error,
+    ) -> Result<Option<Vec<u8>>, Failure> {
+        let (resp, url) = self.get(&format!("{}/{rel}", self.base), None, true)?;
         match resp.status().as_u16() {
             200 => {
                 let body = resp
                     .into_body()
                     .into_with_config()
-                    .limit(MAX_INDEX_SIZE)
+                    // One byte more than allowed, to tell "exactly the limit" from "more".
+                    .limit(limit.saturating_add(1))
                     .read_to_vec();
                 match body {
+                    Ok(bytes) if bytes.len() as u64 > limit => Err(Failure::Fatal(too_large())),
                     Ok(bytes) => Ok(Some(bytes)),
-                    Err(ureq::Error::BodyExceedsLimit(_)) => {
-                        Err(Failure::Fatal(Error::IndexTooLarge {
-                            name: name.to_owned(),
-                            limit: MAX_INDEX_SIZE,
-                        }))
-                    }
+                    Err(ureq::Error::BodyExceedsLimit(_)) => Err(Failure::Fatal(too_large())),
                     Err(e) => Err(classify(&url, e)),
                 }
             }

@@ -23,11 +23,18 @@ mod publish;
 mod redirect;
 mod source;
 mod store;
+pub mod tuf;
 
 pub use error::{Error, Result};
 pub use index::{
     validate_blob_path, validate_channel, Entry, SnapIndex, FORMAT, MAX_BLOB_SIZE, MAX_CHANNEL_LEN,
     MAX_INDEX_SIZE, MAX_PATH_LEN,
 };
-pub use publish::{publish, publish_with_progress, LOCK_FILE};
-pub use store::{partial_path, FetchStats, Store, StoreConfig, PARTIAL_SUFFIX};
+pub use publish::{publish, publish_signed, publish_with_progress, LOCK_FILE};
+pub use store::{partial_path, Catalog, FetchStats, Store, StoreConfig, PARTIAL_SUFFIX};
+pub use tough::schema::RoleType;
+pub use tuf::client::TrustConfig;
+pub use tuf::repo::{
+    init, is_signed, migrate, resign, rotate_key, Expiries, InitOptions, Initialized, RoleKeys,
+    Signed,
+};

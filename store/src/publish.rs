@@ -37,7 +37,41 @@ pub fn publish_with_progress(
     channel: &str,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Entry> {
+    publish_signed(store_dir, snap_file, channel, None, progress)
+}
+
+/// [`publish_with_progress`] to a store that may be signed: a signed store (`tuf/root.json`)
+/// needs `keys`, the key directory that can sign its targets, snapshot and timestamp; the
+/// index and the blob are signed before the publish returns. An unsigned store refuses keys
+/// (convert it first: `refreshctl store migrate`).
+pub fn publish_signed(
+    store_dir: &Path,
+    snap_file: &Path,
+    channel: &str,
+    keys: Option<&Path>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Entry> {
     validate_channel(channel)?;
+    let signed = crate::tuf::repo::is_signed(store_dir);
+    match (signed, keys) {
+        (true, None) => {
+            return Err(Error::Signing {
+                reason: format!(
+                    "{} is a signed store: give the key directory that signs it (--keys KEYDIR)",
+                    store_dir.display()
+                ),
+            })
+        }
+        (false, Some(_)) => {
+            return Err(Error::Signing {
+                reason: format!(
+                    "{} is not a signed store: publish without --keys, or convert it first (refreshctl store migrate)",
+                    store_dir.display()
+                ),
+            })
+        }
+        _ => {}
+    }
     let meta = fs::metadata(store_dir).map_err(|source| Error::StoreDir {
         path: store_dir.to_owned(),
         error: source,
@@ -55,7 +89,7 @@ pub fn publish_with_progress(
     }
 
     // Copy first, without the lock: the copy is what gets checked and published.
-    let (tmp, sha3_384, size) = copy_in(snap_file, &blobs_dir, progress)?;
+    let (tmp, sha3_384, sha256, size) = copy_in(snap_file, &blobs_dir, progress)?;
     let publish_err = |source| Error::Publish {
         snap: snap_file.to_owned(),
         error: source,
@@ -66,6 +100,10 @@ pub fn publish_with_progress(
     let name = yaml.name;
 
     let _lock = lock(store_dir)?;
+    // Before anything is written: the store's metadata verified, the keys enough to sign.
+    let publisher = keys
+        .map(|k| crate::tuf::repo::Publisher::open(store_dir, k))
+        .transpose()?;
     let index_path = snaps_dir.join(format!("{name}.json"));
     let (mut value, revision) = match fs::read(&index_path) {
         Ok(bytes) => {
@@ -111,6 +149,9 @@ pub fn publish_with_progress(
     let mut bytes = serde_json::to_vec_pretty(&value).expect("a JSON value serializes");
     bytes.push(b'\n');
     write_atomic(&index_path, &bytes)?;
+    if let Some(p) = publisher {
+        p.commit(&name, &bytes, &entry.path, (size, &sha256, &entry.sha3_384))?;
+    }
     Ok(entry)
 }
 
@@ -120,7 +161,7 @@ fn copy_in(
     snap_file: &Path,
     dir: &Path,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<(tempfile::NamedTempFile, String, u64)> {
+) -> Result<(tempfile::NamedTempFile, String, String, u64)> {
     let src = File::open(snap_file).map_err(Error::io("open", snap_file))?;
     let len = src.metadata().map_err(Error::io("read", snap_file))?.len();
     if len > MAX_BLOB_SIZE {
@@ -136,6 +177,7 @@ fn copy_in(
         .tempfile_in(dir)
         .map_err(Error::io("create a temporary file in", dir))?;
     let mut hasher = Sha3_384::new();
+    let mut sha256 = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut size = 0u64;
     let mut reader = src.take(MAX_BLOB_SIZE + 1);
     let mut buf = vec![0u8; 1 << 16];
@@ -154,6 +196,7 @@ fn copy_in(
             }
         };
         hasher.update(&buf[..n]);
+        sha256.update(&buf[..n]);
         tmp.write_all(&buf[..n])
             .map_err(Error::io("write", tmp.path().to_owned()))?;
         size += n as u64;
@@ -170,11 +213,16 @@ fn copy_in(
     file.set_permissions(fs::Permissions::from_mode(0o644))
         .and_then(|()| file.sync_all())
         .map_err(Error::io("write", tmp.path().to_owned()))?;
-    Ok((tmp, hex::encode(hasher.finalize()), size))
+    Ok((
+        tmp,
+        hex::encode(hasher.finalize()),
+        hex::encode(sha256.finish().as_ref()),
+        size,
+    ))
 }
 
 /// Takes the store's publish lock, waiting for another publisher to finish.
-fn lock(store_dir: &Path) -> Result<Flock<File>> {
+pub(crate) fn lock(store_dir: &Path) -> Result<Flock<File>> {
     let path = store_dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .read(true)

@@ -5,6 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -15,9 +16,11 @@ use crate::dir::DirSource;
 use crate::error::{Error, Result};
 use crate::fsutil::{parent_dir, sha3_of, sync_dir};
 use crate::http::{HttpSource, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT};
-use crate::index::{Entry, SnapIndex};
+use crate::index::{Entry, SnapIndex, MAX_INDEX_SIZE};
 use crate::location::Location;
 use crate::source::{Failure, Opened};
+use crate::tuf::client::{Fetch, TrustConfig, Trusted, Verified};
+use crate::tuf::index_target;
 
 /// The suffix of a download in progress, beside its destination.
 pub const PARTIAL_SUFFIX: &str = ".partial";
@@ -49,6 +52,9 @@ pub struct StoreConfig {
     /// Mozilla roots built in (default none): a private store's own CA, or the system's
     /// bundle (`/etc/ssl/certs/ca-certificates.crt`).
     pub ca_file: Option<PathBuf>,
+    /// Verify everything through the store's signed metadata, trusting this root (default
+    /// none: an unsigned store, trusted because it is reachable; for development only).
+    pub trust: Option<TrustConfig>,
 }
 
 impl Default for StoreConfig {
@@ -61,6 +67,7 @@ impl Default for StoreConfig {
             backoff_max: Duration::from_secs(8),
             proxy_from_env: true,
             ca_file: None,
+            trust: None,
         }
     }
 }
@@ -84,8 +91,76 @@ pub struct FetchStats {
 
 /// A store, opened from its address. Cheap to keep; HTTP connections are pooled.
 pub struct Store {
-    source: Source,
+    source: Arc<Source>,
     config: StoreConfig,
+    trust: Option<Trusted>,
+}
+
+/// What a store has, as of one moment: for a signed store, metadata verified once, through
+/// which any number of indexes are read (`refresh` of every snap verifies once).
+pub struct Catalog<'a> {
+    store: &'a Store,
+    verified: Option<Verified>,
+}
+
+impl Catalog<'_> {
+    /// The validated index of a snap, or `None` if the store does not have it. In a signed
+    /// store the index is read through its signed target, and its revisions bound to theirs.
+    pub fn snap(&self, name: &str) -> Result<Option<SnapIndex>> {
+        validate_snap_name(name)?;
+        match &self.verified {
+            Some(v) => v.snap(&self.store.fetcher(), self.store.url(), name),
+            None => {
+                let rel = index_target(name);
+                let too_large = || Error::IndexTooLarge {
+                    name: name.to_owned(),
+                    limit: MAX_INDEX_SIZE,
+                };
+                match self
+                    .store
+                    .fetcher()
+                    .small(&rel, MAX_INDEX_SIZE, &too_large)?
+                {
+                    None => Ok(None),
+                    Some(bytes) => SnapIndex::parse(name, &bytes).map(Some),
+                }
+            }
+        }
+    }
+}
+
+/// The store's small files, fetched with its retries.
+#[derive(Clone)]
+struct Fetcher {
+    source: Arc<Source>,
+    config: StoreConfig,
+}
+
+impl Fetch for Fetcher {
+    fn small(
+        &self,
+        rel: &str,
+        limit: u64,
+        too_large: &dyn Fn() -> Error,
+    ) -> Result<Option<Vec<u8>>> {
+        let mut retry = Retry::new(&self.config);
+        loop {
+            match self.source.file(rel, limit, too_large) {
+                Ok(found) => return Ok(found),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Retry(detail)) => match retry.failed(false) {
+                    Some(delay) => std::thread::sleep(delay),
+                    None => {
+                        return Err(Error::Unreachable {
+                            url: self.source.url().to_owned(),
+                            attempts: retry.attempts,
+                            detail,
+                        })
+                    }
+                },
+            }
+        }
+    }
 }
 
 enum Source {
@@ -101,10 +176,15 @@ impl Source {
         }
     }
 
-    fn index(&self, name: &str) -> Result<Option<Vec<u8>>, Failure> {
+    fn file(
+        &self,
+        rel: &str,
+        limit: u64,
+        too_large: &dyn Fn() -> Error,
+    ) -> Result<Option<Vec<u8>>, Failure> {
         match self {
-            Source::Dir(d) => d.index(name),
-            Source::Http(h) => h.index(name),
+            Source::Dir(d) => d.file(rel, limit, too_large),
+            Source::Http(h) => h.file(rel, limit, too_large),
         }
     }
 
@@ -138,13 +218,19 @@ impl Store {
         Store::open_with(url, StoreConfig::default())
     }
 
-    /// [`Store::open`] with a chosen configuration.
+    /// [`Store::open`] with a chosen configuration. With [`StoreConfig::trust`], the pinned
+    /// root is read and checked now: a missing or broken one fails here.
     pub fn open_with(url: &str, config: StoreConfig) -> Result<Store> {
         let source = match Location::parse(url)? {
             Location::Dir(dir) => Source::Dir(DirSource::open(&dir)?),
             Location::Http(base) => Source::Http(HttpSource::new(base, &config)?),
         };
-        Ok(Store { source, config })
+        let trust = config.trust.as_ref().map(Trusted::open).transpose()?;
+        Ok(Store {
+            source: Arc::new(source),
+            config,
+            trust,
+        })
     }
 
     /// The store's address as used in messages (a directory, or the base URL).
@@ -152,27 +238,37 @@ impl Store {
         self.source.url()
     }
 
-    /// The validated index of a snap, or `None` if the store does not have it (no file, 404).
+    /// Whether everything read from this store is verified through signed metadata.
+    pub fn is_signed(&self) -> bool {
+        self.trust.is_some()
+    }
+
+    fn fetcher(&self) -> Fetcher {
+        Fetcher {
+            source: self.source.clone(),
+            config: self.config.clone(),
+        }
+    }
+
+    /// The store as of now. For a signed store this fetches and verifies its metadata (root
+    /// chain, timestamp, snapshot, targets) and keeps what it trusted; refused metadata fails
+    /// here, in one line, with nothing else read.
+    pub fn catalog(&self) -> Result<Catalog<'_>> {
+        let verified = match &self.trust {
+            None => None,
+            Some(t) => Some(t.verify(Arc::new(self.fetcher()), self.url())?),
+        };
+        Ok(Catalog {
+            store: self,
+            verified,
+        })
+    }
+
+    /// The validated index of a snap, or `None` if the store does not have it (no file, 404;
+    /// no signed target). One look-up: [`Store::catalog`] then [`Catalog::snap`].
     pub fn snap(&self, name: &str) -> Result<Option<SnapIndex>> {
         validate_snap_name(name)?;
-        let mut retry = Retry::new(&self.config);
-        loop {
-            match self.source.index(name) {
-                Ok(None) => return Ok(None),
-                Ok(Some(bytes)) => return SnapIndex::parse(name, &bytes).map(Some),
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Retry(detail)) => match retry.failed(false) {
-                    Some(delay) => std::thread::sleep(delay),
-                    None => {
-                        return Err(Error::Unreachable {
-                            url: self.url().to_owned(),
-                            attempts: retry.attempts,
-                            detail,
-                        })
-                    }
-                },
-            }
-        }
+        self.catalog()?.snap(name)
     }
 
     /// Downloads `entry`'s blob to `dest`, through `DEST.partial` beside it.

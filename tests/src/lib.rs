@@ -180,7 +180,7 @@ fn remove_cgroups(root: &Path) {
     }
     if let Some(id) = refreshd_runctl::instance_id(root.as_os_str().as_encoded_bytes()) {
         let _ = fs::remove_file(
-            Path::new(refreshd_runctl::AGENT_REGISTRY).join(String::from_utf8_lossy(&id).as_ref()),
+            Path::new(refreshd_runctl::AGENT_REGISTRY).join(&*String::from_utf8_lossy(&id)),
         );
     }
 }

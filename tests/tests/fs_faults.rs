@@ -142,7 +142,11 @@ const XFS: &[(&str, &str)] = &[("mkfs.xfs", "xfsprogs"), ("xfs_io", "xfsprogs")]
 const EXT4: &[(&str, &str)] = &[("mkfs.ext4", "e2fsprogs")];
 
 fn opts<'a>(store: &Path, failpoints: Option<&'a str>, extract: bool) -> DaemonOpts<'a> {
-    let mut extra_args = vec!["--store".into(), store.to_str().unwrap().into()];
+    let mut extra_args = vec![
+        "--insecure-unsigned-store".into(),
+        "--store".into(),
+        store.to_str().unwrap().into(),
+    ];
     if extract {
         // Payloads unpacked, not loop-mounted from blobs/: the filesystem holding blobs/ can
         // then be unmounted and mounted again under a running daemon.

@@ -885,7 +885,11 @@ fn a_users_flood_holds_up_neither_root_nor_the_critical_section() {
         let d = Daemon::start_with(
             r,
             DaemonOpts {
-                extra_args: vec!["--store".into(), store.display().to_string()],
+                extra_args: vec![
+                    "--insecure-unsigned-store".into(),
+                    "--store".into(),
+                    store.display().to_string(),
+                ],
                 ..Default::default()
             },
         );
@@ -908,6 +912,7 @@ fn a_users_flood_holds_up_neither_root_nor_the_critical_section() {
         r,
         DaemonOpts {
             extra_args: vec![
+                "--insecure-unsigned-store".into(),
                 "--store".into(),
                 format!("http://{}", silent.local_addr().unwrap()),
             ],

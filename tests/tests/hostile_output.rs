@@ -342,7 +342,11 @@ fn a_hostile_store_s_strings_reach_no_terminal_raw() {
     let _d = Daemon::start_with(
         r,
         DaemonOpts {
-            extra_args: vec!["--store".into(), store.to_str().unwrap().into()],
+            extra_args: vec![
+                "--insecure-unsigned-store".into(),
+                "--store".into(),
+                store.to_str().unwrap().into(),
+            ],
             ..Default::default()
         },
     );

@@ -55,7 +55,11 @@ fn install_and_refresh_over_http_resume_and_verify() {
     let _d = Daemon::start_with(
         r,
         DaemonOpts {
-            extra_args: vec!["--store".into(), url.clone()],
+            extra_args: vec![
+                "--insecure-unsigned-store".into(),
+                "--store".into(),
+                url.clone(),
+            ],
             ..Default::default()
         },
     );

@@ -38,6 +38,7 @@ impl Setup {
 
     fn daemon(&self, extra: &[&str]) -> Daemon {
         let mut args = vec![
+            "--insecure-unsigned-store".to_owned(),
             "--store".to_owned(),
             self.store.to_str().unwrap().to_owned(),
         ];

@@ -97,7 +97,7 @@ impl World {
         sd.write_file(
             "/etc/systemd/system/refreshd.service",
             "[Unit]\nDescription=refreshd\n\n[Service]\n\
-             ExecStart=/usr/local/bin/refreshd --root / --store /results/store --services systemd\n",
+             ExecStart=/usr/local/bin/refreshd --root / --insecure-unsigned-store --store /results/store --services systemd\n",
         );
         sd.run_ok(&["systemctl", "daemon-reload"]);
         sd.run_ok(&["systemctl", "start", "refreshd.service"]);

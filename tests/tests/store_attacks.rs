@@ -385,7 +385,11 @@ impl World {
     /// Starts the daemon with the store at `url`.
     fn start_at(&mut self, url: &str, extra: &[&str]) {
         self.daemon = None;
-        let mut args = vec!["--store".to_owned(), url.to_owned()];
+        let mut args = vec![
+            "--insecure-unsigned-store".to_owned(),
+            "--store".to_owned(),
+            url.to_owned(),
+        ];
         args.extend(extra.iter().map(|s| s.to_string()));
         self.daemon = Some(Daemon::start_with(
             self.root.path(),

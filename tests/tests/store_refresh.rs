@@ -29,7 +29,11 @@ impl StoreRoot {
         let daemon = Daemon::start_with(
             root.path(),
             DaemonOpts {
-                extra_args: vec!["--store".into(), store.to_str().unwrap().into()],
+                extra_args: vec![
+                    "--insecure-unsigned-store".into(),
+                    "--store".into(),
+                    store.to_str().unwrap().into(),
+                ],
                 ..Default::default()
             },
         );

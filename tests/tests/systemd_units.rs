@@ -76,7 +76,10 @@ fn opts() -> BootOpts {
 }
 
 fn boot() -> Installed {
-    Installed::boot(opts(), &format!("--store {STORE}"))
+    Installed::boot(
+        opts(),
+        &format!("--insecure-unsigned-store --store {STORE}"),
+    )
 }
 
 fn current(w: &Installed) -> String {
@@ -341,7 +344,10 @@ fn a_pending_refresh_is_applied_at_boot_before_logins_and_services() {
         ..opts()
     };
     let id = {
-        let w = Installed::boot(with_disk(), &format!("--store {STORE}"));
+        let w = Installed::boot(
+            with_disk(),
+            &format!("--insecure-unsigned-store --store {STORE}"),
+        );
         install(&w);
         let app = RunningApp::launch(&w.sd, SNAP);
         let id = refresh_waiting(&w, &[app.pid]);
@@ -419,7 +425,7 @@ fn a_critical_section_delays_shutdown_through_logind() {
     // until aborted.
     w.sd.write_file(
         "/etc/default/refreshd",
-        format!("REFRESHD_ARGS=\"--store {STORE}\"\nREFRESHD_FAILPOINTS=park-do:setup-data\n"),
+        format!("REFRESHD_ARGS=\"--insecure-unsigned-store --store {STORE}\"\nREFRESHD_FAILPOINTS=park-do:setup-data\n"),
     );
     w.sd.run_ok(&["systemctl", "restart", "refreshd.service"]);
     assert_eq!(publish(&w, "1.1"), 2);

@@ -266,13 +266,18 @@ async fn look_up(ops: &Ops, cands: &[&Candidate]) -> Result<Vec<Looked>> {
     let found = ops
         .workers
         .run(move || {
+            // A signed store's metadata is verified once for the whole look-up.
+            let catalog = store.catalog().map_err(|e| one_line(&e.to_string()));
             let mut indexes = HashMap::new();
             wanted
                 .into_iter()
                 .map(|(snap, channel)| {
                     let index = indexes
                         .entry(snap.clone())
-                        .or_insert_with(|| store.snap(&snap).map_err(|e| one_line(&e.to_string())));
+                        .or_insert_with(|| match &catalog {
+                            Ok(c) => c.snap(&snap).map_err(|e| one_line(&e.to_string())),
+                            Err(e) => Err(e.clone()),
+                        });
                     let entry = match index {
                         Err(e) => Err(format!("cannot read the store: {e}")),
                         Ok(None) => Err(format!("snap {snap} is not in the store {url}")),

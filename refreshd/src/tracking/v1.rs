@@ -161,7 +161,7 @@ fn register_runctl(layout: &Layout, runctl: &Path) -> anyhow::Result<()> {
         .mode(0o755)
         .create(reg)
         .with_context(|| format!("cannot create {}", reg.display()))?;
-    let entry = reg.join(String::from_utf8_lossy(&id).as_ref());
+    let entry = reg.join(&*String::from_utf8_lossy(&id));
     fsutil::symlink_atomic(runctl, &entry)
         .with_context(|| format!("cannot register {}", entry.display()))
 }

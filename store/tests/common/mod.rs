@@ -51,6 +51,7 @@ pub fn test_config() -> StoreConfig {
         backoff_max: Duration::from_millis(100),
         proxy_from_env: false,
         ca_file: None,
+        trust: None,
     }
 }
 
