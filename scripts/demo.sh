@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job end to end on a scratch root: pack the sample snap (examples/hello) and publish
-# it to a local directory store, start refreshd on that store, install the snap, run it, publish
-# a new version and refresh while one of its apps runs (the refresh waits for the app to exit,
-# then completes at once, data carried over), and remove it.
+# The main job end to end on a scratch root: make a signed directory store (its keys kept
+# apart), pack the sample snap (examples/hello) and publish it, pin the store's root where
+# refreshd looks for it and start refreshd on that store, install the snap, run it, publish a new
+# version and refresh while one of its apps runs (the refresh waits for the app to exit, then
+# completes at once, data carried over), and remove it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +35,7 @@ cleanup() {
     done
   done
   find /run/refreshd/agent -maxdepth 1 -lname "$root/*" -delete 2>/dev/null || true
-  rm -rf "$root" "$root.snap" "$root.2.snap" "$root.store"
+  rm -rf "$root" "$root.snap" "$root.2.snap" "$root.store" "$root.keys"
   echo "== done; the daemon's log is kept in $log"
 }
 trap cleanup EXIT
@@ -44,14 +45,20 @@ install -D -m 4755 -o root -g root "$bin/confine-hook" "$root/usr/lib/refreshd/c
 install -d -m 700 "$root/root"
 
 echo "== the scratch root is $root: the snaps, their data and the daemon's state live under it"
-echo "== packing the sample snap (examples/hello) into a .snap file and publishing it to a local store"
-store="$root.store"
-mkdir -p "$store"
 ctl() { echo "\$ refreshctl $*"; "$bin/refreshctl" --root "$root" "$@"; echo; }
+echo "== the store's operator makes a signed store; its keys go to a directory of their own, never inside it"
+store="$root.store"
+keys="$root.keys"
+ctl store init --store "$store" --keys "$keys"
+echo "== packing the sample snap (examples/hello) into a .snap file and publishing it, signed"
 ctl pack examples/hello -o "$root.snap"
-ctl publish --store "$store" "$root.snap"
+ctl publish --store "$store" --keys "$keys" "$root.snap"
 
-echo "== starting refreshd --root $root --store $store (log: $log)"
+echo "== the machine's admin pins the store's root where refreshd looks for it"
+echo "\$ install -D -m 644 $store/tuf/1.root.json $root/etc/refreshd/store-root.json"
+install -D -m 644 "$store/tuf/1.root.json" "$root/etc/refreshd/store-root.json"
+echo
+echo "== starting refreshd --root $root --store $store (log: $log): everything it reads from the store is verified from that root"
 "$bin/refreshd" --root "$root" --store "$store" 2>"$log" &
 pid=$!
 echo "-- what the daemon says of itself (GETs retry briefly while it comes up)"
@@ -67,7 +74,7 @@ src=$(mktemp -d)
 cp -a examples/hello/. "$src/"
 sed -i "s/^version: .*/version: '1.1'/" "$src/meta/snap.yaml"
 ctl pack "$src" -o "$root.2.snap"
-ctl publish --store "$store" "$root.2.snap"
+ctl publish --store "$store" --keys "$keys" "$root.2.snap"
 rm -rf "$src"
 "$root/snap/bin/hello.nap" 3 &
 nap=$!

@@ -18,7 +18,7 @@ use crate::util::{self, Ctx};
 // The store crate's nginx and cutting-proxy harness (as tests/tests/http_refresh.rs uses it),
 // shared rather than copied. It needs `find_program` and `scratch` from here (the harness's).
 #[path = "../../store/tests/common/nginx.rs"]
-mod nginx;
+pub(crate) mod nginx;
 
 const MIB: u64 = 1 << 20;
 const NAME: &str = "benchblob";

@@ -11,6 +11,7 @@ mod machine;
 mod refresh;
 mod report;
 mod scale;
+mod signed;
 mod sizes;
 mod unblock;
 mod util;

@@ -1,7 +1,8 @@
 //! Section 4, refresh end to end: wall time of `refreshctl refresh NAME` for a small snap with no
 //! running app, from a local directory store, until the change is done — against the kernel
 //! work no refresh can avoid (a loop mount and unmount of the same image), with the time of each
-//! task from the change's own record, and a syscall count of one refresh.
+//! task from the change's own record, and a syscall count of one refresh; then what a signed
+//! store costs against an unsigned one (signed.rs).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -213,7 +214,11 @@ pub fn run(ctx: &Ctx, s: &mut Section) -> anyhow::Result<()> {
             "The syscall count of one refresh could not be taken: {e:#}."
         )),
     }
-    Ok(())
+    // This root's daemon stops first: the next part runs daemons of its own.
+    drop(d);
+    drop(root);
+    println!("    the cost of a signed store");
+    crate::signed::run(ctx, s)
 }
 
 /// Clock ticks per second (the unit of /proc/PID/stat's times).
@@ -461,25 +466,43 @@ pub(crate) fn unix_ms(s: &str) -> Option<i64> {
 }
 
 /// What `strace -f -c -w` saw the daemon do during one refresh.
-struct Traced {
-    wall: Duration,
+pub(crate) struct Traced {
+    pub(crate) wall: Duration,
     /// (syscall, calls, seconds), as strace summarised them.
-    rows: Vec<(String, u64, f64)>,
+    pub(crate) rows: Vec<(String, u64, f64)>,
 }
 
 /// Attaches `strace -f -c -w` to the daemon, runs one refresh, and detaches.
 fn strace_refresh(ctx: &Ctx, d: &Daemon, r: &Path) -> anyhow::Result<Traced> {
+    strace_during(ctx, d.pid(), &mut || {
+        let o = h::ctl(r, &["refresh", NAME]);
+        if !o.status.success() {
+            bail!("the traced refresh failed: {}", h::text(&o.stderr).trim());
+        }
+        Ok(())
+    })
+}
+
+/// Attaches `strace -f -c -w` to process `pid` (every thread, and the processes it starts),
+/// runs `work`, and detaches: how long `work` took under strace, and strace's summary.
+pub(crate) fn strace_during(
+    ctx: &Ctx,
+    pid: i32,
+    work: &mut dyn FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Traced> {
     if !util::have("strace") {
         bail!("strace is not installed");
     }
-    let out = ctx
-        .work
-        .join(format!("refresh-strace-{}.txt", std::process::id()));
+    let out = tempfile::Builder::new()
+        .prefix("strace-")
+        .suffix(".txt")
+        .tempfile_in(&ctx.work)?
+        .into_temp_path();
     let mut st = Command::new("strace")
         .args(["-f", "-c", "-w", "-o"])
         .arg(&out)
         .arg("-p")
-        .arg(d.pid().to_string())
+        .arg(pid.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -498,7 +521,7 @@ fn strace_refresh(ctx: &Ctx, d: &Daemon, r: &Path) -> anyhow::Result<Traced> {
     // Keep draining strace's stderr so it never blocks on a full pipe.
     let drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
     let t = Instant::now();
-    let o = h::ctl(r, &["refresh", NAME]);
+    let worked = work();
     let wall = t.elapsed();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(st.id() as i32),
@@ -507,11 +530,8 @@ fn strace_refresh(ctx: &Ctx, d: &Daemon, r: &Path) -> anyhow::Result<Traced> {
     st.wait()?;
     std::mem::forget(guard);
     let _ = drain.join();
-    if !o.status.success() {
-        bail!("the traced refresh failed: {}", h::text(&o.stderr).trim());
-    }
+    worked?;
     let text = fs::read_to_string(&out)?;
-    let _ = fs::remove_file(&out);
     let mut rows = vec![];
     for l in text.lines() {
         let w: Vec<&str> = l.split_whitespace().collect();
@@ -745,7 +765,7 @@ impl Drop for Child {
 }
 
 impl Traced {
-    fn get(&self, name: &str) -> (u64, f64) {
+    pub(crate) fn get(&self, name: &str) -> (u64, f64) {
         self.rows
             .iter()
             .filter(|r| r.0 == name)

@@ -1,4 +1,4 @@
-//! Figures and the report: each figure is a set of samples summarised as median, min and max,
+//! Figures and the report: each figure is a set of samples summarised as median, p90, min and max,
 //! optionally next to a baseline measured in the same run, with the ratio of the medians and
 //! the target it is held to. Rendered as markdown (docs/performance.md) and JSON.
 
@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// Median, min, max of a set of samples, in the figure's unit.
+/// Median, 90th percentile, min, max of a set of samples, in the figure's unit.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {
     pub median: f64,
+    /// Nearest rank: the smallest sample at least 90% of the samples are not above (the max
+    /// when there are fewer than 10).
+    pub p90: f64,
     pub min: f64,
     pub max: f64,
     pub n: usize,
@@ -29,8 +32,11 @@ impl Stats {
         } else {
             (v[n / 2 - 1] + v[n / 2]) / 2.0
         };
+        // Nearest rank, ceil(0.9 n): integer arithmetic, so 20 samples give the 18th exactly.
+        let p90 = v[(9 * n).div_ceil(10) - 1];
         Stats {
             median,
+            p90,
             min: v[0],
             max: v[n - 1],
             n,
@@ -201,10 +207,11 @@ fn group(n: i64) -> String {
 
 fn one_line(f: &Figure) -> String {
     let mut s = format!(
-        "{}: {} {} (min {}, max {}, n {})",
+        "{}: {} {} (p90 {}, min {}, max {}, n {})",
         f.name,
         num(f.stats.median),
         f.unit,
+        num(f.stats.p90),
         num(f.stats.min),
         num(f.stats.max),
         f.stats.n
@@ -277,9 +284,9 @@ impl Report {
             }
             if !s.figures.is_empty() {
                 m.push_str(
-                    "| figure | median | min | max | n | baseline | baseline median | ratio | target |\n",
+                    "| figure | median | p90 | min | max | n | baseline | baseline median | ratio | target |\n",
                 );
-                m.push_str("|---|---:|---:|---:|---:|---|---:|---:|---|\n");
+                m.push_str("|---|---:|---:|---:|---:|---:|---|---:|---:|---|\n");
                 for f in &s.figures {
                     let u = &f.unit;
                     let (bn, bm) = match &f.baseline {
@@ -297,9 +304,10 @@ impl Report {
                     };
                     let _ = writeln!(
                         m,
-                        "| {} | {} {u} | {} | {} | {} | {bn} | {bm} | {ratio} | {target} |",
+                        "| {} | {} {u} | {} | {} | {} | {} | {bn} | {bm} | {ratio} | {target} |",
                         cell(&f.name),
                         num(f.stats.median),
+                        num(f.stats.p90),
                         num(f.stats.min),
                         num(f.stats.max),
                         f.stats.n,
@@ -336,6 +344,16 @@ mod tests {
         let s = Stats::of(&[3.0, 1.0, 2.0, f64::NAN, 10.0]);
         assert_eq!((s.median, s.min, s.max, s.n), (2.5, 1.0, 10.0, 4));
         assert_eq!(Stats::of(&[5.0]).median, 5.0);
+        assert_eq!(Stats::of(&[5.0]).p90, 5.0);
+    }
+
+    #[test]
+    fn p90_is_the_nearest_rank() {
+        let twenty: Vec<f64> = (1..=20).rev().map(f64::from).collect();
+        assert_eq!(Stats::of(&twenty).p90, 18.0);
+        let ten: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(Stats::of(&ten).p90, 9.0);
+        assert_eq!(Stats::of(&[1.0, 2.0, 3.0]).p90, 3.0);
     }
 
     #[test]

@@ -97,6 +97,41 @@ pub struct SystemInfo {
     /// hierarchy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_agent: Option<ReleaseAgent>,
+    /// The store snaps are installed and refreshed from (`refreshd --store`), and how it is
+    /// trusted; absent without a store (and from daemons older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreInfo>,
+}
+
+/// `GET /v1/system-info`'s `store`: where new revisions come from, and whether what it serves
+/// is verified.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct StoreInfo {
+    /// The store's address as refreshd uses it (a directory, or a base URL).
+    pub url: String,
+    /// Everything read from it is verified through its signed metadata, from a pinned root.
+    /// False only with `refreshd --insecure-unsigned-store`: whoever serves the store chooses
+    /// what is installed.
+    pub signed: bool,
+    /// The pinned root metadata the store is verified from; absent when it is not signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+}
+
+impl StoreInfo {
+    /// What refreshctl says on stderr whenever it shows this store, when it is not signed.
+    pub fn warning(&self) -> Option<String> {
+        (!self.signed).then(|| unsigned_store_warning(&self.url))
+    }
+}
+
+/// The warning about a store refreshd does not verify, the same wherever it is said (`status`,
+/// `status NAME`).
+pub fn unsigned_store_warning(url: &str) -> String {
+    format!(
+        "the store {url} is not verified (refreshd --insecure-unsigned-store): whoever serves it chooses what is installed; pin its root instead (docs/store.md)"
+    )
 }
 
 /// The freezer hierarchy's `release_agent` (docs/runctl-protocol.md).
@@ -587,6 +622,34 @@ mod tests {
             Value::Object(o) => o.values_mut().for_each(normalize_times),
             _ => {}
         }
+    }
+
+    #[test]
+    fn store_trust_in_system_info() {
+        let base = r#""version": "0.1.0", "api": "v1", "root": "/", "pid": 1,
+            "started": "2026-11-21T20:15:03Z", "snaps": 0, "changes-in-progress": 0,
+            "mount-mode": "loop", "tracking": "v2", "tracking-reason": "cgroup2",
+            "services": "none", "services-reason": "not PID 1""#;
+        // An older daemon: no store said, nothing to warn of.
+        let old: SystemInfo = serde_json::from_str(&format!("{{{base}}}")).unwrap();
+        assert_eq!(old.store, None);
+        assert!(serde_json::to_value(&old).unwrap().get("store").is_none());
+        let signed: SystemInfo = round_trip(&format!(
+            r#"{{{base}, "store": {{"url": "https://s.example", "signed": true, "root": "/etc/refreshd/store-root.json"}}}}"#
+        ));
+        let store = signed.store.unwrap();
+        assert_eq!(
+            store.root.as_deref(),
+            Some(std::path::Path::new("/etc/refreshd/store-root.json"))
+        );
+        assert_eq!(store.warning(), None);
+        let unsigned: SystemInfo = round_trip(&format!(
+            r#"{{{base}, "store": {{"url": "/srv/store", "signed": false}}}}"#
+        ));
+        assert_eq!(
+            unsigned.store.unwrap().warning().unwrap(),
+            "the store /srv/store is not verified (refreshd --insecure-unsigned-store): whoever serves it chooses what is installed; pin its root instead (docs/store.md)"
+        );
     }
 
     #[test]

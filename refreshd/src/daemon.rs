@@ -340,21 +340,20 @@ impl Daemon {
         }
         // Its errors name the database.
         let mut state = State::open(&layout.state_db())?;
-        let store = match &args.store {
-            Some(url) => Some(Arc::new(
-                refreshd_store::Store::open_with(url, {
-                    let mut config = store_config(args.store_timeout, args.store_ca.clone());
-                    config.trust = store_trust(args, &layout, url)?;
-                    config
-                })
-                .map_err(|e| match e {
+        let (store, store_root) = match &args.store {
+            Some(url) => {
+                let mut config = store_config(args.store_timeout, args.store_ca.clone());
+                config.trust = store_trust(args, &layout, url)?;
+                let root = config.trust.as_ref().map(|t| t.root.clone());
+                let store = refreshd_store::Store::open_with(url, config).map_err(|e| match e {
                     // These say which store already.
                     e @ (refreshd_store::Error::BadUrl { .. }
                     | refreshd_store::Error::StoreDir { .. }) => anyhow::Error::new(e),
                     e => anyhow::Error::new(e).context(format!("cannot use the store {url}")),
-                })?,
-            )),
-            None => None,
+                })?;
+                (Some(Arc::new(store)), root)
+            }
+            None => (None, None),
         };
         let services = services::Services::setup(&layout, args.services)?;
         info!(
@@ -366,6 +365,7 @@ impl Daemon {
             mount_mode,
             tracking,
             store,
+            store_root,
             services,
             hook_timeout: Duration::from_secs(args.hook_timeout.max(1)),
             retain: args.retain as usize,

@@ -167,7 +167,17 @@ impl HttpSource {
                     Err(e) => Err(classify(&url, e)),
                 }
             }
-            404 | 410 => Ok(None),
+            404 | 410 => {
+                // Read (a short body only): a response read to its end leaves its connection
+                // for the next request; a signed look-up always meets one 404, the root
+                // version not made yet.
+                let _ = resp
+                    .into_body()
+                    .into_with_config()
+                    .limit(64 << 10)
+                    .read_to_vec();
+                Ok(None)
+            }
             status => Err(status_failure(&url, status)),
         }
     }

@@ -35,6 +35,6 @@ pub use store::{partial_path, Catalog, FetchStats, Store, StoreConfig, PARTIAL_S
 pub use tough::schema::RoleType;
 pub use tuf::client::TrustConfig;
 pub use tuf::repo::{
-    init, is_signed, migrate, resign, rotate_key, Expiries, InitOptions, Initialized, RoleKeys,
-    Signed,
+    init, is_signed, lifetimes, migrate, resign, rotate_key, Expiries, InitOptions, Initialized,
+    RoleKeys, Signed,
 };

@@ -160,28 +160,106 @@ fn tampering_rollback_and_expiry_are_refused_and_trust_survives_reopening() {
         fs::write(p, b).unwrap();
     }
 
-    // Expiry: a timestamp signed to expire at once is refused, saying which role and when.
+    // Expiry: a timestamp signed to expire at once (metadata times are whole seconds, so it
+    // is already past) is refused, saying which role and when.
     let now = Expiries {
         timestamp: std::time::Duration::ZERO,
         ..Expiries::default()
     };
     resign(&s.store, &s.keys, &[], &now).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     let e = s.open(&url).snap("hello").unwrap_err();
     refused(e, "timestamp metadata expired at");
     resign(&s.store, &s.keys, &[], &Expiries::default()).unwrap();
     assert!(s.open(&url).snap("hello").unwrap().is_some());
 
-    // A rotated timestamp key: the client walks the new root; the old key signs nothing now.
+    // A rotated timestamp key: the client walks to the new root; a timestamp signed with the
+    // retired key is refused from then on.
     let old_keys = s._tmp.path().join("old-keys");
     copy_dir(&s.keys, &old_keys);
     rotate_key(&s.store, &s.keys, RoleType::Timestamp, &Expiries::default()).unwrap();
     assert!(s.open(&url).snap("hello").unwrap().is_some());
-    // The thief of the old timestamp key signs a new timestamp, with the root as it was.
-    let stolen = copy_meta(&s.store);
-    let mut forged = stolen.clone();
-    forged.retain(|(n, _)| !n.ends_with(".root.json") || n == "1.root.json");
-    let _ = forged;
+    assert!(s.keys.join("retired").read_dir().unwrap().count() == 1);
+    let rotated = copy_meta(&s.store);
+    // The retired key signs a timestamp over the store as it was before the rotation.
+    let stale = s._tmp.path().join("stale");
+    fs::create_dir(&stale).unwrap();
+    copy_tree(&s.store, &stale);
+    restore_meta(&stale, &new_meta);
+    resign(&stale, &old_keys, &[], &Expiries::default()).unwrap();
+    let mut forged = rotated.clone();
+    let ts = fs::read(stale.join("tuf/timestamp.json")).unwrap();
+    forged
+        .iter_mut()
+        .find(|(n, _)| n == "timestamp.json")
+        .unwrap()
+        .1 = ts;
+    restore_meta(&s.store, &forged);
+    refused(
+        s.open(&url).snap("hello").unwrap_err(),
+        "not signed by enough of the keys",
+    );
+    restore_meta(&s.store, &rotated);
+    assert!(s.open(&url).snap("hello").unwrap().is_some());
+}
+
+#[test]
+fn the_publisher_refuses_what_would_weaken_the_store() {
+    if !have_squashfs_tools() {
+        return skip("squashfs-tools not installed");
+    }
+    let tmp = scratch("publisher");
+    let store = store_root(tmp.path());
+    // Keys inside the store, or a key directory open to others: refused.
+    let e = init(&store, &store.join("keys"), &InitOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("inside the store"), "{e}");
+    assert!(!store.join("keys").join("root").exists());
+    let open_keys = tmp.path().join("open-keys");
+    fs::create_dir(&open_keys).unwrap();
+    fs::set_permissions(&open_keys, fs::Permissions::from_mode(0o755)).unwrap();
+    let e = init(&store, &open_keys, &InitOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("chmod 700"), "{e}");
+    assert!(!store.join("tuf").exists());
+
+    // A threshold of two targets keys: a directory with one of them cannot publish.
+    let opts = InitOptions {
+        targets: refreshd_store::RoleKeys {
+            keys: 2,
+            threshold: 2,
+        },
+        ..InitOptions::default()
+    };
+    let keys = tmp.path().join("keys");
+    init(&store, &keys, &opts).unwrap();
+    let e = init(&store, &tmp.path().join("keys2"), &opts).unwrap_err();
+    assert!(e.to_string().contains("signed store already"), "{e}");
+    let one = tmp.path().join("one-key");
+    copy_dir(&keys, &one);
+    let targets: Vec<_> = fs::read_dir(&one)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("targets-"))
+        .collect();
+    assert_eq!(targets.len(), 2);
+    fs::remove_file(targets[0].path()).unwrap();
+    let before = copy_meta(&store);
+    let snap = make_snap(tmp.path(), "hello", "1.0", 20_000);
+    let e = publish_signed(&store, &snap, "stable", Some(&one), &mut |_, _| {}).unwrap_err();
+    assert!(
+        e.to_string().contains("holds 1 of the 2 targets key(s)"),
+        "{e}"
+    );
+    assert_eq!(copy_meta(&store), before, "nothing is written");
+    assert!(!store.join("v1/snaps/hello.json").exists());
+
+    // Metadata in the store that its keys did not sign is not signed over.
+    publish_signed(&store, &snap, "stable", Some(&keys), &mut |_, _| {}).unwrap();
+    let ts = store.join("tuf/timestamp.json");
+    let text = fs::read_to_string(&ts)
+        .unwrap()
+        .replace("\"spec_version\": \"1.0.0\"", "\"spec_version\": \"1.0.1\"");
+    fs::write(&ts, text).unwrap();
+    let e = resign(&store, &keys, &[], &Expiries::default()).unwrap_err();
+    assert!(e.to_string().contains("tampered with"), "{e}");
 }
 
 #[test]
@@ -252,6 +330,18 @@ fn restore_meta(store: &Path, files: &[(String, Vec<u8>)]) {
     }
 }
 
+fn copy_tree(from: &Path, to: &Path) {
+    for e in fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(e.file_name());
+        if e.path().is_dir() {
+            fs::create_dir_all(&dest).unwrap();
+            copy_tree(&e.path(), &dest);
+        } else {
+            fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     fs::set_permissions(to, fs::Permissions::from_mode(0o700)).unwrap();
@@ -260,4 +350,30 @@ fn copy_dir(from: &Path, to: &Path) {
             fs::copy(e.path(), to.join(e.file_name())).unwrap();
         }
     }
+}
+
+#[test]
+fn a_publish_cut_before_signing_is_signed_by_the_next() {
+    if !have_squashfs_tools() {
+        return skip("squashfs-tools not installed");
+    }
+    let s = signed_store("signed-cut");
+    let url = s.store.to_str().unwrap().to_owned();
+    s.publish(&make_snap(s._tmp.path(), "hello", "1.0", 20_000));
+    // What a publish killed between its index and its signing leaves: revision 2 in the index
+    // and its blob, no target for it (made by hiding tuf/ from an unsigned publish).
+    let (tuf, hidden) = (s.store.join("tuf"), s.store.join("tuf.hidden"));
+    fs::rename(&tuf, &hidden).unwrap();
+    publish(
+        &s.store,
+        &make_snap(s._tmp.path(), "hello", "2.0", 20_000),
+        "stable",
+    )
+    .unwrap();
+    fs::rename(&hidden, &tuf).unwrap();
+    let e3 = s.publish(&make_snap(s._tmp.path(), "hello", "3.0", 20_000));
+    let index = s.open(&url).snap("hello").unwrap().unwrap();
+    let revs: Vec<u32> = index.revisions().map(|e| e.revision).collect();
+    assert_eq!(revs, vec![1, 2, 3]);
+    assert_eq!(index.latest(), Some(&e3));
 }

@@ -4,6 +4,7 @@
 //! mounts under the scratch root unmounted, users deleted — even when the test fails.
 pub mod installed;
 pub mod safe_agent;
+pub mod store;
 pub mod systemd;
 
 use std::fs;
@@ -240,10 +241,10 @@ impl Daemon {
         Self::start_with(root, DaemonOpts::default())
     }
 
-    /// Starts refreshd and returns once it listens (it says so on stderr: no polling).
-    pub fn start_with(root: &Path, opts: DaemonOpts<'_>) -> Daemon {
+    /// refreshd as [`Daemon::start_with`] runs it: the hook installed in the root, the release
+    /// agent registered from where no user could replace it, the failpoints given.
+    fn command(root: &Path, opts: &DaemonOpts<'_>) -> Command {
         install_hook(root);
-        let log = root.parent().unwrap().join("refreshd.log");
         let mut cmd = match opts.wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -266,6 +267,13 @@ impl Daemon {
         if let Some(fp) = opts.failpoints {
             cmd.env("REFRESHD_FAILPOINTS", fp);
         }
+        cmd
+    }
+
+    /// Starts refreshd and returns once it listens (it says so on stderr: no polling).
+    pub fn start_with(root: &Path, opts: DaemonOpts<'_>) -> Daemon {
+        let log = root.parent().unwrap().join("refreshd.log");
+        let mut cmd = Self::command(root, &opts);
         cmd.stderr(Stdio::piped()).stdout(Stdio::null());
         let mut child = cmd.spawn().expect("spawn refreshd");
         let stderr = child.stderr.take().unwrap();
@@ -299,6 +307,39 @@ impl Daemon {
             );
         }
         d
+    }
+
+    /// Runs refreshd where it must refuse to start, and returns how it exited. One that starts
+    /// after all is killed (its pid) once it says it listens, and the test fails.
+    pub fn refused_start(root: &Path, opts: DaemonOpts<'_>) -> Output {
+        let mut child = Self::command(root, &opts)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn refreshd");
+        let mut err = String::new();
+        let mut listening = false;
+        for line in BufReader::new(child.stderr.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+        {
+            err.push_str(&line);
+            err.push('\n');
+            if line.contains("listening") {
+                listening = true;
+                break;
+            }
+        }
+        if listening {
+            let _ = child.kill();
+        }
+        let status = child.wait().expect("wait refreshd");
+        assert!(!listening, "refreshd started when it must not:\n{err}");
+        Output {
+            status,
+            stdout: Vec::new(),
+            stderr: err.into_bytes(),
+        }
     }
 
     pub fn pid(&self) -> i32 {

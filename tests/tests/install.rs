@@ -59,25 +59,31 @@ fn files_under(dir: &Path) -> BTreeMap<String, (u32, u32)> {
 }
 
 /// refreshctl's subcommands, as its own `--help` lists them.
+/// Every page's name after `refreshctl-`: each subcommand, and each of its own (`store-init`).
 fn subcommands() -> Vec<String> {
-    let out = Command::new(bin("refreshctl"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    let help = text(&out.stdout);
-    let subs: Vec<String> = help
-        .lines()
-        .skip_while(|l| !l.starts_with("Commands:"))
-        .skip(1)
-        .take_while(|l| l.starts_with("  "))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|s| *s != "help")
-        .map(str::to_owned)
-        .collect();
+    let listed = |args: &[&str]| -> Vec<String> {
+        let out = Command::new(bin("refreshctl")).args(args).output().unwrap();
+        text(&out.stdout)
+            .lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|s| *s != "help")
+            .map(str::to_owned)
+            .collect()
+    };
+    let top = listed(&["--help"]);
     assert!(
-        subs.len() > 5,
-        "cannot read the subcommands from refreshctl --help:\n{help}"
+        top.len() > 5,
+        "cannot read the subcommands from refreshctl --help"
     );
+    let mut subs = Vec::new();
+    for sub in top {
+        let nested = listed(&[&sub, "--help"]);
+        subs.push(sub.clone());
+        subs.extend(nested.into_iter().map(|n| format!("{sub}-{n}")));
+    }
     subs
 }
 

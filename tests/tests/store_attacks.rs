@@ -16,13 +16,13 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use refreshd_store::Entry;
+use refreshd_tests::store::*;
 use refreshd_tests::*;
 
 // The store crate's nginx harness and certificates, shared rather than copied.
@@ -312,22 +312,6 @@ fn serve(mut s: TcpStream, sh: &Shared) {
     let _ = s.write_all(body);
 }
 
-/// A snap like [`tracking_snap`]'s (`NAME` says hello, `NAME.hold` runs until told), with
-/// `payload` bytes of noise so a download can be stopped in the middle.
-fn build_snap(out: &Path, name: &str, version: &str, payload: usize, seed: u64) {
-    let src = SnapSrc::new(&format!(
-        "name: {name}\nversion: '{version}'\napps:\n  {name}:\n    command: bin/hello\n  hold:\n    command: bin/hold\n"
-    ))
-    .file("bin/hello", "#!/bin/sh\necho \"hello from $SNAP_NAME $SNAP_REVISION\"\n", 0o755)
-    .file(
-        "bin/hold",
-        "#!/bin/sh\necho \"started $$ $(date +%s%N) $SNAP_REVISION\"\nread line\necho \"exit $(date +%s%N)\"\n",
-        0o755,
-    );
-    fs::write(src.dir.path().join("payload"), noise(payload, seed | 1)).unwrap();
-    src.build(out);
-}
-
 /// A scratch root, a directory store beside it, maybe the file server in front of the store,
 /// and a daemon using one or the other.
 struct World {
@@ -425,104 +409,28 @@ impl World {
     }
 
     fn current(&self, name: &str) -> String {
-        fs::read_link(self.r().join(format!("snap/{name}/current")))
-            .map(|p| p.display().to_string())
-            .unwrap_or_default()
+        current(self.r(), name)
     }
 
-    /// What the launcher says: the revision that runs.
     fn hello(&self, name: &str) -> String {
-        let out = std::process::Command::new(self.r().join("snap/bin").join(name))
-            .output()
-            .unwrap();
-        text(&out.stdout).trim().to_owned()
+        hello(self.r(), name)
     }
 
-    /// The files in the daemon's blob directory.
     fn blobs(&self) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(self.r().join("var/lib/refreshd/blobs"))
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        blobs(self.r())
     }
 
     fn changes(&self) -> usize {
-        ctl_json(self.r(), &["changes", "--all", "--json"])
-            .as_array()
-            .unwrap()
-            .len()
+        changes(self.r())
     }
 
-    /// Asserts that `name` is exactly as installed at revision `rev` (its only one): current,
-    /// running, one blob, one mounted revision, nothing half done.
     fn untouched(&self, name: &str, rev: &str) {
-        let r = self.r();
-        assert_eq!(self.current(name), rev, "current of {name}");
-        assert_eq!(self.hello(name), format!("hello from {name} {rev}"));
-        let blobs: Vec<String> = self
-            .blobs()
-            .into_iter()
-            .filter(|b| b.starts_with(&format!("{name}_")))
-            .collect();
-        assert_eq!(blobs, [format!("{name}_{rev}.snap")], "blobs of {name}");
-        let revs: Vec<String> = fs::read_dir(r.join("snap").join(name))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "current")
-            .collect();
-        assert_eq!(revs, [rev], "revision directories of {name}");
-        let prefix = r.join("snap").join(name);
-        let mounts: Vec<PathBuf> = refreshd_snap::mounts_under(r)
-            .unwrap()
-            .into_iter()
-            .filter(|m| m.starts_with(&prefix))
-            .collect();
-        assert!(
-            mounts.iter().all(|m| m == &prefix.join(rev)),
-            "mounts: {mounts:?}"
-        );
-        assert!(temporaries(r).is_empty(), "{:?}", temporaries(r));
+        untouched(self.r(), name, rev)
     }
 }
 
 fn can_run() -> bool {
     root_with("loop mounts and a daemon of its own", &[])
-}
-
-/// Asserts a refreshctl call failed with one error line on stderr (besides the progress of a
-/// change it followed) containing every needle; returns that line.
-fn refused(out: &Output, needles: &[&str]) -> String {
-    let err = text(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected a refusal: {}{err}",
-        text(&out.stdout)
-    );
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "one error line: {err}");
-    assert!(
-        err.ends_with(&format!("{}\n", lines[0])),
-        "the error comes last: {err}"
-    );
-    for n in needles {
-        assert!(lines[0].contains(n), "{n:?} not in: {err}");
-    }
-    lines[0].to_owned()
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
 }
 
 /// The peak resident memory of a process, in KiB.
@@ -853,7 +761,10 @@ fn index_paths_that_leave_the_store_are_refused_before_any_request() {
     attacks += 1;
     refused(
         &ctl(d.r(), &["refresh", "esc"]),
-        &["the file", "outside the store (through a symlink)"],
+        &[
+            "refused a file of the store",
+            "outside the store (through a symlink)",
+        ],
     );
     refusals += 1;
     assert!(
@@ -1024,11 +935,6 @@ fn sha3_of(path: &Path) -> String {
     refreshd_store::publish(tmp.path(), path, "stable")
         .unwrap()
         .sha3_384
-}
-
-/// True while process `pid` exists.
-fn alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
 /// The store client's backoff between its 5 attempts: 250 ms doubling (docs/store.md).

@@ -104,16 +104,20 @@ fn man_pages(dir: &Path) -> Result<()> {
     let (codes, notes) = exit_codes(&cli)?;
     // Every refreshctl page's footer names refreshctl, not the subcommand alone.
     let source = format!("refreshctl {}", cli.get_version().unwrap_or_default());
-    let subs: Vec<clap::Command> = cli
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set())
-        .cloned()
-        .collect();
+    // A page per command, nested ones too (`refreshctl store init` is refreshctl-store-init).
+    let mut subs: Vec<(String, clap::Command)> = Vec::new();
+    for s in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("refreshctl-{}", s.get_name());
+        let nested: Vec<_> = s
+            .get_subcommands()
+            .filter(|n| !n.is_hide_set())
+            .map(|n| (format!("{name}-{}", n.get_name()), n.clone()))
+            .collect();
+        subs.push((name, s.clone()));
+        subs.extend(nested);
+    }
 
-    let pages: Vec<String> = subs
-        .iter()
-        .map(|s| format!("refreshctl-{}", s.get_name()))
-        .collect();
+    let pages: Vec<String> = subs.iter().map(|(p, _)| p.clone()).collect();
     let mut see_also: Vec<(String, &str)> = pages.iter().map(|p| (p.clone(), "1")).collect();
     see_also.push(("refreshd".into(), "8"));
     write_page(dir, Man::new(cli.clone()), true, true, &notes, |r| {
@@ -121,14 +125,27 @@ fn man_pages(dir: &Path) -> Result<()> {
         see_also_section(r, &see_also);
     })?;
 
-    for (sub, own) in subs.into_iter().zip(&pages) {
+    for (own, sub) in subs {
         let mut see_also: Vec<(String, &str)> = vec![("refreshctl".into(), "1")];
-        see_also.extend(pages.iter().filter(|p| *p != own).map(|p| (p.clone(), "1")));
+        see_also.extend(
+            pages
+                .iter()
+                .filter(|p| **p != own)
+                .map(|p| (p.clone(), "1")),
+        );
         see_also.push(("refreshd".into(), "8"));
-        write_page(dir, Man::new(sub).source(&source), false, false, &[], |r| {
-            client_sections(r, &codes);
-            see_also_section(r, &see_also);
-        })?;
+        let nested = sub.has_subcommands();
+        write_page(
+            dir,
+            Man::new(sub).source(&source),
+            nested,
+            false,
+            &[],
+            |r| {
+                client_sections(r, &codes);
+                see_also_section(r, &see_also);
+            },
+        )?;
     }
 
     let daemon = refreshd::daemon::Args::command();

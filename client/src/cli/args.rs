@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
+use refreshd_store::{Expiries, RoleKeys};
+
 use crate::types::Hold;
 
 /// The environment variable naming refreshd's socket.
@@ -127,11 +129,17 @@ pub enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Publish a .snap into a directory store, as the next revision of its channel
+    /// Publish a .snap into a directory store, as the next revision of its channel (signed, in
+    /// a signed store)
     Publish {
         /// The store directory (docs/store.md)
         #[arg(long, value_name = "DIR")]
         store: PathBuf,
+        /// The key directory that signs a signed store (refreshctl store init made it): its
+        /// targets, snapshot and timestamp keys sign the new revision. Needed for a signed
+        /// store, refused for an unsigned one
+        #[arg(long, value_name = "KEYDIR")]
+        keys: Option<PathBuf>,
         /// The .snap file
         file: PathBuf,
         /// The channel that gets the new revision
@@ -140,6 +148,10 @@ pub enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Make a directory store signed, keep its signatures fresh, and change its keys
+    /// (docs/store.md); see `refreshctl store COMMAND --help`
+    #[command(subcommand, long_about = STORE_ABOUT)]
+    Store(StoreCommand),
     /// Remove a snap, once none of its apps runs; its data is kept as a snapshot
     Remove {
         /// The snap's instance name
@@ -220,6 +232,203 @@ pub enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
+}
+
+/// `refreshctl store --help`, and its man page: what each command is for, in the order an
+/// operator meets them.
+const STORE_ABOUT: &str = "\
+Make a directory store signed, keep its signatures fresh, and change its keys (docs/store.md).
+
+A signed store carries metadata (The Update Framework) that refreshd verifies, from a root it \
+pins, before it trusts any index or blob: whoever serves the store, or sits on the way to it, \
+can then withhold updates but not choose what is installed. The keys live in a key directory \
+of their own, never inside the store.
+
+How a signed store is run:
+  refreshctl store init --store DIR --keys KEYDIR
+      then install DIR/tuf/1.root.json on every machine
+  refreshctl publish --store DIR --keys KEYDIR FILE
+      for each new revision
+  refreshctl store resign --store DIR --keys KEYDIR
+      daily, from a timer
+  refreshctl store rotate-key ROLE --store DIR --keys KEYDIR
+      when a key is lost or stolen
+  refreshctl store migrate --store DIR --keys KEYDIR
+      once, to sign a store that was not";
+
+/// `refreshctl store COMMAND`: the publisher's side of a signed store, on the store's directory
+/// and a key directory kept apart from it.
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum StoreCommand {
+    /// Make a new, empty signed store and its keys; prints the root every machine must install
+    /// as /etc/refreshd/store-root.json
+    Init {
+        /// The store directory (created if missing; it must hold no snaps: convert a store
+        /// that does with refreshctl store migrate)
+        #[arg(long, value_name = "DIR")]
+        store: PathBuf,
+        #[command(flatten)]
+        new: NewStore,
+    },
+    /// Convert an unsigned directory store in place: every snap's index and blobs are checked
+    /// and signed; prints the root every machine must install
+    Migrate {
+        /// The unsigned store directory (refreshctl publish made it)
+        #[arg(long, value_name = "DIR")]
+        store: PathBuf,
+        #[command(flatten)]
+        new: NewStore,
+    },
+    /// Sign the timestamp again with a new expiry (and the roles named with --role): run it
+    /// daily from a timer, or clients refuse the store once its timestamp expires
+    Resign {
+        /// The signed store directory
+        #[arg(long, value_name = "DIR")]
+        store: PathBuf,
+        /// The store's key directory: the keys of the roles re-signed (the timestamp's, by
+        /// default)
+        #[arg(long, value_name = "KEYDIR")]
+        keys: PathBuf,
+        /// Re-sign this role too (repeatable). targets re-signs the snapshot too; the timestamp
+        /// is always re-signed; root makes a new root version, with the root keys
+        #[arg(long = "role", value_enum, value_name = "ROLE")]
+        roles: Vec<Role>,
+        #[command(flatten)]
+        expires: ExpiresFlag,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Replace every key of a role with a new one, in a new root version signed by the current
+    /// root keys; the old keys move to KEYDIR/retired/
+    RotateKey {
+        /// The role whose keys are replaced
+        #[arg(value_enum, value_name = "ROLE")]
+        role: Role,
+        /// The signed store directory
+        #[arg(long, value_name = "DIR")]
+        store: PathBuf,
+        /// The store's key directory: the root keys (a new root version is signed with them)
+        /// and those of the role; the new keys are made there
+        #[arg(long, value_name = "KEYDIR")]
+        keys: PathBuf,
+        #[command(flatten)]
+        expires: ExpiresFlag,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+/// What `store init` and `store migrate` make: the keys, how many of each role, expiries.
+#[derive(Args, Debug, PartialEq, Eq, Clone)]
+pub struct NewStore {
+    /// Where the new private keys are made: created mode 0700 if missing, it must hold no keys
+    /// and never be inside the store. Keep the root keys offline afterwards
+    #[arg(long, value_name = "KEYDIR")]
+    pub keys: PathBuf,
+    /// How many root keys to make
+    #[arg(long, value_name = "N", default_value_t = RoleKeys::default().keys, value_parser = at_least_one(), help_heading = ROLE_KEYS)]
+    pub root_keys: u32,
+    /// How many root keys must sign a root
+    #[arg(long, value_name = "N", default_value_t = RoleKeys::default().threshold, value_parser = at_least_one(), help_heading = ROLE_KEYS)]
+    pub root_threshold: u32,
+    /// How many targets keys to make (they sign what is published)
+    #[arg(long, value_name = "N", default_value_t = RoleKeys::default().keys, value_parser = at_least_one(), help_heading = ROLE_KEYS)]
+    pub targets_keys: u32,
+    /// How many targets keys must sign
+    #[arg(long, value_name = "N", default_value_t = RoleKeys::default().threshold, value_parser = at_least_one(), help_heading = ROLE_KEYS)]
+    pub targets_threshold: u32,
+    /// How many snapshot keys to make
+    #[arg(long, value_name = "N", default_value_t = RoleKeys::default().keys, value_parser = at_least_one(), help_heading = ROLE_KEYS)]
+    pub snapshot_keys: u32,
+    /// How many snapshot keys must sign
+    #[arg(long, value_name = "N", default_value_t = RoleKeys::default().threshold, value_parser = at_least_one(), help_heading = ROLE_KEYS)]
+    pub snapshot_threshold: u32,
+    /// How many timestamp keys to make
+    #[arg(long, value_name = "N", default_value_t = RoleKeys::default().keys, value_parser = at_least_one(), help_heading = ROLE_KEYS)]
+    pub timestamp_keys: u32,
+    /// How many timestamp keys must sign
+    #[arg(long, value_name = "N", default_value_t = RoleKeys::default().threshold, value_parser = at_least_one(), help_heading = ROLE_KEYS)]
+    pub timestamp_threshold: u32,
+    #[command(flatten)]
+    pub expires: ExpiresFlag,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// Where `store init --help` lists the options that size each role.
+const ROLE_KEYS: &str = "Keys of each role";
+
+/// `--expires ROLE=DURATION`, repeatable.
+#[derive(Args, Debug, PartialEq, Eq, Clone, Default)]
+pub struct ExpiresFlag {
+    #[arg(
+        long = "expires",
+        value_name = "ROLE=DURATION",
+        value_parser = parse_expiry,
+        help = expires_help()
+    )]
+    pub expires: Vec<Expiry>,
+}
+
+/// One `--expires ROLE=DURATION`.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub struct Expiry {
+    pub role: Role,
+    pub duration: std::time::Duration,
+}
+
+/// A role of a signed store's metadata (TUF).
+#[derive(clap::ValueEnum, Debug, PartialEq, Eq, Clone, Copy, Hash)]
+pub enum Role {
+    /// Names every role's keys; signed offline, rarely
+    Root,
+    /// Lists every index and blob with its hashes; signed on every publish
+    Targets,
+    /// Pins the current targets version; signed on every publish
+    Snapshot,
+    /// Pins the current snapshot, and expires soon: re-signed daily
+    Timestamp,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Root => "root",
+            Role::Targets => "targets",
+            Role::Snapshot => "snapshot",
+            Role::Timestamp => "timestamp",
+        }
+    }
+}
+
+/// The help of `--expires`, with the defaults the store signs with.
+fn expires_help() -> String {
+    let d = Expiries::default();
+    let f = refreshd_snap::text::format_duration;
+    format!(
+        "How long ROLE's metadata stays valid once signed (repeatable) [default: root={}, targets={}, snapshot={}, timestamp={}]. Clients refuse a store whose metadata expired",
+        f(d.root),
+        f(d.targets),
+        f(d.snapshot),
+        f(d.timestamp)
+    )
+}
+
+/// A count of keys: 0 is refused by the parser, a threshold above the count by the store.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<u32> {
+    clap::builder::RangedU64ValueParser::new().range(1..=u64::from(u32::MAX))
+}
+
+fn parse_expiry(s: &str) -> Result<Expiry, String> {
+    let shape =
+        "write ROLE=DURATION, ROLE one of root, targets, snapshot, timestamp (timestamp=7d)";
+    let Some((role, duration)) = s.split_once('=') else {
+        return Err(format!("{s:?} is not ROLE=DURATION: {shape}"));
+    };
+    let role = <Role as clap::ValueEnum>::from_str(role, false)
+        .map_err(|_| format!("{role:?} is not a role: {shape}"))?;
+    let duration = refreshd_snap::text::parse_duration(duration).map_err(|e| e.to_string())?;
+    Ok(Expiry { role, duration })
 }
 
 #[derive(Args, Debug, PartialEq, Eq, Default, Clone, Copy)]
@@ -470,6 +679,101 @@ mod tests {
     }
 
     #[test]
+    fn store_commands() {
+        let cli = parse(&["publish", "--store", "s", "--keys", "k", "a.snap"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Command::Publish {
+                store: "s".into(),
+                keys: Some("k".into()),
+                file: "a.snap".into(),
+                channel: "stable".into(),
+                json: JsonFlag::default(),
+            }
+        );
+        let cli = parse(&[
+            "store",
+            "init",
+            "--store",
+            "s",
+            "--keys",
+            "k",
+            "--root-keys",
+            "3",
+            "--root-threshold",
+            "2",
+            "--expires",
+            "timestamp=1d",
+            "--expires",
+            "root=730d",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Store(StoreCommand::Init { store, new }) = cli.command else {
+            panic!("{:?}", cli.command);
+        };
+        assert_eq!(store, Path::new("s"));
+        assert_eq!((new.root_keys, new.root_threshold), (3, 2));
+        assert_eq!((new.targets_keys, new.targets_threshold), (1, 1));
+        assert!(new.json.json);
+        let day = std::time::Duration::from_secs(86400);
+        assert_eq!(
+            new.expires.expires,
+            vec![
+                Expiry {
+                    role: Role::Timestamp,
+                    duration: day
+                },
+                Expiry {
+                    role: Role::Root,
+                    duration: 730 * day
+                },
+            ]
+        );
+        let cli = parse(&[
+            "store", "resign", "--store", "s", "--keys", "k", "--role", "targets", "--role", "root",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Store(StoreCommand::Resign { roles, .. }) if roles == [Role::Targets, Role::Root]
+        ));
+        let cli = parse(&["store", "rotate-key", "root", "--store", "s", "--keys", "k"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Store(StoreCommand::RotateKey {
+                role: Role::Root,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_bad_expiry_says_how_to_write_one() {
+        for (arg, want) in [
+            ("7d", "is not ROLE=DURATION: write ROLE=DURATION"),
+            ("soon=7d", "\"soon\" is not a role"),
+            ("timestamp=7x", "invalid duration \"7x\": unknown unit"),
+        ] {
+            let err = parse(&[
+                "store",
+                "resign",
+                "--store",
+                "s",
+                "--keys",
+                "k",
+                "--expires",
+                arg,
+            ])
+            .unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            let first = err.to_string();
+            let first = first.lines().next().unwrap();
+            assert!(first.contains(want), "{arg}: {first}");
+        }
+    }
+
+    #[test]
     fn usage_errors_exit_2() {
         for args in [
             &[][..],
@@ -492,6 +796,24 @@ mod tests {
             &["refresh", "--channel", "beta"],
             &["refresh", "--unhold", "--channel", "beta", "a"],
             &["refresh", "--hold", "--no-wait", "a"],
+            &["store"],
+            &["store", "init", "--store", "s"],
+            &[
+                "store",
+                "init",
+                "--store",
+                "s",
+                "--keys",
+                "k",
+                "--root-keys",
+                "0",
+            ],
+            &["store", "resign", "--keys", "k"],
+            &["store", "rotate-key", "--store", "s", "--keys", "k"],
+            &["store", "rotate-key", "all", "--store", "s", "--keys", "k"],
+            &[
+                "store", "resign", "--store", "s", "--keys", "k", "--role", "all",
+            ],
         ] {
             let err = parse(args).expect_err(&format!("{args:?} should not parse"));
             assert_eq!(err.exit_code(), 2, "{args:?}: {err}");

@@ -13,7 +13,7 @@ use super::exit::{ChangeFailed, InProgress, Interrupted, UsageError};
 use super::format::{self, for_terminal, Clock, Paint};
 use super::progress::{human, Follower, Meter, Mode, Width};
 use crate::client::{Client, ClientError};
-use crate::types::{Change, ErrorKind, Hold, NoteKind, RefreshNote, Select};
+use crate::types::{Change, ErrorKind, Hold, NoteKind, RefreshNote, Select, StoreInfo};
 
 /// Runs `command`. Times in text are shown against `clock`; `paint` colours standard output.
 pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint) -> Result<()> {
@@ -27,6 +27,9 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
             json: JsonFlag { json },
         } => {
             let info = client.system_info().await.doing("get refreshd's status")?;
+            if let Some(w) = info.store.as_ref().and_then(StoreInfo::warning) {
+                warn(&w);
+            }
             if json {
                 return print_json(&info);
             }
@@ -40,6 +43,9 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
                 .snap_status(&name)
                 .await
                 .doing(&format!("get the status of {name}"))?;
+            if let Some(w) = &status.warning {
+                warn(w);
+            }
             if json {
                 return print_json(&status);
             }
@@ -192,48 +198,12 @@ pub async fn run(command: Command, client: &Client, clock: &Clock, paint: Paint)
         }
         Command::Publish {
             store,
+            keys,
             file,
             channel,
             json: JsonFlag { json },
-        } => {
-            let mut meter = Meter::on_stderr(format!("Publishing {}", display_name(&file)));
-            let mut progress = |done, total| {
-                if let Some(m) = &mut meter {
-                    m.show(done, total);
-                }
-            };
-            let published =
-                refreshd_store::publish_with_progress(&store, &file, &channel, &mut progress);
-            if let Some(m) = &mut meter {
-                m.finish();
-            }
-            let e = published.map_err(|e| match e.says_publish() {
-                true => anyhow::Error::new(e),
-                false => {
-                    anyhow::Error::new(e).context(format!("cannot publish {}", file.display()))
-                }
-            })?;
-            if json {
-                return print_json(&serde_json::json!({
-                    "name": e.name,
-                    "version": e.version,
-                    // A revision is a string everywhere in the API ("1", "x1").
-                    "revision": e.revision.to_string(),
-                    "channel": channel,
-                    "store": store,
-                    "path": e.path,
-                    "size": e.size,
-                    "sha3-384": e.sha3_384,
-                }));
-            }
-            print(&format!(
-                "Published {} {} as revision {} in channel {channel} of {}\n",
-                e.name,
-                e.version,
-                e.revision,
-                store.display()
-            ))
-        }
+        } => super::store::publish(store, keys, file, channel, json).await,
+        Command::Store(command) => super::store::run(command, clock, paint).await,
         Command::Remove {
             name,
             purge,
@@ -767,6 +737,13 @@ fn display_name(file: &Path) -> String {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| file.display().to_string());
     printable(&name).into_owned()
+}
+
+/// A warning on stderr, one line, said on every call that shows what it is about (an unverified
+/// store): refreshd's text, escaped.
+fn warn(text: &str) {
+    let label = Paint::detect(io::stderr().is_terminal()).yellow("warning:");
+    eprintln!("{label} {}", printable(text));
 }
 
 pub(super) fn print(text: &str) -> Result<()> {

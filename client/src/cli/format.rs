@@ -17,8 +17,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::types::{
-    Change, HoldUntil, ReleaseAgent, Snap, SnapProcess, SnapStatus, Status, SystemInfo, Task,
-    Update,
+    Change, HoldUntil, ReleaseAgent, Snap, SnapProcess, SnapStatus, Status, StoreInfo, SystemInfo,
+    Task, Update,
 };
 
 /// `value` with every string in it, and every key, made [`printable`]: the one way an API
@@ -164,6 +164,10 @@ impl Paint {
         self.sgr("31", text)
     }
 
+    pub fn yellow(self, text: &str) -> String {
+        self.sgr("33", text)
+    }
+
     /// A status word: green when done, red for errors, yellow for waits and what was undone,
     /// cyan while running.
     pub fn status(self, s: Status) -> String {
@@ -250,10 +254,23 @@ pub fn system_info(info: &SystemInfo, clock: &Clock) -> String {
         ));
     }
     rows.push(("auto-refresh", auto_refresh(info, clock)));
+    if let Some(store) = &info.store {
+        rows.push(("store", store_trust(store)));
+    }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     rows.iter()
         .map(|(k, v)| format!("{:width$} {v}\n", format!("{k}:")))
         .collect()
+}
+
+/// `https://store.example (signed, root /etc/refreshd/store-root.json)`, or `/srv/store (NOT
+/// VERIFIED: --insecure-unsigned-store)`.
+fn store_trust(store: &StoreInfo) -> String {
+    match (store.signed, &store.root) {
+        (true, Some(root)) => format!("{} (signed, root {})", store.url, root.display()),
+        (true, None) => format!("{} (signed)", store.url),
+        (false, _) => format!("{} (NOT VERIFIED: --insecure-unsigned-store)", store.url),
+    }
 }
 
 /// What the kernel runs when a freezer group empties: `/usr/lib/refreshd/refresh-release-agent
@@ -682,6 +699,7 @@ mod tests {
                 safe: true,
                 why: String::new(),
             }),
+            store: None,
         };
         assert_eq!(
             system_info(&info, &clock()),
@@ -737,6 +755,28 @@ auto-refresh:        off
         };
         assert!(system_info(&off, &clock())
             .ends_with("auto-refresh:        off, last today at 17:00 UTC (5 hours ago)\n"));
+        let signed = SystemInfo {
+            store: Some(StoreInfo {
+                url: "https://store.example".into(),
+                signed: true,
+                root: Some("/etc/refreshd/store-root.json".into()),
+            }),
+            ..info.clone()
+        };
+        assert!(system_info(&signed, &clock()).ends_with(
+            "store:               https://store.example (signed, root /etc/refreshd/store-root.json)\n"
+        ));
+        let unsigned = SystemInfo {
+            store: Some(StoreInfo {
+                url: "/srv/store".into(),
+                signed: false,
+                root: None,
+            }),
+            ..info.clone()
+        };
+        assert!(system_info(&unsigned, &clock()).ends_with(
+            "store:               /srv/store (NOT VERIFIED: --insecure-unsigned-store)\n"
+        ));
     }
 
     fn task(status: Status) -> Task {
@@ -997,6 +1037,7 @@ ID  Status  Spawn          Ready           Summary
                 process(4250, None, None),
             ],
             hold: None,
+            warning: None,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod exit;
 mod format;
 mod progress;
 mod snapshots;
+mod store;
 
 use std::io::IsTerminal;
 

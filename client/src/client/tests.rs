@@ -61,6 +61,7 @@ fn info() -> SystemInfo {
         next_auto_refresh: None,
         last_auto_refresh: None,
         release_agent: None,
+        store: None,
     }
 }
 

@@ -33,6 +33,11 @@ pub struct SnapStatus {
     /// null when its refreshes are not held.
     #[serde(default)]
     pub hold: Option<String>,
+    /// What an admin must know about where the snap's revisions come from: the store is not
+    /// verified (`refreshd --insecure-unsigned-store`); null otherwise (absent from daemons
+    /// older than this field). refreshctl says it on stderr.
+    #[serde(default)]
+    pub warning: Option<String>,
 }
 
 /// A change waiting for a snap's processes to exit.

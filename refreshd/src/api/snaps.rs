@@ -11,7 +11,7 @@ use axum::Json;
 use futures_util::StreamExt;
 use refreshd_client::types::{
     AppInfo, ChangeRef, ErrorKind, HoldUntil, InstallQuery, NoteKind, ReleaseAgent, Snap,
-    SnapAction, SnapActionKind, StoreInstall, SystemInfo,
+    SnapAction, SnapActionKind, StoreInfo, StoreInstall, SystemInfo,
 };
 use refreshd_snap::InstanceName;
 use refreshd_state::{Created, Select, SnapRow};
@@ -68,7 +68,18 @@ pub async fn system_info(State(st): St) -> Result<Json<SystemInfo>, ApiError> {
         next_auto_refresh: auto.next,
         last_auto_refresh: auto.last,
         release_agent,
+        store: store_info(&st.ops.ctx),
     }))
+}
+
+/// The store and how it is trusted, for `GET /v1/system-info` (and the warning of `GET
+/// /v1/snaps/NAME/status`).
+pub(super) fn store_info(ctx: &crate::tasks::Ctx) -> Option<StoreInfo> {
+    ctx.store.as_ref().map(|store| StoreInfo {
+        url: store.url().to_owned(),
+        signed: store.is_signed(),
+        root: ctx.store_root.clone(),
+    })
 }
 
 /// The API view of an installed snap; None while it has no current revision.

@@ -112,6 +112,7 @@ pub async fn status(
         hold: row
             .and_then(|r| r.hold)
             .filter(|h| HoldUntil::active(Some(h), jiff::Timestamp::now()).is_some()),
+        warning: super::snaps::store_info(&st.ops.ctx).and_then(|s| s.warning()),
     }))
 }
 

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use refreshd_client::types::{
     HoldUntil, NoteKind, RefreshNote, RefreshPlan, RefreshResult, Update,
 };
-use refreshd_snap::text::{one_line, quote};
+use refreshd_snap::text::{printable, quote};
 use refreshd_snap::{InstanceName, Revision};
 use refreshd_state::{BatchItem, ChangeId, IdempotencyKey, SnapRow};
 use refreshd_store::Entry;
@@ -266,8 +266,11 @@ async fn look_up(ops: &Ops, cands: &[&Candidate]) -> Result<Vec<Looked>> {
     let found = ops
         .workers
         .run(move || {
-            // A signed store's metadata is verified once for the whole look-up.
-            let catalog = store.catalog().map_err(|e| one_line(&e.to_string()));
+            // A signed store's metadata is verified once for the whole look-up. The store's
+            // errors are one line whose untrusted parts are quoted and capped already: capping
+            // the whole (one_line) would cut off the advice they end with.
+            let said = |e: refreshd_store::Error| printable(&e.to_string()).into_owned();
+            let catalog = store.catalog().map_err(said);
             let mut indexes = HashMap::new();
             wanted
                 .into_iter()
@@ -275,7 +278,7 @@ async fn look_up(ops: &Ops, cands: &[&Candidate]) -> Result<Vec<Looked>> {
                     let index = indexes
                         .entry(snap.clone())
                         .or_insert_with(|| match &catalog {
-                            Ok(c) => c.snap(&snap).map_err(|e| one_line(&e.to_string())),
+                            Ok(c) => c.snap(&snap).map_err(said),
                             Err(e) => Err(e.clone()),
                         });
                     let entry = match index {

@@ -52,6 +52,9 @@ pub struct Ctx {
     pub tracking: Arc<crate::tracking::Tracking>,
     /// Where new revisions come from (`refreshd --store`), if anywhere.
     pub store: Option<Arc<refreshd_store::Store>>,
+    /// The pinned root `store` is verified from (`--store-root`, or the layout's); None when the
+    /// store is not signed (`--insecure-unsigned-store`) or there is no store. The API shows it.
+    pub store_root: Option<std::path::PathBuf>,
     /// How snaps' services are run (systemd, or left alone).
     pub services: services::Services,
     /// How long a snap's hook may run before it is killed (`refreshd --hook-timeout`).

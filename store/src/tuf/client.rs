@@ -6,9 +6,10 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use aws_lc_rs::digest::{digest, SHA256};
+use nix::fcntl::{Flock, FlockArg};
 use tough::error::Error as TufError;
 use tough::schema::{RoleType, Root, Signed, Target};
 use tough::{
@@ -41,6 +42,12 @@ const KEPT: [&str; 5] = [
     "latest_known_time.json",
 ];
 
+/// The suffix of the working copy tough reads and writes, beside the kept state's directory.
+const WORK: &str = ".work";
+
+/// The prefix of the scratch copy earlier versions made for each verification.
+const SCRATCH: &str = ".verify-";
+
 /// A pinned root, opened and checked.
 pub(crate) struct Trusted {
     pinned: Vec<u8>,
@@ -48,8 +55,14 @@ pub(crate) struct Trusted {
     /// `STATE/store-trust/SHA256-OF-ROOT[..16]`: trust kept per pinned root, so pinning another
     /// root starts afresh instead of mixing two stores' versions.
     state: PathBuf,
-    /// One verification at a time: each reads and then moves forward what is kept.
-    lock: Mutex<()>,
+    /// `STATE/store-trust/SHA256-OF-ROOT[..16].work`: tough's datastore, a working copy of the
+    /// kept files (tough writes it in place, not atomically; `keep` moves what it verified to
+    /// the kept files). Kept between look-ups: a fresh copy each time created and deleted six
+    /// files and a directory, which cost more than the rest of the look-up's own file work.
+    work: PathBuf,
+    /// One verification at a time: each reads and then moves forward what is kept. Inside,
+    /// what the last one found the kept files and their working copies to say alike.
+    lock: Mutex<Alike>,
 }
 
 impl Trusted {
@@ -77,11 +90,29 @@ impl Trusted {
             .mode(0o700)
             .create(&state)
             .map_err(Error::io("create", &state))?;
+        // An earlier version's verification cut short by a crash left its scratch copy.
+        if let Ok(rd) = fs::read_dir(&state) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(SCRATCH) {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let work = config.state_dir.join(format!("{}{WORK}", &id[..16]));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&work)
+            .or_else(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(Error::io("create", &work))?;
         Ok(Trusted {
             pinned_version: root.signed.version.get(),
             pinned,
             state,
-            lock: Mutex::new(()),
+            work,
+            lock: Mutex::new(Alike::new()),
         })
     }
 
@@ -89,19 +120,11 @@ impl Trusted {
     /// snapshot, targets; signatures, thresholds, versions, hashes, lengths, expiry) and keeps
     /// what it trusted.
     pub(crate) fn verify(&self, fetcher: Arc<dyn Fetch>, url: &str) -> Result<Verified> {
-        let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let scratch = tempfile::Builder::new()
-            .prefix(".verify-")
-            .tempdir_in(&self.state)
-            .map_err(Error::io("create a temporary directory in", &self.state))?;
-        for name in KEPT {
-            match fs::read(self.state.join(name)) {
-                Ok(b) => fs::write(scratch.path().join(name), b)
-                    .map_err(Error::io("write", scratch.path().join(name)))?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("read", self.state.join(name))(e)),
-            }
-        }
+        let mut alike = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Another `Store` of the same state, in this process or another, waits: the working
+        // copy is one directory.
+        let _work = lock_dir(&self.work)?;
+        self.sync_work(&mut alike)?;
         // Begin from the newest root verified before, not the pinned one: a rotation that
         // revoked a key stays in force even if the store stops serving the new root.
         let start = match fs::read(self.state.join("root.json")) {
@@ -114,6 +137,7 @@ impl Trusted {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let transport = StoreTransport {
             fetcher,
+            url: url.to_owned(),
             seen: seen.clone(),
         };
         let base = Url::parse(&format!("{SCHEME}:///{META_DIR}/")).expect("a valid URL");
@@ -125,17 +149,17 @@ impl Trusted {
             max_snapshot_size: 1 << 20,
             max_root_updates: 1024,
         };
-        let loaded = super::block_on(
+        let loaded = runtime()?.block_on(
             RepositoryLoader::new(&start, base, targets)
                 .transport(transport)
-                .datastore(scratch.path())
+                .datastore(&self.work)
                 .limits(limits)
                 .expiration_enforcement(ExpirationEnforcement::Safe)
                 .load(),
-        )?;
+        );
         // What tough verified is kept even when a later step failed (a newer root, a newer
         // timestamp): trust only moves forward.
-        self.keep(scratch.path())?;
+        self.keep(&self.work, &mut alike)?;
         let repo = loaded.map_err(|e| {
             let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
             untrusted(url, &e, &seen, &start)
@@ -152,17 +176,50 @@ impl Trusted {
         })
     }
 
-    /// Makes what tough left in `scratch` the kept state: each file replaced atomically, and
-    /// one it deleted (a rotated key's timestamp or snapshot: fast-forward recovery) deleted.
-    fn keep(&self, scratch: &Path) -> Result<()> {
+    /// Makes the working copy say what is kept: after a finished look-up it already does, and
+    /// nothing is written; after a crash, or a failed `keep`, it is put back.
+    fn sync_work(&self, alike: &mut Alike) -> Result<()> {
         for name in KEPT {
-            let dest = self.state.join(name);
-            match fs::read(scratch.join(name)) {
+            let (kept, work) = (self.state.join(name), self.work.join(name));
+            match fs::read(&kept) {
                 Ok(b) => {
-                    if fs::read(&dest).ok().as_deref() != Some(&b[..]) {
-                        write_private(&dest, &b)?;
+                    let same = match fs::read(&work) {
+                        Ok(w) => {
+                            w == b
+                                || alike.get(name) == Some(&(sha256(&b), sha256(&w)))
+                                || same_metadata(Some(&w), &b)
+                        }
+                        Err(_) => false,
+                    };
+                    if !same {
+                        fs::write(&work, &b).map_err(Error::io("write", &work))?;
                     }
                 }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::remove_file(&work) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("remove", &work)(e)),
+                },
+                Err(e) => return Err(Error::io("read", &kept)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes what tough left in `scratch` the kept state: each file that says something new
+    /// replaced atomically, and one it deleted (a rotated key's timestamp or snapshot:
+    /// fast-forward recovery) deleted.
+    fn keep(&self, scratch: &Path, alike: &mut Alike) -> Result<()> {
+        for name in KEPT {
+            let dest = self.state.join(name);
+            alike.remove(name);
+            match fs::read(scratch.join(name)) {
+                Ok(b) => match fs::read(&dest) {
+                    Ok(old) if same_metadata(Some(&old), &b) => {
+                        alike.insert(name, (sha256(&old), sha256(&b)));
+                    }
+                    _ => write_private(&dest, &b)?,
+                },
                 Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::remove_file(&dest) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -173,6 +230,59 @@ impl Trusted {
         }
         sync_dir(&self.state)
     }
+}
+
+/// By file name, (sha256 of a kept file, sha256 of its working copy) that `keep` found to say
+/// the same in other bytes (tough's key order): the next look-up need not parse them again.
+type Alike = HashMap<&'static str, (Vec<u8>, Vec<u8>)>;
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    digest(&SHA256, bytes).as_ref().to_vec()
+}
+
+/// Whether `new` says what `kept` says: the same bytes, or the same JSON. tough writes its
+/// datastore by serialising structures that hold `HashMap`s, so an unchanged root or targets
+/// comes out in another key order at each look-up: rewriting it (an fsync and a rename, the
+/// whole targets of a large store) would keep nothing new.
+fn same_metadata(kept: Option<&[u8]>, new: &[u8]) -> bool {
+    let Some(kept) = kept else {
+        return false;
+    };
+    kept == new
+        || matches!(
+            (
+                serde_json::from_slice::<serde_json::Value>(kept),
+                serde_json::from_slice::<serde_json::Value>(new),
+            ),
+            (Ok(a), Ok(b)) if a == b
+        )
+}
+
+/// The runtime tough's futures run on: one for the process, made at the first look-up and
+/// never dropped. One per look-up cost a thread each time (tough's datastore does its file I/O
+/// through `tokio::fs`, on the runtime's blocking pool) and an epoll instance; and a runtime
+/// kept in a `Store` would panic when the daemon drops the store from async code.
+fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Signing {
+            reason: format!("cannot start the signing runtime: {e}"),
+        })?;
+    // Two first look-ups at once: one runtime is kept, the other (never used) is dropped here,
+    // on a thread that may block.
+    Ok(RUNTIME.get_or_init(|| rt))
+}
+
+/// An exclusive `flock` on a directory, held while the value lives.
+fn lock_dir(dir: &Path) -> Result<Flock<File>> {
+    let f = File::open(dir).map_err(Error::io("open", dir))?;
+    Flock::lock(f, FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::io("lock", dir)(io::Error::from(e)))
 }
 
 /// Writes a kept file: temporary file, fsync, rename, root-only.
@@ -283,12 +393,16 @@ const SCHEME: &str = "refreshd-store";
 #[derive(Default)]
 struct Seen {
     files: Vec<(String, Vec<u8>)>,
+    /// Files the store does not have (a root version not made yet is one of these).
+    missing: Vec<String>,
     failed: Option<Error>,
 }
 
 #[derive(Clone)]
 struct StoreTransport {
     fetcher: Arc<dyn Fetch>,
+    /// The store's address, for messages.
+    url: String,
     seen: Arc<Mutex<Seen>>,
 }
 
@@ -309,9 +423,9 @@ impl Transport for StoreTransport {
         }
         let rel = url.path().trim_start_matches('/').to_owned();
         let too_large = || Error::Untrusted {
-            url: rel.clone(),
+            url: self.url.clone(),
             reason: format!("{rel} is larger than {MAX_META_SIZE} bytes (endless data)"),
-            advice: "the store's operator must fix it".into(),
+            advice: "the store's operator must serve its current signed metadata".into(),
         };
         // Blocking, on the runtime of this one verification: nothing else runs on it.
         let got = self.fetcher.small(&rel, MAX_META_SIZE, &too_large);
@@ -322,7 +436,10 @@ impl Transport for StoreTransport {
                 let chunk: std::result::Result<Bytes, TransportError> = Ok(Bytes::from(bytes));
                 Ok(Box::pin(futures_util::stream::iter([chunk])))
             }
-            Ok(None) => Err(TransportError::new(TransportErrorKind::FileNotFound, url)),
+            Ok(None) => {
+                seen.missing.push(rel);
+                Err(TransportError::new(TransportErrorKind::FileNotFound, url))
+            }
             Err(e) => {
                 let shown = e.to_string();
                 seen.failed = Some(e);
@@ -340,11 +457,21 @@ impl Transport for StoreTransport {
 fn untrusted(url: &str, e: &TufError, seen: &Seen, start_root: &[u8]) -> Error {
     let operator = "the store's operator must serve its current signed metadata";
     let (reason, advice) = match e {
-        TufError::Transport { .. } => {
+        TufError::Transport { url: asked, .. } => {
             if let Some(failed) = &seen.failed {
                 return clone_error(failed);
             }
-            (chain(e), "check the store address and the network".into())
+            let rel = asked.path().trim_start_matches('/');
+            if let Some(reason) = read_refusal(e, rel) {
+                (reason, operator.into())
+            } else if seen.missing.iter().any(|m| m == rel) {
+                (
+                    format!("it has no {rel}: it serves no signed metadata, or not all of it"),
+                    "if it is not signed yet, its operator must sign it (refreshctl store migrate); if it is, the files under tuf/ must all be served".into(),
+                )
+            } else {
+                (chain(e), "check the store address and the network".into())
+            }
         }
         TufError::ExpiredMetadata { role, .. } => {
             let since = expired_at(*role, seen, start_root)
@@ -373,7 +500,7 @@ fn untrusted(url: &str, e: &TufError, seen: &Seen, start_root: &[u8]) -> Error {
             ..
         } => (
             format!("its {role} metadata is version {new_version}, older than version {current_version} already trusted here (a rollback: old metadata served again)"),
-            operator.into(),
+            older_advice(*role),
         ),
         TufError::OlderSnapshotInTimestamp {
             snapshot_new,
@@ -381,7 +508,7 @@ fn untrusted(url: &str, e: &TufError, seen: &Seen, start_root: &[u8]) -> Error {
             ..
         } => (
             format!("its timestamp names snapshot version {snapshot_new}, older than version {snapshot_old} already trusted here (a rollback)"),
-            operator.into(),
+            older_advice(RoleType::Snapshot),
         ),
         TufError::SnapshotRoleRollback {
             role,
@@ -390,7 +517,7 @@ fn untrusted(url: &str, e: &TufError, seen: &Seen, start_root: &[u8]) -> Error {
             ..
         } => (
             format!("its snapshot names {role} version {new_role_version}, older than version {old_role_version} already trusted here (a rollback)"),
-            operator.into(),
+            older_advice(RoleType::Snapshot),
         ),
         TufError::MaxSizeExceeded {
             max_size,
@@ -426,6 +553,48 @@ fn untrusted(url: &str, e: &TufError, seen: &Seen, start_root: &[u8]) -> Error {
         url: url.to_owned(),
         reason,
         advice,
+    }
+}
+
+/// A length or hash refusal tough made while reading `rel`: it checks both as the bytes come,
+/// so these arrive wrapped in a transport error, which would read as a network failure.
+fn read_refusal(e: &TufError, rel: &str) -> Option<String> {
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        match s.downcast_ref::<TufError>() {
+            Some(TufError::MaxSizeExceeded {
+                max_size,
+                specifier,
+                ..
+            }) => {
+                // A limit of refreshd's own ("max_timestamp_size argument"), or the length
+                // another metadata file signs.
+                return Some(if specifier.ends_with(" argument") {
+                    format!(
+                        "{rel} is larger than the {max_size} bytes allowed for it (endless data)"
+                    )
+                } else {
+                    format!("{rel} is larger than the {max_size} bytes {specifier} signs for it (endless data, or metadata of different moments mixed)")
+                });
+            }
+            Some(TufError::HashMismatch { .. }) => {
+                return Some(format!("{rel} does not match the sha256 signed for it (metadata of different moments mixed, or tampered with)"));
+            }
+            _ => src = s.source(),
+        }
+    }
+    None
+}
+
+/// What to do about metadata older than what is trusted. When the store does serve its
+/// current metadata, the trusted version was signed ahead by a thief of the online key (a
+/// fast-forward): rotating that key makes clients forget it.
+fn older_advice(role: RoleType) -> String {
+    match role {
+        RoleType::Timestamp | RoleType::Snapshot => format!(
+            "the store's operator must serve its current signed metadata or, if it does, rotate the {role} key (refreshctl store rotate-key {role}): a thief of that key signed a version ahead"
+        ),
+        _ => "the store's operator must serve its current signed metadata".into(),
     }
 }
 
@@ -496,4 +665,129 @@ fn ago(t: jiff::Timestamp) -> String {
 
 fn one(e: &serde_json::Error) -> String {
     crate::error::one_line(&e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::tuf::repo::{init, resign, Expiries, InitOptions};
+    use crate::{Store, StoreConfig};
+
+    /// A signed store with no snaps, and a client's configuration pinned to its root.
+    fn signed() -> (tempfile::TempDir, PathBuf, StoreConfig) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        let made = init(&store, &tmp.path().join("keys"), &InitOptions::default()).unwrap();
+        let config = StoreConfig {
+            trust: Some(TrustConfig {
+                root: made.root_file,
+                state_dir: tmp.path().join("trust"),
+            }),
+            ..StoreConfig::default()
+        };
+        (tmp, store, config)
+    }
+
+    /// The kept state's directory and its working copy.
+    fn kept(config: &StoreConfig) -> (PathBuf, PathBuf) {
+        let mut dirs: Vec<PathBuf> = fs::read_dir(&config.trust.as_ref().unwrap().state_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        dirs.sort();
+        assert_eq!(dirs.len(), 2, "{dirs:?}");
+        assert_eq!(
+            dirs[1],
+            PathBuf::from(format!("{}{WORK}", dirs[0].display()))
+        );
+        (dirs[0].clone(), dirs[1].clone())
+    }
+
+    #[test]
+    fn the_same_json_in_another_order_is_the_same_metadata() {
+        let a = br#"{"signed":{"a":1,"b":[1,2]},"signatures":[]}"#;
+        let b = br#"{"signatures":[],"signed":{"b":[1,2],"a":1}}"#;
+        assert!(same_metadata(Some(a), b));
+        assert!(!same_metadata(
+            Some(a),
+            br#"{"signed":{"a":2,"b":[1,2]},"signatures":[]}"#
+        ));
+        assert!(!same_metadata(
+            Some(a),
+            br#"{"signed":{"a":1,"b":[2,1]},"signatures":[]}"#
+        ));
+        assert!(!same_metadata(None, a));
+        assert!(!same_metadata(Some(b"not json"), a));
+    }
+
+    #[test]
+    fn a_look_up_with_nothing_new_replaces_no_kept_metadata() {
+        let (tmp, store, config) = signed();
+        let s = Store::open_with(&store.to_string_lossy(), config.clone()).unwrap();
+        s.catalog().unwrap();
+        let (dir, _) = kept(&config);
+        let inodes = |dir: &Path| -> Vec<u64> {
+            [
+                "root.json",
+                "timestamp.json",
+                "snapshot.json",
+                "targets.json",
+            ]
+            .iter()
+            .map(|n| fs::metadata(dir.join(n)).unwrap().ino())
+            .collect()
+        };
+        let before = inodes(&dir);
+        for _ in 0..4 {
+            s.catalog().unwrap();
+        }
+        assert_eq!(inodes(&dir), before, "unchanged metadata was written again");
+        drop(tmp);
+    }
+
+    #[test]
+    fn a_spoilt_working_copy_is_put_back_before_tough_reads_it() {
+        let (tmp, store, config) = signed();
+        let url = store.to_string_lossy().into_owned();
+        let meta = store.join(META_DIR);
+        Store::open_with(&url, config.clone())
+            .unwrap()
+            .catalog()
+            .unwrap();
+        // Version 2 of the timestamp is trusted; then version 1 is served again.
+        let old = fs::read(meta.join("timestamp.json")).unwrap();
+        let keys = tmp.path().join("keys");
+        resign(&store, &keys, &[RoleType::Timestamp], &Expiries::default()).unwrap();
+        // Two look-ups: the second finds its working copy saying what is kept.
+        let s = Store::open_with(&url, config.clone()).unwrap();
+        s.catalog().unwrap();
+        s.catalog().unwrap();
+        let new = fs::read(meta.join("timestamp.json")).unwrap();
+        fs::write(meta.join("timestamp.json"), &old).unwrap();
+        // The working copy as a crash in the middle of tough's writes may leave it: the
+        // rollback check must still see version 2.
+        let (_, work) = kept(&config);
+        fs::write(work.join("timestamp.json"), b"{\"signed\":").unwrap();
+        fs::remove_file(work.join("snapshot.json")).unwrap();
+        let e = s
+            .catalog()
+            .err()
+            .expect("a rollback of the timestamp was accepted");
+        assert!(
+            matches!(&e, Error::Untrusted { reason, .. } if reason.contains("older than version 2")),
+            "{e}"
+        );
+        // And with no working copy at all.
+        fs::remove_dir_all(&work).unwrap();
+        let e = Store::open_with(&url, config.clone())
+            .unwrap()
+            .catalog()
+            .err()
+            .expect("a rollback of the timestamp was accepted");
+        assert!(matches!(&e, Error::Untrusted { .. }), "{e}");
+        fs::write(meta.join("timestamp.json"), &new).unwrap();
+        Store::open_with(&url, config).unwrap().catalog().unwrap();
+    }
 }

@@ -62,6 +62,45 @@ impl Default for Expiries {
     }
 }
 
+/// Where the lifetimes a store was made with are recorded: in its targets metadata (signed, so
+/// a publish or a re-signing signs with them, not with the defaults).
+const LIFETIMES_KEY: &str = "x-refreshd-lifetimes";
+
+impl Expiries {
+    fn to_value(self) -> Value {
+        serde_json::json!({
+            "root": self.root.as_secs(),
+            "targets": self.targets.as_secs(),
+            "snapshot": self.snapshot.as_secs(),
+            "timestamp": self.timestamp.as_secs(),
+        })
+    }
+
+    /// The lifetimes recorded in `targets`, each missing or bad one the default.
+    fn recorded(targets: &Targets) -> Expiries {
+        let d = Expiries::default();
+        let v = targets._extra.get(LIFETIMES_KEY);
+        let get = |role: &str, def: Duration| {
+            v.and_then(|v| v.get(role))
+                .and_then(Value::as_u64)
+                .map(Duration::from_secs)
+                .unwrap_or(def)
+        };
+        Expiries {
+            root: get("root", d.root),
+            targets: get("targets", d.targets),
+            snapshot: get("snapshot", d.snapshot),
+            timestamp: get("timestamp", d.timestamp),
+        }
+    }
+}
+
+/// The lifetimes a signed store signs with: those it was made with (`store init --expires`),
+/// or last re-signed its targets with.
+pub fn lifetimes(store: &Path) -> Result<Expiries> {
+    Ok(Expiries::recorded(&Repo::read(store)?.targets.signed))
+}
+
 /// How many keys a role has and how many must sign.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoleKeys {
@@ -163,6 +202,7 @@ fn make(store: &Path, keys: &Path, opts: &InitOptions, adopt: bool) -> Result<In
             )));
         }
     }
+    keys_outside(store, keys)?;
     if !adopt {
         fs::create_dir_all(store).map_err(Error::io("create", store))?;
     }
@@ -229,6 +269,9 @@ fn make(store: &Path, keys: &Path, opts: &InitOptions, adopt: bool) -> Result<In
         NonZeroU64::MIN,
         later(now, opts.expiries.targets)?,
     );
+    targets
+        ._extra
+        .insert(LIFETIMES_KEY.into(), opts.expiries.to_value());
     let mut hashed = Vec::new();
     for name in &snaps {
         let path = store.join(index_target(name));
@@ -411,14 +454,34 @@ impl Publisher {
             plain_target(index.len() as u64, &sha256),
         )?;
         add_target(&mut targets, blob_path, blob_target(blob.0, blob.1, blob.2))?;
+        // A publish that crashed after writing its index but before signing left a revision
+        // whose blob is no target; clients would refuse the whole index for it. Signed now,
+        // once its blob is checked against its entry.
+        for e in SnapIndex::parse(name, index)?.revisions() {
+            let known = TargetName::new(e.path.as_str())
+                .ok()
+                .is_some_and(|n| targets.targets.contains_key(&n));
+            if known {
+                continue;
+            }
+            let (length, sha256, sha3) = hash_file(&inside(&store, &e.path)?)?;
+            if length != e.size || sha3 != e.sha3_384 {
+                return Err(sign_err(format!(
+                    "the blob of {name} revision {} ({}) does not match its index: it is not signed; republish that revision",
+                    e.revision, e.path
+                )));
+            }
+            add_target(&mut targets, &e.path, blob_target(length, &sha256, &sha3))?;
+        }
         let plan = Plan {
             root: None,
             targets: true,
             snapshot: true,
         };
+        let lifetimes = Expiries::recorded(&self.repo.targets.signed);
         let mut repo = self.repo;
         repo.targets.signed = targets;
-        repo.commit(&self.signer, plan, &Expiries::default())?;
+        repo.commit(&self.signer, plan, &lifetimes)?;
         Ok(())
     }
 }
@@ -589,6 +652,7 @@ impl Repo {
             let mut t = self.targets.signed.clone();
             t.version = next(t.version)?;
             t.expires = later(now, expiries.targets)?;
+            t._extra.insert(LIFETIMES_KEY.into(), expiries.to_value());
             roles.push(("targets".to_owned(), t.version.get(), t.expires.to_string()));
             let v = t.version;
             let signed = new.sign(t, &holder)?;
@@ -865,6 +929,38 @@ fn unsigned_snaps(store: &Path) -> Result<Vec<String>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Refuses, before anything is made, a key directory that would be inside the store (or hold
+/// it); neither needs to exist yet.
+fn keys_outside(store: &Path, keys: &Path) -> Result<()> {
+    let abs = |p: &Path| -> PathBuf {
+        let p = std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+        // The deepest part that exists, resolved, with the rest as given.
+        let mut base = p.clone();
+        let mut rest = Vec::new();
+        while !base.exists() {
+            match (base.parent(), base.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_owned());
+                    base = parent.to_owned();
+                }
+                _ => break,
+            }
+        }
+        let mut real = fs::canonicalize(&base).unwrap_or(base);
+        real.extend(rest.iter().rev());
+        real
+    };
+    let (k, st) = (abs(keys), abs(store));
+    if k.starts_with(&st) || st.starts_with(&k) {
+        return Err(sign_err(format!(
+            "the key directory {} is inside the store {} (or holds it): keys never go where the store is served from; keep them elsewhere",
+            keys.display(),
+            store.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The key directory of a new store: made 0700 (or empty already), never inside the store
