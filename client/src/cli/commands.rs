@@ -727,11 +727,11 @@ fn store_name(x: &Path) -> Result<Option<&str>> {
     }
 }
 
-fn display_path(p: &Path) -> String {
+pub(super) fn display_path(p: &Path) -> String {
     printable(&p.to_string_lossy()).into_owned()
 }
 
-fn display_name(file: &Path) -> String {
+pub(super) fn display_name(file: &Path) -> String {
     let name = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

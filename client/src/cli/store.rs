@@ -14,7 +14,7 @@ use refreshd_store::{Expiries, InitOptions, RoleKeys, RoleType, Signed};
 use serde_json::json;
 
 use super::args::{ExpiresFlag, JsonFlag, NewStore, Role, StoreCommand};
-use super::commands::{print, print_json};
+use super::commands::{display_name, display_path as shown, print, print_json};
 use super::exit::UsageError;
 use super::format::{Clock, Paint};
 use super::progress::Meter;
@@ -408,15 +408,3 @@ fn store_error(e: refreshd_store::Error, what: &str, store: &Path) -> anyhow::Er
 }
 
 const INIT: &str = "make the signed store";
-
-fn shown(p: &Path) -> String {
-    printable(&p.to_string_lossy()).into_owned()
-}
-
-fn display_name(file: &Path) -> String {
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| file.display().to_string());
-    printable(&name).into_owned()
-}

@@ -6,7 +6,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::digest::{digest, SHA256};
 use nix::fcntl::{Flock, FlockArg};
@@ -149,14 +149,14 @@ impl Trusted {
             max_snapshot_size: 1 << 20,
             max_root_updates: 1024,
         };
-        let loaded = runtime()?.block_on(
+        let loaded = super::block_on(
             RepositoryLoader::new(&start, base, targets)
                 .transport(transport)
                 .datastore(&self.work)
                 .limits(limits)
                 .expiration_enforcement(ExpirationEnforcement::Safe)
                 .load(),
-        );
+        )?;
         // What tough verified is kept even when a later step failed (a newer root, a newer
         // timestamp): trust only moves forward.
         self.keep(&self.work, &mut alike)?;
@@ -256,26 +256,6 @@ fn same_metadata(kept: Option<&[u8]>, new: &[u8]) -> bool {
             ),
             (Ok(a), Ok(b)) if a == b
         )
-}
-
-/// The runtime tough's futures run on: one for the process, made at the first look-up and
-/// never dropped. One per look-up cost a thread each time (tough's datastore does its file I/O
-/// through `tokio::fs`, on the runtime's blocking pool) and an epoll instance; and a runtime
-/// kept in a `Store` would panic when the daemon drops the store from async code.
-fn runtime() -> Result<&'static tokio::runtime::Runtime> {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    if let Some(rt) = RUNTIME.get() {
-        return Ok(rt);
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Signing {
-            reason: format!("cannot start the signing runtime: {e}"),
-        })?;
-    // Two first look-ups at once: one runtime is kept, the other (never used) is dropped here,
-    // on a thread that may block.
-    Ok(RUNTIME.get_or_init(|| rt))
 }
 
 /// An exclusive `flock` on a directory, held while the value lives.

@@ -16,6 +16,7 @@ pub(crate) mod client;
 pub(crate) mod repo;
 
 use std::future::Future;
+use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
@@ -42,16 +43,29 @@ pub(crate) fn hashed_index(name: &str, sha256_hex: &str) -> String {
 /// The key in a blob target's `custom` holding the snap's own digest.
 pub(crate) const SHA3_KEY: &str = "sha3-384";
 
-/// Runs one of tough's futures to completion on a runtime of its own: the store is blocking
-/// everywhere (the daemon calls it from blocking threads, refreshctl from `main`).
+/// Runs one of tough's futures to completion on the store's own runtime: the store is blocking
+/// everywhere (the daemon calls it from blocking threads, refreshctl from a blocking thread).
 pub(crate) fn block_on<F: Future>(fut: F) -> Result<F::Output> {
+    Ok(runtime()?.block_on(fut))
+}
+
+/// One current-thread runtime for the process, made on first use and never dropped: making
+/// one per look-up started a thread each time, and one kept in a `Store` would be dropped by
+/// the daemon from async code, which panics.
+fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Signing {
             reason: format!("cannot start the signing runtime: {e}"),
         })?;
-    Ok(rt.block_on(fut))
+    // Two first look-ups at once: one runtime is kept, the other (never used) is dropped here,
+    // on a thread that may block.
+    Ok(RUNTIME.get_or_init(|| rt))
 }
 
 /// A tough error as one line: its message and its sources', each once.

@@ -386,7 +386,11 @@ pub fn task_kinds(change: &Value) -> Vec<String> {
 pub fn store_opts<'a>(store: &str, failpoints: Option<&'a str>) -> DaemonOpts<'a> {
     DaemonOpts {
         failpoints,
-        extra_args: vec!["--store".into(), store.into()],
+        extra_args: vec![
+            "--insecure-unsigned-store".into(),
+            "--store".into(),
+            store.into(),
+        ],
         ..Default::default()
     }
 }
