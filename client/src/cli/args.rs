@@ -428,6 +428,12 @@ fn parse_expiry(s: &str) -> Result<Expiry, String> {
     let role = <Role as clap::ValueEnum>::from_str(role, false)
         .map_err(|_| format!("{role:?} is not a role: {shape}"))?;
     let duration = refreshd_snap::text::parse_duration(duration).map_err(|e| e.to_string())?;
+    // Shorter, and metadata could expire on its way to clients, or between two look-ups.
+    if duration < std::time::Duration::from_secs(60) {
+        return Err(format!(
+            "{s:?} is too short: signed metadata must live at least 1m (a day or more is usual)"
+        ));
+    }
     Ok(Expiry { role, duration })
 }
 
@@ -754,6 +760,10 @@ mod tests {
             ("7d", "is not ROLE=DURATION: write ROLE=DURATION"),
             ("soon=7d", "\"soon\" is not a role"),
             ("timestamp=7x", "invalid duration \"7x\": unknown unit"),
+            (
+                "timestamp=30s",
+                "is too short: signed metadata must live at least 1m",
+            ),
         ] {
             let err = parse(&[
                 "store",
