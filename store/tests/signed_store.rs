@@ -377,3 +377,68 @@ fn a_publish_cut_before_signing_is_signed_by_the_next() {
     assert_eq!(revs, vec![1, 2, 3]);
     assert_eq!(index.latest(), Some(&e3));
 }
+
+#[test]
+fn rotating_the_root_keys_is_followed_by_clients_pinned_to_the_first_root() {
+    if !have_squashfs_tools() {
+        return skip("squashfs-tools not installed");
+    }
+    let s = signed_store("signed-root-rotation");
+    let url = s.store.to_str().unwrap().to_owned();
+    let e1 = s.publish(&make_snap(s._tmp.path(), "hello", "1.0", 20_000));
+    assert_eq!(
+        s.open(&url).snap("hello").unwrap().unwrap().latest(),
+        Some(&e1)
+    );
+    let old_root_keys: Vec<_> = fs::read_dir(&s.keys)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("root-"))
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(old_root_keys.len(), 1);
+    let signed = rotate_key(&s.store, &s.keys, RoleType::Root, &Expiries::default()).unwrap();
+    let new_root = signed.new_root.expect("a new root version");
+    assert!(
+        new_root.ends_with("tuf/2.root.json"),
+        "{}",
+        new_root.display()
+    );
+    assert!(s.keys.join("retired").join(&old_root_keys[0]).exists());
+    // A client pinned to the first root walks to the second (signed by the old root keys and
+    // the new ones) and keeps reading; publishing goes on with the same online keys.
+    let e2 = s.publish(&make_snap(s._tmp.path(), "hello", "2.0", 20_000));
+    assert_eq!(
+        s.open(&url).snap("hello").unwrap().unwrap().latest(),
+        Some(&e2)
+    );
+    // A machine given the new root reads the store too.
+    let fresh = Signed {
+        root: new_root,
+        trust: s._tmp.path().join("trust-new"),
+        store: s.store.clone(),
+        keys: s.keys.clone(),
+        _tmp: scratch("signed-root-rotation-fresh"),
+    };
+    assert_eq!(
+        fresh.open(&url).snap("hello").unwrap().unwrap().latest(),
+        Some(&e2)
+    );
+    // The retired root key alone can no longer sign a root: a rotation with it is refused.
+    let old = s._tmp.path().join("old-root-key");
+    fs::create_dir(&old).unwrap();
+    fs::set_permissions(&old, fs::Permissions::from_mode(0o700)).unwrap();
+    for e in fs::read_dir(&s.keys).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if e.path().is_file() && !n.starts_with("root-") {
+            fs::copy(e.path(), old.join(&n)).unwrap();
+        }
+    }
+    fs::copy(
+        s.keys.join("retired").join(&old_root_keys[0]),
+        old.join(&old_root_keys[0]),
+    )
+    .unwrap();
+    let e = rotate_key(&s.store, &old, RoleType::Timestamp, &Expiries::default()).unwrap_err();
+    assert!(e.to_string().contains("root"), "{e}");
+}
