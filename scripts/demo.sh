@@ -4,8 +4,22 @@
 # refreshd looks for it and start refreshd on that store, install the snap, run it, publish a new
 # version and refresh while one of its apps runs (the refresh waits for the app to exit, then
 # completes at once, data carried over), and remove it.
+#
+# With --systemd, the same inside a throwaway systemd world instead (systemd as PID 1 of
+# namespaces of its own, a cgroup2 hierarchy, logind; see tests/src/systemd.rs), with refreshd
+# installed there by `make install` and run by its units: a user logs in and starts the app from
+# their session, the demo shows the app's cgroup (a scope of the user's own manager) next to
+# the refresh that waits for it. Nothing of that world stays on the host (driver:
+# tests/src/bin/systemd-demo.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+systemd=
+case "${1:-}" in
+  "") ;;
+  --systemd) systemd=1 ;;
+  *) echo "usage: $0 [--systemd]" >&2; exit 2 ;;
+esac
 
 command -v mksquashfs >/dev/null || {
   [ "$(id -u)" = 0 ] && { apt-get update -qq && apt-get install -y -qq squashfs-tools >/dev/null; } ||
@@ -16,6 +30,9 @@ bin=$target/debug
 echo "== building refreshd, refreshctl, confine-hook and the release agent (debug) into $target"
 echo "   the first build takes a few minutes on 2 cores (SQLite's C sources among them); later ones, seconds"
 cargo build --workspace --bins --quiet
+if [ -n "$systemd" ]; then
+  exec "$bin/systemd-demo"
+fi
 root=$(mktemp -d /tmp/refreshd-demo.XXXXXX)
 chmod 755 "$root"
 # Kept after the demo, to read what the daemon did.

@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-targets=(snap_yaml store_index api_bodies release_agent_argv confine_hook_args)
+targets=(snap_yaml store_index api_bodies release_agent_argv confine_hook_args dbus_message)
 seconds=${FUZZ_SECONDS:-60}
 sanitizer=${FUZZ_SANITIZER:-address}
 jobs=${FUZZ_JOBS:-1}

@@ -37,6 +37,34 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
+# Machine-wide sysctls that a test (or a systemd one boots) could change: read, never written,
+# here and when the script ends, however it ends; a change fails the run. Their values now may
+# be leftovers of earlier runs: only a change during this one counts.
+host_sysctls=(fs.file-max fs.nr_open net.unix.max_dgram_qlen fs.inotify.max_user_instances
+  fs.inotify.max_user_watches kernel.pid_max)
+read_sysctls() {
+  local name
+  for name in "${host_sysctls[@]}"; do
+    echo "$(tr -s ' \t' ' ' <"/proc/sys/${name//.//}" 2>/dev/null || echo '(unreadable)')"
+  done
+}
+mapfile -t sysctls_before < <(read_sysctls)
+sysctls_checked=
+# One line per value changed since the start; fails if any did.
+check_sysctls() {
+  local now i changed=0
+  sysctls_checked=1
+  mapfile -t now < <(read_sysctls)
+  for i in "${!host_sysctls[@]}"; do
+    if [ "${now[$i]}" != "${sysctls_before[$i]}" ]; then
+      echo "test.sh: the host's ${host_sysctls[$i]} changed during the run, from ${sysctls_before[$i]} to ${now[$i]}: the run must leave the host's sysctls as they were" >&2
+      changed=1
+    fi
+  done
+  return $changed
+}
+trap 'rc=$?; rm -f "${skips:-}"; [ -n "$sysctls_checked" ] || check_sysctls || rc=1; exit $rc' EXIT
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
@@ -54,7 +82,6 @@ started=$(date +%s)
 skips=$(mktemp)
 logs=target/test-logs
 mkdir -p "$logs"
-trap 'rm -f "$skips"' EXIT
 echo "== tests"
 REFRESHD_TEST_SKIPS="$skips" cargo nextest run --workspace --no-fail-fast "$@" 2>&1 | tee "$logs/nextest.log"
 n=$(sort -u "$skips" | wc -l)
@@ -83,4 +110,6 @@ echo "== summary"
 echo "   tests: ${summary:-no summary line (see $logs/nextest.log)}"
 echo "   skipped for lack of something on this machine: $n"
 echo "   benchmarks (smoke) and fuzzers: ok"
+check_sysctls || exit 1
+echo "   the host's sysctls: as they were (${host_sysctls[*]})"
 echo "   took $(( ($(date +%s) - started) / 60 )) min $(( ($(date +%s) - started) % 60 )) s after the build"

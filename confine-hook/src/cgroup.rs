@@ -54,9 +54,11 @@ fn read_proc(path: &str) -> std::io::Result<Vec<u8>> {
     Ok(text)
 }
 
-/// Joins this process to `PARENT/snap.NAME` in every available hierarchy. A hierarchy that
-/// exists but cannot be joined is an error: an untracked process could be cut off by a refresh.
-pub fn join_all(root: &[u8], name: &[u8]) -> Result<Joined> {
+/// Joins this process to `PARENT/snap.NAME` in every available hierarchy — but cgroup2's when
+/// `systemd` is PID 1: that tree is systemd's, and the launch joins a scope of it instead
+/// (`scope`). A hierarchy that exists but cannot be joined is an error: an untracked process
+/// could be cut off by a refresh.
+pub fn join_all(root: &[u8], name: &[u8], systemd: bool) -> Result<Joined> {
     let text = read_proc("/proc/self/mountinfo")
         .map_err(|e| fail!("cannot read /proc/self/mountinfo to find the cgroups: {e}"))?;
     let mounts = parse_mountinfo(&text);
@@ -69,7 +71,7 @@ pub fn join_all(root: &[u8], name: &[u8]) -> Result<Joined> {
         join_one(mnt, parent, &leaf, true, pid.as_bytes())?;
         joined.v1 = true;
     }
-    if let Some(mnt) = &mounts.unified {
+    if let Some(mnt) = mounts.unified.as_ref().filter(|_| !systemd) {
         join_one(mnt, parent, &leaf, false, pid.as_bytes())?;
         joined.v2 = true;
     }

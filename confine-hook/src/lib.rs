@@ -9,6 +9,9 @@
 //!    block on inotify until the marker is gone.
 //! 4. `cgroup`: join `PARENT/snap.NAME` in the v1 freezer and v2 hierarchies — unless this
 //!    is the snap's service started by systemd (in the unit's own cgroup), which stays there.
+//!    When systemd is PID 1, `scope` puts the launch into a transient scope of the caller's
+//!    systemd manager (or the system's) instead of the v2 group, and records it in
+//!    `RUNCTL/units`.
 //! 5. `runctl`: create `snap.NAME.running`, release the lock.
 //! 6. `snap/NAME/current` → REV, then `launch`: read the launch description.
 //! 7. `privs`: drop privileges; `userdata`: make the caller's data directory of the revision
@@ -22,12 +25,14 @@
 
 mod args;
 mod cgroup;
+pub mod dbus;
 mod env;
 mod error;
 mod launch;
 mod privs;
 mod root;
 mod runctl;
+mod scope;
 mod sys;
 mod trust;
 mod userdata;
@@ -106,7 +111,11 @@ fn launch_app() -> Result<Infallible> {
         let lock =
             runctl::lock_when_not_inhibited(&runctl, &target.instance, caller.uid, &mut waiter)?;
         if !service {
-            cgroup::join_all(&root.path, &target.instance)?;
+            let systemd = scope::systemd_booted();
+            cgroup::join_all(&root.path, &target.instance, systemd)?;
+            if systemd {
+                scope::join(&runctl, &target.instance, &target.app, caller.uid)?;
+            }
             runctl::mark_running(&runctl, &target.instance)?;
         }
         drop(lock);

@@ -236,6 +236,85 @@ pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Resu
     Ok(())
 }
 
+/// `renameat(2)` within one directory.
+pub fn renameat(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> io::Result<()> {
+    // SAFETY: both names are NUL-terminated; `dir` is a live descriptor.
+    cerr(unsafe { libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr()) })?;
+    Ok(())
+}
+
+/// `unlinkat(2)` of a file.
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated; `dir` is a live descriptor.
+    cerr(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })?;
+    Ok(())
+}
+
+/// Fills `buf` from the kernel's random source (`getrandom(2)`, blocking only before the pool
+/// is first initialised at boot).
+pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: the pointer and length describe the writable `rest`.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Connects a Unix stream socket to `path`, waiting at most `timeout`: a listener that never
+/// accepts (its backlog full) would block `connect(2)` for ever, and the socket may be a user's.
+/// A timeout shows as `WouldBlock`.
+pub fn connect_unix(
+    path: &std::path::Path,
+    timeout: std::time::Duration,
+) -> io::Result<std::os::unix::net::UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: plain integer arguments.
+    let fd =
+        cerr(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: socket returned a new descriptor that nothing else owns.
+    let stream = std::os::unix::net::UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    // A Unix socket's connect waits no longer than its send timeout.
+    stream.set_write_timeout(Some(timeout.max(std::time::Duration::from_micros(1))))?;
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    loop {
+        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; the descriptor is live.
+        let rc = unsafe {
+            libc::connect(
+                stream.as_raw_fd(),
+                std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+                len,
+            )
+        };
+        match cerr(rc) {
+            Ok(_) => return Ok(stream),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The fields of `struct stat` the launcher checks.
 #[derive(Debug, Clone, Copy)]
 pub struct Stat {
@@ -443,4 +522,37 @@ pub fn openat2(
     let fd = cerr(ret as libc::c_int)?;
     // SAFETY: openat2 returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A listener that never accepts, its backlog full: connect gives up at its timeout.
+    #[test]
+    fn a_connect_nobody_accepts_ends_at_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // SAFETY: plain arguments on a live descriptor.
+        cerr(unsafe { libc::listen(listener.as_raw_fd(), 0) }).unwrap();
+        // Fill the backlog (it holds one more than asked for).
+        let mut held = vec![];
+        let t = Instant::now();
+        let e = loop {
+            match connect_unix(&path, Duration::from_millis(200)) {
+                Ok(s) => held.push(s),
+                Err(e) => break e,
+            }
+            assert!(held.len() < 8, "the backlog never filled");
+        };
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        let long = std::path::PathBuf::from("/".repeat(200));
+        assert_eq!(
+            connect_unix(&long, Duration::from_millis(1)).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
 }

@@ -56,9 +56,10 @@ pub struct Args {
     /// Unpack payloads instead of loop-mounting them, even where loop devices work.
     #[arg(long)]
     pub extract: bool,
-    /// How to know when a snap's processes are gone (auto: the v1 freezer with the release
-    /// agent, else polling it, else cgroup v2, else the apps' environment in /proc; none: do
-    /// not wait for running apps).
+    /// How to know when a snap's processes are gone (auto: where systemd is PID 1, the scopes
+    /// of its managers apps are launched into — whatever cgroup backend is named; else the v1
+    /// freezer with the release agent, else polling it, else cgroup v2, else the apps'
+    /// environment in /proc; none: do not wait for running apps).
     #[arg(long, value_enum, default_value = "auto")]
     pub tracking: tracking::Choice,
     /// The release agent binary registered on the v1 freezer hierarchy (default: next to

@@ -17,6 +17,20 @@ pub(crate) fn hidepid() -> bool {
     hidepid_in(&mountinfo().unwrap_or_default())
 }
 
+/// The systemd unit a process is in: the last component of its cgroup2 path when that names a
+/// scope or a service (`/proc/PID/cgroup`, line `0::PATH`); None elsewhere, or once it is gone.
+pub(crate) fn unit(pid: u32) -> Option<String> {
+    unit_in(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+fn unit_in(text: &str) -> Option<String> {
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    // An app may make cgroups of its own inside its scope: the unit is the deepest unit name.
+    path.rsplit('/')
+        .find(|c| c.ends_with(".scope") || c.ends_with(".service"))
+        .map(str::to_owned)
+}
+
 /// Whether /proc (the last mount on /proc in `mountinfo`) hides other users' processes.
 fn hidepid_in(mountinfo: &[u8]) -> bool {
     let text = String::from_utf8_lossy(mountinfo);
@@ -214,6 +228,21 @@ fn start_ms(stat: &str, clock: &Clock) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn units() {
+        let user = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/snap.a.b.refreshd-0123456789abcdef.scope\n";
+        assert_eq!(
+            unit_in(user).as_deref(),
+            Some("snap.a.b.refreshd-0123456789abcdef.scope")
+        );
+        assert_eq!(
+            unit_in("1:name=systemd:/x\n0::/system.slice/snap.a.d.service/inner\n").as_deref(),
+            Some("snap.a.d.service")
+        );
+        assert_eq!(unit_in("0::/refreshd/snap.a\n"), None);
+        assert_eq!(unit_in("12:freezer:/refreshd/snap.a\n"), None);
+    }
 
     #[test]
     fn hidepid_from_mountinfo() {

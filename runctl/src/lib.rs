@@ -84,9 +84,12 @@ pub fn valid_instance_name(b: &[u8]) -> bool {
     }
 }
 
+/// Longest app name.
+pub const MAX_APP_NAME: usize = 128;
+
 /// snapd's app name rule: `^[A-Za-z0-9](?:-?[A-Za-z0-9])*$`, at most 128 characters.
 pub fn valid_app_name(b: &[u8]) -> bool {
-    if b.is_empty() || b.len() > 128 || b[0] == b'-' || b[b.len() - 1] == b'-' {
+    if b.is_empty() || b.len() > MAX_APP_NAME || b[0] == b'-' || b[b.len() - 1] == b'-' {
         return false;
     }
     let mut prev_hyphen = false;
@@ -317,6 +320,64 @@ pub fn parse_data(text: &[u8]) -> Result<DataSpec<'_>, &'static str> {
     })
 }
 
+/// Whether systemd is PID 1 (sd_booted(3)): this directory exists only then. In that world a
+/// launch goes into a transient scope of a systemd manager (docs/runctl-protocol.md, "The
+/// systemd world"), and nothing of ours is made in the cgroup2 tree.
+pub const SYSTEMD_BOOTED: &str = "/run/systemd/system";
+
+/// Under RUNCTL: the registry of the scopes launches joined in the systemd world, one root-owned
+/// file per unit, named by the unit and holding its cgroup path (relative to the cgroup2 mount).
+pub const UNITS_DIR: &str = "units";
+
+/// What tells our scopes from others': `snap.INSTANCE.APP.refreshd-RAND.scope`.
+const SCOPE_TAG: &[u8] = b".refreshd-";
+/// The random part of a scope's name: hex digits.
+pub const SCOPE_RAND_LEN: usize = 16;
+
+/// The transient scope unit a launch of INSTANCE.APP joins: `snap.INSTANCE.APP.refreshd-RAND.scope`
+/// (RAND: [`SCOPE_RAND_LEN`] lowercase hex digits, new for every launch, so a name is never
+/// reused), written into `buf`. None when a part is invalid.
+pub fn scope_unit<'a>(
+    instance: &[u8],
+    app: &[u8],
+    rand: &[u8],
+    buf: &'a mut [u8; MAX_SCOPE_UNIT],
+) -> Option<&'a [u8]> {
+    let hex = rand.len() == SCOPE_RAND_LEN
+        && rand
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    if !valid_instance_name(instance) || !valid_app_name(app) || !hex {
+        return None;
+    }
+    let parts: [&[u8]; 7] = [b"snap.", instance, b".", app, SCOPE_TAG, rand, b".scope"];
+    let mut n = 0;
+    for p in parts {
+        buf.get_mut(n..n + p.len())?.copy_from_slice(p);
+        n += p.len();
+    }
+    Some(&buf[..n])
+}
+
+/// Longest scope unit name ([`scope_unit`]); systemd's limit is 255.
+pub const MAX_SCOPE_UNIT: usize =
+    5 + MAX_INSTANCE_NAME + 1 + MAX_APP_NAME + SCOPE_TAG.len() + SCOPE_RAND_LEN + 6;
+
+/// The instance a scope unit of ours belongs to (see [`scope_unit`]); None for any other name.
+pub fn scope_instance(unit: &[u8]) -> Option<&[u8]> {
+    let rest = unit.strip_prefix(b"snap.")?.strip_suffix(b".scope")?;
+    let dot = rest.iter().position(|&c| c == b'.')?;
+    let (instance, rest) = (&rest[..dot], &rest[dot..]);
+    let tag = rest
+        .windows(SCOPE_TAG.len())
+        .rposition(|w| w == SCOPE_TAG)?;
+    let (app, rand) = (rest.get(1..tag)?, rest.get(tag + SCOPE_TAG.len()..)?);
+    let mut buf = [0u8; MAX_SCOPE_UNIT];
+    scope_unit(instance, app, rand, &mut buf)
+        .is_some()
+        .then_some(instance)
+}
+
 /// The cgroup hierarchies of a mount table, as found in `/proc/self/mountinfo` — never an
 /// assumed layout. Launcher and daemon must agree on them, so both use this one parser.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -378,6 +439,40 @@ pub fn unescape(raw: &[u8], mut out: impl FnMut(u8)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scope_units() {
+        let r = b"0123456789abcdef";
+        let mut buf = [0u8; MAX_SCOPE_UNIT];
+        let u = scope_unit(b"hello_x", b"say-hi", r, &mut buf).unwrap();
+        assert_eq!(u, b"snap.hello_x.say-hi.refreshd-0123456789abcdef.scope");
+        assert_eq!(scope_instance(u), Some(&b"hello_x"[..]));
+        let (long, app) = ([b'a'; MAX_INSTANCE_NAME], [b'b'; MAX_APP_NAME]);
+        let long = [&long[..MAX_SNAP_NAME], b"_", &long[..MAX_INSTANCE_KEY]];
+        let (mut i, mut n) = ([0u8; MAX_INSTANCE_NAME], 0);
+        for p in long {
+            i[n..n + p.len()].copy_from_slice(p);
+            n += p.len();
+        }
+        let u = scope_unit(&i, &app, r, &mut buf).unwrap();
+        assert!(u.len() == MAX_SCOPE_UNIT && u.len() <= 255);
+        assert_eq!(scope_unit(b"Bad", b"a", r, &mut buf), None);
+        assert_eq!(scope_unit(b"a", b"a.b", r, &mut buf), None);
+        assert_eq!(scope_unit(b"a", b"b", b"0123", &mut buf), None);
+        assert_eq!(scope_unit(b"a", b"b", b"0123456789ABCDEF", &mut buf), None);
+        for other in [
+            &b"snap.hello.hello.service"[..],
+            b"snap.hello.hello-0123456789abcdef.scope",
+            b"snap.hello.refreshd-0123456789abcdef.scope",
+            b"snap..a.refreshd-0123456789abcdef.scope",
+            b"snap.a.b.refreshd-0123456789abcdef.scope/x",
+            b"snap.a.b.refreshd-0123456789abcdeg.scope",
+            b"run-r1.scope",
+            b"",
+        ] {
+            assert_eq!(scope_instance(other), None, "{other:?}");
+        }
+    }
 
     #[test]
     fn names() {

@@ -21,6 +21,10 @@
 //!   the documented way to run systemd in a container: it then logs to the console rather than
 //!   the kernel log, and skips what it only does on real hardware (clock, kernel modules...).
 //!
+//! Users log in as on a machine ([`Systemd::login`]): created in the overlay, a PAM session
+//! held open through pam_systemd (logind, the system bus), their own manager user@UID.service;
+//! [`Systemd::user_command`] runs a command from a session of theirs.
+//!
 //! Units that touch host-wide state (gettys, clock, sysctl, binfmt, kernel modules, /dev,
 //! audit, timers, network and database servers...) and most generators are masked in the
 //! overlay before boot: see [`DEFAULT_MASKS`] and [`KEPT_GENERATORS`].
@@ -368,6 +372,17 @@ pub struct Systemd {
     state: String,
     /// The host's [`HOST_SYSCTLS`] before the boot: teardown says if any changed.
     sysctls: Vec<(&'static str, String)>,
+    /// The processes holding users' sessions open ([`Systemd::login`]): they die with the
+    /// instance, and are reaped at teardown.
+    holders: Mutex<Vec<Child>>,
+}
+
+/// A user logged in to an instance ([`Systemd::login`]): a session of theirs stays open, so
+/// their manager (user@UID.service) runs, until the instance is torn down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Login {
+    pub name: String,
+    pub uid: u32,
 }
 
 impl Systemd {
@@ -409,6 +424,7 @@ impl Systemd {
             boot_time: Duration::ZERO,
             state: String::new(),
             sysctls: host_sysctls(),
+            holders: Mutex::new(vec![]),
         };
 
         sd.prepare(&opts)?;
@@ -889,6 +905,189 @@ impl Systemd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Starts systemd-logind and the system bus (a no-op when they run: multi-user.target wants
+    /// them), creates the user `name` inside (`useradd -m`: in the overlay, never on the host),
+    /// and opens a session for them through PAM (`runuser -l`, which goes through pam_systemd)
+    /// that stays open: a holder process in the session's `session-N.scope`, for the rest of
+    /// the instance's life. A session rather than linger, so that the user is logged in as on a
+    /// machine (logind has a session of theirs, its leader alive). Returns once the session's
+    /// user@UID.service is active, `/run/user/UID/systemd/private` exists and the user's
+    /// manager has finished starting up. Panics with what went wrong otherwise.
+    pub fn login(&self, name: &str) -> Login {
+        self.run_ok(&[
+            "systemctl",
+            "start",
+            "systemd-logind.service",
+            "dbus.service",
+        ]);
+        let out = self.run(&["useradd", "-m", "-s", "/bin/sh", "--", name]);
+        assert!(
+            out.status.success(),
+            "useradd {name} inside failed (pick a name no one has): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let uid: u32 = self
+            .run_ok(&["id", "-u", "--", name])
+            .trim()
+            .parse()
+            .expect("id -u prints a number");
+        let login = Login {
+            name: name.to_owned(),
+            uid,
+        };
+
+        // The holder says which cgroup its session put it in, then sleeps until the instance
+        // dies.
+        let mut holder = self
+            .user_command(&login, "cat /proc/self/cgroup && exec sleep infinity")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running nsenter runuser: {e}"));
+        let stdout = holder.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in io::BufRead::lines(io::BufReader::new(stdout)) {
+                let Ok(l) = l else { return };
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let cgroup = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(l) if l.starts_with("0::") => break l,
+                Ok(_) => {}
+                Err(_) => {
+                    // Closed (runuser failed) or timed out: say why, then let teardown reap it.
+                    let _ = holder.kill();
+                    let status = holder.wait();
+                    let mut err = String::new();
+                    if let Some(mut e) = holder.stderr.take() {
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    panic!(
+                        "{name}'s session did not open ({status:?}): {}\n--- logind ---\n{}",
+                        err.trim(),
+                        self.unit_journal("systemd-logind.service")
+                    );
+                }
+            }
+        };
+        self.holders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(holder);
+        let prefix = format!("0::/user.slice/user-{uid}.slice/session-");
+        assert!(
+            cgroup.starts_with(&prefix) && cgroup.ends_with(".scope"),
+            "{name}'s session holder is in {cgroup:?}, not in a session scope of {prefix}"
+        );
+
+        // pam_systemd returns once the session's scope has started, which is ordered after
+        // user@UID.service: this is a formality unless that failed. systemd sends no event that
+        // can be waited on from here, hence the polling, with a deadline.
+        let unit = format!("user@{uid}.service");
+        let private = self.host_path(&format!("/run/user/{uid}/systemd/private"));
+        loop {
+            if private.exists() && self.show(&unit, "ActiveState") == "active" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{unit} is {} and {} is {}after 30 s\n{}",
+                self.show(&unit, "ActiveState"),
+                private.display(),
+                if private.exists() { "" } else { "missing " },
+                self.unit_journal(&unit)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = self.user_systemctl_timeout(
+            &login,
+            &["is-system-running", "--wait"],
+            deadline.saturating_duration_since(Instant::now()),
+        );
+        let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            matches!(state.as_str(), "running" | "degraded"),
+            "{name}'s manager is {state:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            self.unit_journal(&unit)
+        );
+        login
+    }
+
+    /// A command run from a session of `login`'s user, as them, with the environment a login
+    /// gives (HOME, XDG_RUNTIME_DIR...): `runuser -l NAME -c SHELL_CMD` inside. Each is a PAM
+    /// session of its own (through pam_systemd): its processes start in a `session-N.scope`.
+    pub fn user_command(&self, login: &Login, shell_cmd: &str) -> Command {
+        self.command(&["runuser", "-l", &login.name, "-c", shell_cmd])
+    }
+
+    /// Runs a [`Systemd::user_command`] and returns its stdout, panicking with its output if it
+    /// fails.
+    pub fn user_run_ok(&self, login: &Login, shell_cmd: &str) -> String {
+        let out = self
+            .user_command(login, shell_cmd)
+            .output()
+            .unwrap_or_else(|e| panic!("running nsenter runuser: {e}"));
+        assert!(
+            out.status.success(),
+            "{shell_cmd:?} as {} failed ({}):\n{}{}",
+            login.name,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `systemctl --user ARGS` of `login`'s manager (over its private socket, as the user; no
+    /// session of its own), with a minute to answer.
+    pub fn user_systemctl(&self, login: &Login, args: &[&str]) -> Output {
+        self.user_systemctl_timeout(login, args, Duration::from_secs(60))
+    }
+
+    fn user_systemctl_timeout(&self, login: &Login, args: &[&str], limit: Duration) -> Output {
+        let secs = format!("{}", limit.as_secs().max(1));
+        let runtime = format!("XDG_RUNTIME_DIR=/run/user/{}", login.uid);
+        let mut cmd = vec![
+            "timeout",
+            "--kill-after=2",
+            &secs,
+            "runuser",
+            "-u",
+            &login.name,
+            "--",
+            "env",
+            &runtime,
+            "systemctl",
+            "--user",
+            "--no-pager",
+        ];
+        cmd.extend_from_slice(args);
+        self.run(&cmd)
+    }
+
+    /// A unit's journal, for messages.
+    fn unit_journal(&self, unit: &str) -> String {
+        let out = self.run_timeout(
+            &[
+                "journalctl",
+                "--no-pager",
+                "-o",
+                "short-monotonic",
+                "-u",
+                unit,
+            ],
+            Duration::from_secs(20),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Tears the instance down now, reporting what could not be undone.
     pub fn shutdown(mut self) -> Result<(), String> {
         let problems = self.teardown();
@@ -916,6 +1115,17 @@ impl Systemd {
         // Every process of the instance is in its cgroup (nsenter'd ones die with the pid
         // namespace): kill them all in one go, in case any outlives the init.
         let _ = fs::write(self.cgroup.join("cgroup.kill"), "1");
+        // The sessions' holders died with the pid namespace: reap their nsenter.
+        for mut h in std::mem::take(&mut *self.holders.lock().unwrap_or_else(|e| e.into_inner())) {
+            if wait_timeout(&mut h, Duration::from_secs(10)).is_none() {
+                problems.push(format!(
+                    "session holder (pid {}) did not exit: killed",
+                    h.id()
+                ));
+                let _ = h.kill();
+                let _ = h.wait();
+            }
+        }
         if let Some(mut c) = self.child.take() {
             // unshare exits once it has reaped the init.
             if wait_timeout(&mut c, Duration::from_secs(30)).is_none() {

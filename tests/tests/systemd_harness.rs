@@ -1,12 +1,13 @@
 //! Smoke test of the systemd harness: a real systemd boots as PID 1 in throwaway namespaces,
-//! runs units, and leaves nothing behind on the host.
+//! runs units, logs a user in (a session, their own manager), and leaves nothing behind on the
+//! host.
 
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use refreshd_tests::systemd::{self, BootOpts, Systemd};
+use refreshd_tests::systemd::{self, BootOpts, Systemd, HOST_SYSCTLS};
 use refreshd_tests::{skip, text};
 
 fn can_run() -> bool {
@@ -395,4 +396,115 @@ fn failed_boot_says_why_and_cleans_up() {
     assert!(!cgroup.exists(), "{} is left", cgroup.display());
     let leftovers: Vec<String> = mountinfo().into_iter().filter(|l| l.contains(id)).collect();
     assert!(leftovers.is_empty(), "mounts left: {leftovers:#?}");
+}
+
+#[test]
+fn host_sysctls_a_boot_could_change_are_compared() {
+    // systemd raises these at boot when it may (fs.nr_open and fs.file-max to the maximum,
+    // net.unix.max_dgram_qlen to 512): teardown must compare them.
+    for name in ["fs/nr_open", "fs/file-max", "net/unix/max_dgram_qlen"] {
+        assert!(HOST_SYSCTLS.contains(&name), "{name} is not compared");
+    }
+    let values = systemd::host_sysctls();
+    assert_eq!(values.len(), HOST_SYSCTLS.len());
+    for (name, value) in values {
+        if Path::new("/proc/sys").join(name).exists() {
+            assert!(!value.is_empty(), "{name} read as empty");
+        }
+    }
+}
+
+#[test]
+fn a_user_logs_in_and_has_a_manager_of_their_own() {
+    if !can_run() {
+        return;
+    }
+    let sysctls = systemd::host_sysctls();
+    let sd = boot();
+    let name = format!("rdlogin{}", std::process::id() % 100_000);
+    let login = sd.login(&name);
+    println!("{name} logged in as uid {}", login.uid);
+    assert_eq!(login.name, name);
+    assert!(login.uid >= 1000, "uid {}", login.uid);
+    // Made in the instance's overlay, not on the host.
+    let passwd = fs::read_to_string("/etc/passwd").unwrap();
+    assert!(
+        !passwd.lines().any(|l| l.starts_with(&format!("{name}:"))),
+        "{name} was added to the host's /etc/passwd"
+    );
+    assert!(!Path::new("/home").join(&name).exists());
+    let uid = login.uid;
+
+    // A command of theirs runs as them, with a login's environment, in a session scope.
+    let out = sd.user_run_ok(
+        &login,
+        "id -un; id -u; echo \"$XDG_RUNTIME_DIR\"; echo \"$HOME\"; cat /proc/self/cgroup",
+    );
+    println!("a command of {name}'s:\n{out}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some(name.as_str()));
+    assert_eq!(lines.next(), Some(uid.to_string().as_str()));
+    assert_eq!(lines.next(), Some(format!("/run/user/{uid}").as_str()));
+    assert_eq!(lines.next(), Some(format!("/home/{name}").as_str()));
+    let session = lines
+        .find(|l| l.starts_with("0::"))
+        .expect("a cgroup2 line");
+    let scope = session
+        .strip_prefix(&format!("0::/user.slice/user-{uid}.slice/session-"))
+        .and_then(|s| s.strip_suffix(".scope"))
+        .unwrap_or_else(|| panic!("not in a session scope of {name}: {session}"));
+    assert!(!scope.is_empty(), "{session}");
+
+    // Their manager runs (the holder's session keeps it up after the command's closed).
+    assert_eq!(
+        sd.show(&format!("user@{uid}.service"), "ActiveState"),
+        "active"
+    );
+    let out = sd.user_systemctl(&login, &["is-system-running"]);
+    let state = text(&out.stdout).trim().to_owned();
+    assert!(
+        matches!(state.as_str(), "running" | "degraded"),
+        "{name}'s manager is {state:?}: {}",
+        text(&out.stderr)
+    );
+    let sessions = sd.run_ok(&["loginctl", "list-sessions", "--no-legend"]);
+    println!("sessions:\n{sessions}");
+    assert!(
+        sessions
+            .lines()
+            .any(|l| l.split_whitespace().nth(2) == Some(name.as_str())),
+        "no session of {name} stays open:\n{sessions}"
+    );
+    assert!(sd
+        .host_path(&format!("/run/user/{uid}/systemd/private"))
+        .exists());
+
+    // A scope of their manager's, as an app launched from their session gets.
+    let out = sd.user_run_ok(
+        &login,
+        "systemd-run --user --scope --quiet cat /proc/self/cgroup",
+    );
+    let app = out
+        .lines()
+        .find(|l| l.starts_with("0::"))
+        .unwrap_or_else(|| panic!("no cgroup2 line in {out:?}"));
+    println!("systemd-run --user --scope: {app}");
+    let prefix = format!("0::/user.slice/user-{uid}.slice/user@{uid}.service/app.slice/run-");
+    assert!(
+        app.starts_with(&prefix) && app.ends_with(".scope"),
+        "{app} is not a scope in {name}'s app.slice"
+    );
+
+    // Nothing of the login reached the host's sysctls (logind, the user's manager).
+    assert_eq!(
+        systemd::host_sysctls(),
+        sysctls,
+        "the host's sysctls changed"
+    );
+    sd.shutdown().expect("teardown");
+    assert_eq!(
+        systemd::host_sysctls(),
+        sysctls,
+        "the instance changed the host's sysctls"
+    );
 }

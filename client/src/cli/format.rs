@@ -576,19 +576,30 @@ pub fn snap_status(st: &SnapStatus, clock: &Clock, paint: Paint) -> String {
         "A refresh would wait for these processes to exit (it never stops them):"
     };
     let _ = writeln!(out, "{}", paint.bold(lead));
+    // The unit column only where systemd is PID 1 (every process is then in one).
+    let units = st.processes.iter().any(|p| p.unit.is_some());
     let rows: Vec<Vec<String>> = st
         .processes
         .iter()
         .map(|p| {
-            vec![
-                p.pid.to_string(),
-                owner(p),
-                clock.maybe_relative(p.started),
-                command_line(p),
-            ]
+            let mut row = vec![p.pid.to_string(), owner(p), clock.maybe_relative(p.started)];
+            if units {
+                row.push(
+                    p.unit
+                        .as_deref()
+                        .map_or_else(|| "-".into(), |u| printable(u).into_owned()),
+                );
+            }
+            row.push(command_line(p));
+            row
         })
         .collect();
-    out.push_str(&table(&["PID", "User", "Started", "Command"], &rows));
+    let head: &[&str] = if units {
+        &["PID", "User", "Started", "Unit", "Command"]
+    } else {
+        &["PID", "User", "Started", "Command"]
+    };
+    out.push_str(&table(head, &rows));
     out
 }
 
@@ -995,6 +1006,7 @@ ID  Status  Spawn          Ready           Summary
 
     fn process(pid: u32, user: Option<&str>, command: Option<&[&str]>) -> SnapProcess {
         SnapProcess {
+            unit: None,
             pid,
             uid: 1000,
             user: user.map(String::from),

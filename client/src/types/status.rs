@@ -69,6 +69,10 @@ pub struct SnapProcess {
     pub command: Option<Vec<String>>,
     /// The process name the kernel keeps (`/proc/PID/comm`, at most 15 bytes).
     pub comm: String,
+    /// The systemd unit it is in (a scope of its user's or the system's manager, or a
+    /// service), when systemd is PID 1; null otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
     /// When it started; null if the kernel's boot time could not be read.
     #[serde(default, with = "crate::types::rfc3339::option")]
     pub started: Option<Timestamp>,

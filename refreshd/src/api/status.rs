@@ -125,6 +125,7 @@ fn process(pid: u32, clock: &procfs::Clock) -> Option<SnapProcess> {
         user: None,
         command: Some(procfs::argv(pid).unwrap_or_default()),
         comm: procfs::comm(pid).unwrap_or_default(),
+        unit: procfs::unit(pid),
         started: procfs::started_ms(pid, clock).map(ts),
     })
 }

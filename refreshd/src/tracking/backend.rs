@@ -33,9 +33,15 @@ pub enum Events {
     RunningMarkers(inotify::Inotify),
     /// v2: the cgroup2 parent, for groups being made, and each group's `cgroup.events`, which
     /// says `populated 0` when it empties.
-    CgroupEvents {
+    Groups {
         inotify: inotify::Inotify,
         parent: PathBuf,
+    },
+    /// systemd: the registry of units launches joined, for units being recorded, and each
+    /// unit's `cgroup.events`, which says `populated 0` when it empties.
+    Units {
+        inotify: inotify::Inotify,
+        registry: super::scopes::Registry,
     },
 }
 

@@ -8,6 +8,9 @@
 //! - `v1-poll` ([`v1_poll`]): the freezer without our agent (another one owns the hierarchy):
 //!   `cgroup.procs` is re-read every poll interval;
 //! - `v2` ([`v2`]): inotify on `cgroup.events` says `populated 0`;
+//! - `systemd` ([`scopes`]): systemd is PID 1, so the cgroup2 tree is its own: launches go into
+//!   transient scopes of systemd's managers, recorded in `runctl/units`, and each scope's
+//!   `cgroup.events` says when it empties;
 //! - `environ` ([`environ`]): no cgroup hierarchy usable: apps are found by their environment
 //!   in /proc, polled;
 //! - `none` ([`none`]): not tracked (`--tracking none`): refreshes do not wait.
@@ -20,6 +23,7 @@ pub mod cgroups;
 mod environ;
 pub mod markers;
 mod none;
+pub mod scopes;
 mod v1;
 mod v1_poll;
 mod v2;
@@ -28,7 +32,7 @@ mod watch;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -50,6 +54,8 @@ pub enum Choice {
     #[value(name = "v1-poll")]
     V1Poll,
     V2,
+    /// systemd is PID 1: apps are in transient scopes of its managers (what `auto` picks then).
+    Systemd,
     /// No cgroups: find apps by their environment in /proc (what `auto` falls back to).
     Environ,
     /// Do not track: refreshes go on without waiting for running apps.
@@ -61,6 +67,7 @@ pub enum Kind {
     V1,
     V1Poll,
     V2,
+    Systemd,
     Environ,
     None,
 }
@@ -71,6 +78,7 @@ impl Kind {
             Kind::V1 => "v1",
             Kind::V1Poll => "v1-poll",
             Kind::V2 => "v2",
+            Kind::Systemd => "systemd",
             Kind::Environ => "environ",
             Kind::None => "none",
         }
@@ -124,6 +132,10 @@ impl Tracking {
             .with_context(|| format!("cannot create {}", runctl.display()))?;
         let markers = Markers::new(runctl);
         let mounts = cgroups::Mounts::read().unwrap_or_default();
+        // systemd as PID 1 owns the cgroup2 tree: nothing of ours is made there, and launches
+        // go into its scopes (the freezer, not systemd's, is still joined where mounted).
+        let systemd =
+            mounts.unified.is_some() && Path::new(refreshd_runctl::SYSTEMD_BOOTED).is_dir();
         let root = layout.root().as_os_str().as_encoded_bytes();
         let mut buf = [0u8; 26];
         let parent =
@@ -140,7 +152,12 @@ impl Tracking {
                 )),
             }
         }
-        if let Some(p) = mounts.unified.as_ref().map(|m| m.join(&parent)) {
+        if let Some(p) = mounts
+            .unified
+            .as_ref()
+            .filter(|_| !systemd)
+            .map(|m| m.join(&parent))
+        {
             match fs::DirBuilder::new().recursive(true).create(&p) {
                 Ok(()) => parents.v2 = Some(p),
                 Err(e) => unusable.push(format!(
@@ -181,7 +198,32 @@ impl Tracking {
                 environ(parents, "no usable cgroup2 hierarchy")
             }
         };
+        let scopes = |parents: Parents| -> anyhow::Result<Box<dyn Backend>> {
+            let dir = markers.dir().join(refreshd_runctl::UNITS_DIR);
+            fs::DirBuilder::new()
+                .mode(0o755)
+                .create(&dir)
+                .or_else(|e| match e.kind() {
+                    io::ErrorKind::AlreadyExists => Ok(()),
+                    _ => Err(e),
+                })
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let registry = scopes::Registry {
+                dir,
+                unified: mounts.unified.clone().unwrap_or_default(),
+            };
+            // Entries of scopes that ended while no daemon ran.
+            registry.prune(None);
+            Ok(Box::new(scopes::setup(parents, registry, every)))
+        };
         let backend: Box<dyn Backend> = match opts.choice {
+            // Launchers join systemd's scopes whatever cgroup backend was asked: read them.
+            Choice::Auto | Choice::V1 | Choice::V1Poll | Choice::V2 | Choice::Systemd
+                if systemd =>
+            {
+                scopes(parents)?
+            }
+            Choice::Systemd => environ(parents, "systemd is not PID 1"),
             Choice::None => Box::new(none::Untracked::new(
                 parents,
                 "tracking disabled (--tracking none)".to_owned(),

@@ -69,7 +69,7 @@ impl Backend for V2 {
 
     fn take_events(&self) -> Option<Events> {
         let inotify = self.events.lock().unwrap().take()?;
-        Some(Events::CgroupEvents {
+        Some(Events::Groups {
             inotify,
             parent: self.parent.clone(),
         })

@@ -1,6 +1,7 @@
 //! The event side of tracking: inotify, turned into engine events (`snap-idle:NAME`).
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use tracing::{debug, warn};
 
 use super::backend::Events;
 use super::markers::running_marker_name;
+use super::scopes::{self, Registry, Unit};
 use super::{idle_event, Tracking, BACKSTOP, IDLE_EVENT};
 use crate::engine::{failpoint, Engine};
 
@@ -28,8 +30,11 @@ pub fn spawn_watcher(
     tokio::spawn(backstop(t.clone(), engine.clone(), shutdown.clone()));
     match events {
         Events::RunningMarkers(ino) => tokio::spawn(watch_v1(t, ino, engine, shutdown)),
-        Events::CgroupEvents { inotify, parent } => {
+        Events::Groups { inotify, parent } => {
             tokio::spawn(watch_v2(t, inotify, parent, engine, shutdown))
+        }
+        Events::Units { inotify, registry } => {
+            tokio::spawn(watch_units(t, inotify, registry, engine, shutdown))
         }
     };
     Ok(())
@@ -225,4 +230,126 @@ async fn check_group(t: &Tracking, parent: &Path, name: &str, engine: &Engine) {
         }
         notify_watched(engine, name).await;
     }
+}
+
+/// systemd: a unit recorded in the registry gets a watch on its `cgroup.events` (then a look, as
+/// it may have emptied before); a unit that empties, or whose cgroup systemd removed, leaves the
+/// registry and wakes its snap's waiters.
+async fn watch_units(
+    t: Arc<Tracking>,
+    ino: Inotify,
+    registry: Registry,
+    engine: Engine,
+    shutdown: CancellationToken,
+) {
+    let mut watches = ino.watches();
+    // The registry's own watch was added at setup, before any entry was read.
+    let Ok(mut events) = ino.into_event_stream(vec![0u8; 4096]) else {
+        warn!("cannot read inotify events; waiting tasks fall back to their timers");
+        return;
+    };
+    let mut by_wd: HashMap<WatchDescriptor, Unit> = HashMap::new();
+    let add_all = |watches: &mut inotify::Watches, by_wd: &mut HashMap<WatchDescriptor, Unit>| {
+        let mut emptied = vec![];
+        for u in registry.units(None).unwrap_or_default() {
+            if let Some(name) = add_unit(watches, by_wd, &registry, u) {
+                emptied.push(name);
+            }
+        }
+        emptied
+    };
+    for name in add_all(&mut watches, &mut by_wd) {
+        unit_emptied(&t, &engine, &name).await;
+    }
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = events.next() => ev,
+        };
+        let Some(Ok(ev)) = ev else { return };
+        if ev.mask.contains(EventMask::Q_OVERFLOW) {
+            add_all(&mut watches, &mut by_wd);
+            overflow(&t, &engine).await;
+            continue;
+        }
+        if let Some(name) = ev.name.as_deref() {
+            // An entry of the registry (the only directory watched with names).
+            let Some(u) = registry.unit(name.as_bytes()) else {
+                continue;
+            };
+            if let Some(name) = add_unit(&mut watches, &mut by_wd, &registry, u) {
+                unit_emptied(&t, &engine, &name).await;
+            }
+            continue;
+        }
+        let gone = ev.mask.contains(EventMask::IGNORED);
+        let Some(u) = (if gone {
+            by_wd.remove(&ev.wd)
+        } else {
+            by_wd.get(&ev.wd).cloned()
+        }) else {
+            continue;
+        };
+        if gone || !scopes::populated(&u.cgroup) {
+            forget_unit(&mut watches, &mut by_wd, &registry, &ev.wd, &u);
+            unit_emptied(&t, &engine, &u.instance).await;
+        }
+    }
+}
+
+/// Watches a unit's `cgroup.events`, then looks: the instance's name when it is already empty
+/// (or gone), and its entry removed.
+fn add_unit(
+    watches: &mut inotify::Watches,
+    by_wd: &mut HashMap<WatchDescriptor, Unit>,
+    registry: &Registry,
+    u: Unit,
+) -> Option<String> {
+    let events = u.cgroup.join("cgroup.events");
+    match watches.add(&events, WatchMask::MODIFY) {
+        Ok(wd) => {
+            if scopes::populated(&u.cgroup) {
+                by_wd.insert(wd, u);
+                return None;
+            }
+            forget_unit(watches, by_wd, registry, &wd, &u);
+        }
+        // Gone before we looked: systemd removed the scope when it emptied.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let _ = std::fs::remove_file(registry.dir.join(&u.name));
+        }
+        Err(e) => {
+            warn!(unit = %u.name, "cannot watch {}: {e}", events.display());
+            return None;
+        }
+    }
+    Some(u.instance)
+}
+
+fn forget_unit(
+    watches: &mut inotify::Watches,
+    by_wd: &mut HashMap<WatchDescriptor, Unit>,
+    registry: &Registry,
+    wd: &WatchDescriptor,
+    u: &Unit,
+) {
+    debug!(unit = %u.name, "the scope emptied");
+    if by_wd.remove(wd).is_some() {
+        let _ = watches.remove(wd.clone());
+    }
+    let _ = std::fs::remove_file(registry.dir.join(&u.name));
+}
+
+/// One of the snap's units emptied: the running marker follows the kernel, and waiters look
+/// again (other units of the snap may still have processes: the woken check says).
+async fn unit_emptied(t: &Tracking, engine: &Engine, name: &str) {
+    match t.procs(name) {
+        Ok(p) => {
+            if let Err(e) = t.sync_running_marker(name, &p) {
+                warn!(snap = name, "cannot update the running marker: {e}");
+            }
+        }
+        Err(e) => warn!(snap = name, "cannot read the snap's cgroups: {e}"),
+    }
+    notify_watched(engine, name).await;
 }
