@@ -512,6 +512,102 @@ fn without_the_users_manager_a_launch_goes_to_the_system_manager() {
         let _ = listener.kill();
         let _ = listener.wait();
     }
+
+    // A listener that answers like a manager — the scope's job is "done" — but moves nothing:
+    // the kernel says the launch is not in the unit, so it is refused, and nothing is recorded.
+    let mut liar = spawn_listener(&w, &mallory, &format!("{LIAR}\nserve('{sock}')\n"));
+    let out =
+        w.sd.user_command(&mallory, &format!("/snap/bin/{SNAP} </dev/null"))
+            .output()
+            .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!text(&out.stdout).contains("started"), "the app ran");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("systemd said") && err.contains("was not started"),
+        "{err}"
+    );
+    let _ = liar.kill();
+    let _ = liar.wait();
     let left = w.sd.run_ok(&["ls", "-A", "/run/refreshd/runctl/units"]);
     assert!(left.trim().is_empty(), "units left in the registry: {left}");
 }
+
+/// Runs a Python listener as `login`, from their session, once it says it listens.
+fn spawn_listener(w: &Installed, login: &systemd::Login, program: &str) -> Child {
+    let path = format!("/tmp/listener-{}.py", login.name);
+    w.sd.write_file(&path, program);
+    let mut c =
+        w.sd.user_command(login, &format!("exec python3 {path}"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+    let mut line = String::new();
+    BufReader::new(c.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "listening", "the listener did not start");
+    c
+}
+
+/// A fake manager: answers StartTransientUnit with a job and says the job is done, without
+/// moving anything (D-Bus messages made by hand, little-endian).
+const LIAR: &str = r#"
+import os, re, socket, struct
+
+def pad(b, a, base=0):
+    return b + b'\0' * ((-(base + len(b))) % a)
+
+def s_(x):
+    x = x.encode()
+    return struct.pack('<I', len(x)) + x + b'\0'
+
+def g_(x):
+    x = x.encode()
+    return bytes([len(x)]) + x + b'\0'
+
+def msg(mtype, serial, fields, body):
+    arr = b''
+    for code, sig, val in fields:
+        arr = pad(arr, 8, 16)
+        arr += bytes([code]) + g_(sig)
+        if sig == 'g':
+            arr += g_(val)
+        elif sig == 'u':
+            arr = pad(arr, 4, 16) + struct.pack('<I', val)
+        else:
+            arr = pad(arr, 4, 16) + s_(val)
+    head = b'l' + bytes([mtype, 0, 1]) + struct.pack('<III', len(body), serial, len(arr)) + arr
+    return pad(head, 8) + body
+
+def serve(path):
+    os.unlink(path)
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.listen(8)
+    print('listening', flush=True)
+    while True:
+        c, _ = s.accept()
+        data = b''
+        while b'BEGIN\r\n' not in data:
+            more = c.recv(4096)
+            if not more:
+                break
+            data += more
+            if b'AUTH' in data and b'\r\n' in data and b'OK' not in data:
+                c.sendall(b'OK 0123456789abcdef0123456789abcdef\r\n')
+                data += b'OK'
+        call = data.split(b'BEGIN\r\n', 1)[-1]
+        while not re.search(rb'snap\.[^\0]*\.scope', call):
+            call += c.recv(4096)
+        serial = struct.unpack('<I', call[8:12])[0]
+        unit = re.search(rb'snap\.[^\0]*\.scope', call).group().decode()
+        c.sendall(msg(2, 1, [(5, 'u', serial), (8, 'g', 'o')], s_('/job/1')))
+        body = struct.pack('<I', 1) + s_('/job/1')
+        body = pad(body, 4) + s_(unit)
+        body = pad(body, 4) + s_('done')
+        c.sendall(msg(4, 2, [(1, 'o', '/org/freedesktop/systemd1'),
+                             (2, 's', 'org.freedesktop.systemd1.Manager'),
+                             (3, 's', 'JobRemoved'), (8, 'g', 'uoss')], body))
+"#;
