@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Model check of the runctl protocol: docs/runctl.pml, described in docs/runctl-protocol.md.
 #
-# Verifies the model with spin in every configuration (tracking backend v1 / v2 / v1-poll,
-# refresh-pending-behavior allow / block): safety (assertions, the invariant monitor and the
-# LTL claim `safe`), no stuck process (invalid end states), and the LTL claim `live`. Then
-# verifies each deliberately broken variant and requires spin to find the error it plants,
-# so a passing run proves the checks are not vacuous. Prints one line per run; exits non-zero
-# if any real configuration fails or is incomplete, or if any mutation goes unnoticed.
+# Verifies the model with spin in every configuration (tracking backend v1 / v2 / v1-poll, and
+# the systemd world's scopes; refresh-pending-behavior allow / block): safety (assertions, the
+# invariant monitor and the LTL claim `safe`), no stuck process (invalid end states), and the
+# LTL claim `live`. Then verifies each deliberately broken variant and requires spin to find
+# the error it plants, so a passing run proves the checks are not vacuous. Prints one line per
+# run; exits non-zero if any real configuration fails or is incomplete, or if any mutation
+# goes unnoticed.
 #
 # Usage: scripts/model-check.sh [-j JOBS] [-k] [-x]
 #   -j JOBS  runs at a time (default: the number of CPUs)
 #   -k       keep the work directory (pan.c, pan.out and trails of every run)
-#   -x       extended: also `ltl safe` in every configuration and `ltl live` for v1-poll
-#            (under weak fairness); about twice the time
+#   -x       extended: also `ltl safe` in every configuration, `ltl live` for v1-poll
+#            (under weak fairness), and the systemd world with three launchers (5.2 GB);
+#            about five times the time
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${RUNCTL_MODEL:-$PWD/docs/runctl.pml}   # RUNCTL_MODEL: check another copy
@@ -100,6 +102,18 @@ add "v1-allow stopped launcher safety" pass "-DSTOP" "$fast -DSAFETY -DNOCLAIM" 
 add "v1-allow stopped launcher ltl others" pass "-DSTOP" "$fast" "-a -N others -E $depth"
 add "v2-allow stopped launcher ltl others" pass "-DSTOP -DTRACK_V2" "$fast" "-a -N others -E $depth"
 
+# The systemd world (SYSTEMD; two launchers): a launch is moved into a scope by a systemd
+# manager, asynchronously (or by none: a fake says "done"), checks with the kernel, and is
+# recorded in RUNCTL/units before it unlocks; the daemon reads the recorded units' cgroups.
+add "systemd-allow safety+end-states" pass "-DSYSTEMD" "$fast -DSAFETY -DNOCLAIM" "$depth"
+add "systemd-allow ltl live" pass "-DSYSTEMD" "$fast" "-a -N live $depth"
+add "systemd-allow ltl safe" pass "-DSYSTEMD" "$fast -DSAFETY" "-N safe $depth"
+add "systemd-block safety+end-states" pass "-DSYSTEMD -DBLOCK" "$fast -DSAFETY -DNOCLAIM" "$depth"
+if [ "$full" = 1 ]; then
+  add "systemd-block ltl live" pass "-DSYSTEMD -DBLOCK" "$fast" "-a -N live $depth"
+  add "systemd-allow 3 launchers safety" pass "-DSYSTEMD -DNL=3" "$fast -DSAFETY -DNOCLAIM -DCOLLAPSE" "-w28 $depth"
+fi
+
 # Mutations: each breaks one rule of the protocol; spin must find the consequence.
 m="$quick -DSAFETY -DNOCLAIM"
 add "mutation no-lock" "fail:assertion violated" "-DBUGGY_NO_LOCK" "$m" "$depth"
@@ -117,6 +131,12 @@ add "mutation shared-daemon" "fail:assertion violated" "-DBUGGY_SHARED_DAEMON" "
 add "mutation exclusive-launch, ltl others" "fail:acceptance cycle" "-DSTOP -DBUGGY_EXCLUSIVE_LAUNCH" "$quick" "-a -N others -E $depth"
 add "mutation data-before-join" "fail:udata" "-DDATA -DBUGGY_DATA_BEFORE_JOIN" "$m" "$depth"
 add "mutation no-data-lock" "fail:apprev" "-DDATA -DBUGGY_NO_DATA_LOCK" "$m" "$depth"
+add "mutation unlock-before-move" "fail:assertion violated" "-DSYSTEMD -DBUGGY_UNLOCK_BEFORE_MOVE" "$m" "$depth"
+add "mutation record-after-unlock" "fail:assertion violated" "-DSYSTEMD -DBUGGY_RECORD_AFTER_UNLOCK" "$m" "$depth"
+# (the app runs outside every recorded unit: `untracked`, which only the monitor sees)
+add "mutation trust-job-result" "fail:untracked!=0" "-DSYSTEMD -DBUGGY_TRUST_JOB_RESULT" "$m" "$depth"
+add "mutation trust-job-result, claim alone" "fail:(untracked!=0)" "-DSYSTEMD -DBUGGY_TRUST_JOB_RESULT -DCLAIM_ONLY" "$quick -DSAFETY" "-N safe $depth"
+add "mutation fallback-on-deadline" "fail:untracked!=0" "-DSYSTEMD -DBUGGY_FALLBACK_ON_DEADLINE" "$m" "$depth"
 
 # Runs one check in its own directory (spin -a writes pan.c and friends into the current
 # directory) and writes its verdict line to result; never fails itself.

@@ -487,6 +487,24 @@ fn message(
 }
 
 /// The properties of a transient scope.
+/// Why a manager did not start a scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// It said no, or the request was never sent: nothing will be started.
+    Refused(String),
+    /// No answer (a deadline, a hang-up, a reply that makes no sense): the request may still be
+    /// acted upon, later.
+    Lost(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Refused(why) | Failure::Lost(why) => f.write_str(why),
+        }
+    }
+}
+
 pub struct ScopeProps<'a> {
     pub pids: &'a [u32],
     pub slice: Option<&'a str>,
@@ -554,12 +572,13 @@ impl Conn {
         Ok(c)
     }
 
-    /// `StartTransientUnit(unit, "fail", props, [])` of the manager: the job's object path, or
-    /// the error reply's name and message.
-    pub fn start_scope(&mut self, unit: &str, props: &ScopeProps) -> Result<String, String> {
+    /// `StartTransientUnit(unit, "fail", props, [])` of the manager: the job's object path; or
+    /// `Refused` (an error reply, or a request that was never sent: nothing will be started),
+    /// or `Lost` (no answer: the manager may still act on it).
+    pub fn start_scope(&mut self, unit: &str, props: &ScopeProps) -> Result<String, Failure> {
         let strs = [unit, props.slice.unwrap_or_default(), props.description];
         if strs.iter().any(|s| s.contains('\0')) {
-            return Err("NUL in a unit property".into());
+            return Err(Failure::Refused("NUL in a unit property".into()));
         }
         let mut e = Enc::default();
         e.str(unit);
@@ -591,13 +610,13 @@ impl Conn {
         let sig = "ssa(sv)a(sa(sv))";
         let msg = message(false, METHOD_CALL, self.serial, &fields, sig, &e.buf);
         if msg.len() > MAX_MESSAGE {
-            return Err("unit properties too large".into());
+            return Err(Failure::Refused("unit properties too large".into()));
         }
-        self.send(&msg)?;
+        self.send(&msg).map_err(Failure::Lost)?;
         loop {
-            let m = self.next()?;
+            let m = self.next().map_err(Failure::Lost)?;
             if m.kind == SIGNAL {
-                if let Some((job, result)) = job_removed(&m, unit)? {
+                if let Some((job, result)) = job_removed(&m, unit).map_err(Failure::Lost)? {
                     self.early.get_or_insert((job, result));
                 }
                 continue;
@@ -605,18 +624,20 @@ impl Conn {
             if m.reply_serial != Some(self.serial) {
                 continue;
             }
-            match (m.kind, m.args()?.as_slice()) {
+            match (m.kind, m.args().map_err(Failure::Lost)?.as_slice()) {
                 (METHOD_RETURN, [Value::Str(job)]) if m.signature == "o" => {
                     self.job = Some(job.clone());
                     return Ok(job.clone());
                 }
-                (METHOD_RETURN, _) => return Err("unexpected reply signature".into()),
+                (METHOD_RETURN, _) => {
+                    return Err(Failure::Lost("unexpected reply signature".into()))
+                }
                 (ERROR, args) => {
                     let name = clean(m.error_name.as_deref().unwrap_or_default());
-                    return Err(match args.first() {
+                    return Err(Failure::Refused(match args.first() {
                         Some(Value::Str(text)) => format!("{name}: {}", clean(text)),
                         _ => name,
-                    });
+                    }));
                 }
                 _ => {}
             }
@@ -836,7 +857,7 @@ mod tests {
             slice: None,
             description: "hello",
         };
-        let job = c.start_scope(UNIT, &props)?;
+        let job = c.start_scope(UNIT, &props).map_err(|e| e.to_string())?;
         Ok((job, c.wait_job_removed(UNIT)?))
     }
 
@@ -1161,7 +1182,7 @@ mod tests {
             description: "chromium",
         };
         let got = client(after(10_000), serve, |mut c| {
-            c.start_scope(unit, &props)?;
+            c.start_scope(unit, &props).map_err(|e| e.to_string())?;
             c.wait_job_removed(unit)
         });
         assert_eq!(got, Ok("done".to_string()));

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use refreshd_runctl::{scope_unit, MAX_SCOPE_UNIT, SCOPE_RAND_LEN, SYSTEMD_BOOTED, UNITS_DIR};
 
-use crate::dbus::{Conn, ScopeProps};
+use crate::dbus::{Conn, Failure, ScopeProps};
 use crate::error::{fail, show, Result};
 use crate::root::Dir;
 use crate::sys::{self, Uid};
@@ -60,34 +60,41 @@ pub fn join(runctl: &Dir, instance: &[u8], app: &[u8], caller: Uid) -> Result<Jo
     let pid = std::process::id();
     let desc = format!("{name} (started by refreshd's launcher)");
 
-    let mut joined = None;
-    if caller != Uid::ROOT {
+    let user = (caller != Uid::ROOT).then(|| {
         let socket = format!("/run/user/{}/systemd/private", caller.0);
+        // Connected as the caller: the socket is theirs, and the manager must see them.
+        let conn = sys::with_euid(caller, || {
+            Conn::connect(Path::new(&socket), Instant::now() + USER_DEADLINE)
+        })
+        .map_err(|e| format!("cannot switch to uid {caller}: {e}"))
+        .and_then(|c| c);
         let props = ScopeProps {
             pids: &[pid],
             slice: Some("app.slice"),
             description: &desc,
         };
-        // Connected as the caller: the socket is theirs, and the manager must see them.
-        let attempt = sys::with_euid(caller, || {
-            Conn::connect(Path::new(&socket), Instant::now() + USER_DEADLINE)
-        })
-        .map_err(|e| format!("cannot switch to uid {caller}: {e}"))
-        .and_then(|c| c)
-        .map_err(Early)
-        .and_then(|mut conn| ask(&mut conn, unit_str, &props));
-        match attempt {
-            Ok(()) => joined = Some(verify(unit)?),
-            // Refused before anything could have happened: the system manager takes it.
-            Err(Early(why)) => sys::syslog_notice(&format!(
-                "launch of {name} by uid {caller}: the user's systemd manager cannot take it \
-                 ({why}); it goes into a scope of the system manager"
-            )),
+        conn.map_err(Failure::Refused)
+            .and_then(|mut conn| ask(&mut conn, unit_str, &props))
+    });
+    match user {
+        Some(Ok(())) => {}
+        // R13: asked and not answered, the user's manager may still move the launch, later,
+        // out of whatever scope it went to instead. It is not started.
+        Some(Err(Failure::Lost(why))) => {
+            return Err(fail!(
+                "your systemd manager did not put {name} into its scope ({why}); the app was not \
+                 started because refreshd could not track it: start it again, or see \
+                 `systemctl --user status`"
+            ))
         }
-    }
-    let joined = match joined {
-        Some(j) => j,
-        None => {
+        // Nothing was started, nor will be: the system manager takes it.
+        refused => {
+            if let Some(Err(why)) = refused {
+                sys::syslog_notice(&format!(
+                    "launch of {name} by uid {caller}: the user's systemd manager cannot take \
+                     it ({why}); it goes into a scope of the system manager"
+                ));
+            }
             let props = ScopeProps {
                 pids: &[pid],
                 slice: None,
@@ -95,31 +102,29 @@ pub fn join(runctl: &Dir, instance: &[u8], app: &[u8], caller: Uid) -> Result<Jo
             };
             let deadline = Instant::now() + SYSTEM_DEADLINE;
             Conn::connect(Path::new("/run/systemd/private"), deadline)
-                .map_err(Early)
+                .map_err(Failure::Refused)
                 .and_then(|mut conn| ask(&mut conn, unit_str, &props))
-                .map_err(|Early(why)| {
+                .map_err(|why| {
                     fail!(
                         "cannot put {name} into a systemd scope ({why}); the app was not started \
-                         because refreshd could not track it: check that systemd is running"
+                 because refreshd could not track it: check that systemd is running"
                     )
                 })?;
-            verify(unit)?
         }
-    };
+    }
+    let joined = verify(unit)?;
     record(runctl, &joined)?;
     Ok(joined)
 }
 
-/// Why a manager did not take the launch, when it cannot have moved it later.
-struct Early(String);
-
-/// Asks for the scope and waits for its job.
-fn ask(conn: &mut Conn, unit: &str, props: &ScopeProps<'_>) -> std::result::Result<(), Early> {
-    conn.start_scope(unit, props).map_err(Early)?;
+/// Asks for the scope and waits for its job: `Refused` when nothing was or will be started (an
+/// error reply, a job that ended otherwise than done), `Lost` when the manager may still act.
+fn ask(conn: &mut Conn, unit: &str, props: &ScopeProps<'_>) -> std::result::Result<(), Failure> {
+    conn.start_scope(unit, props)?;
     match conn.wait_job_removed(unit) {
         Ok(r) if r == "done" => Ok(()),
-        Ok(r) => Err(Early(format!("its job for {unit} ended: {r}"))),
-        Err(e) => Err(Early(e)),
+        Ok(r) => Err(Failure::Refused(format!("its job for {unit} ended: {r}"))),
+        Err(e) => Err(Failure::Lost(e)),
     }
 }
 

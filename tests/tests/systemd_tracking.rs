@@ -433,8 +433,10 @@ fn race(secs: u64, args: &str) -> usize {
 }
 
 /// Where the user's manager cannot take a launch — the user has no manager (no session), or
-/// what listens on their manager's socket hangs or hangs up (it is theirs to replace) — the
-/// launch goes into a scope of the system manager: tracked, never silently untracked.
+/// what listens on their manager's socket (it is theirs to replace) hangs up or does not answer
+/// before the request is made — the launch goes into a scope of the system manager: tracked,
+/// never silently untracked. A request made and not answered, or answered with a lie, fails the
+/// launch.
 #[test]
 fn without_the_users_manager_a_launch_goes_to_the_system_manager() {
     if !can_run() {
@@ -515,21 +517,29 @@ fn without_the_users_manager_a_launch_goes_to_the_system_manager() {
 
     // A listener that answers like a manager — the scope's job is "done" — but moves nothing:
     // the kernel says the launch is not in the unit, so it is refused, and nothing is recorded.
-    let mut liar = spawn_listener(&w, &mallory, &format!("{LIAR}\nserve('{sock}')\n"));
-    let out =
-        w.sd.user_command(&mallory, &format!("/snap/bin/{SNAP} </dev/null"))
-            .output()
-            .unwrap();
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(!text(&out.stdout).contains("started"), "the app ran");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(
-        err.contains("systemd said") && err.contains("was not started"),
-        "{err}"
-    );
-    let _ = liar.kill();
-    let _ = liar.wait();
+    // One that takes the request and never answers may still act on it later (R13): the launch
+    // is not started either, rather than sent to the system manager.
+    for (mode, says) in [("lie", "systemd said"), ("mute", "did not put")] {
+        let program = format!("{LIAR}\nserve('{sock}', '{mode}')\n");
+        let mut liar = spawn_listener(&w, &mallory, &program);
+        let out =
+            w.sd.user_command(&mallory, &format!("/snap/bin/{SNAP} </dev/null"))
+                .output()
+                .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{mode}: {err}");
+        assert!(
+            !text(&out.stdout).contains("started"),
+            "{mode}: the app ran"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains(says) && err.contains("was not"),
+            "{mode}: {err}"
+        );
+        let _ = liar.kill();
+        let _ = liar.wait();
+    }
     let left = w.sd.run_ok(&["ls", "-A", "/run/refreshd/runctl/units"]);
     assert!(left.trim().is_empty(), "units left in the registry: {left}");
 }
@@ -554,7 +564,7 @@ fn spawn_listener(w: &Installed, login: &systemd::Login, program: &str) -> Child
 /// A fake manager: answers StartTransientUnit with a job and says the job is done, without
 /// moving anything (D-Bus messages made by hand, little-endian).
 const LIAR: &str = r#"
-import os, re, socket, struct
+import os, re, socket, struct, time
 
 def pad(b, a, base=0):
     return b + b'\0' * ((-(base + len(b))) % a)
@@ -581,7 +591,7 @@ def msg(mtype, serial, fields, body):
     head = b'l' + bytes([mtype, 0, 1]) + struct.pack('<III', len(body), serial, len(arr)) + arr
     return pad(head, 8) + body
 
-def serve(path):
+def serve(path, mode):
     os.unlink(path)
     s = socket.socket(socket.AF_UNIX)
     s.bind(path)
@@ -601,6 +611,8 @@ def serve(path):
         call = data.split(b'BEGIN\r\n', 1)[-1]
         while not re.search(rb'snap\.[^\0]*\.scope', call):
             call += c.recv(4096)
+        if mode == 'mute':
+            time.sleep(60)
         serial = struct.unpack('<I', call[8:12])[0]
         unit = re.search(rb'snap\.[^\0]*\.scope', call).group().decode()
         c.sendall(msg(2, 1, [(5, 'u', serial), (8, 'g', 'o')], s_('/job/1')))
