@@ -52,6 +52,11 @@ need perf linux-perf
 need gcc gcc
 need setpriv util-linux
 need useradd passwd
+# Section 10's systemd world: systemd booted as PID 1 by the tests' harness, refreshd installed
+# in it by `make install`, a user logged in over the system bus.
+need make make
+need systemd-run systemd
+need dbus-daemon dbus-daemon
 [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -n "$(ls /usr/lib/*/libc.a 2>/dev/null)" ] || need_pkgs+=(libc6-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "== installing ${need_pkgs[*]}"

@@ -11,8 +11,10 @@ mod machine;
 mod refresh;
 mod report;
 mod scale;
+mod sdworld;
 mod signed;
 mod sizes;
+mod spaced;
 mod unblock;
 mod util;
 
@@ -57,9 +59,19 @@ const SECTIONS: &[(&str, &str, Run)] = &[
     ("6.", "Download", download::run),
     ("7.", "Idle daemon, and 8. Scale", scale::run),
     ("9.", "Release agent and confine-hook", sizes::run),
+    (
+        "10.",
+        "Spaced launches, hybrid and systemd worlds",
+        spaced::run,
+    ),
 ];
 
 fn main() -> std::process::ExitCode {
+    // Section 10's timing loop: this binary, re-executed as an unprivileged user.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(spaced::TIMER) {
+        return spaced::timer_main(&argv[2..]);
+    }
     let args = Args::parse();
     if !nix::unistd::geteuid().is_root() {
         eprintln!("refreshd-bench: run as root (loop mounts, cgroups, a setuid launcher, dropping caches): sudo bash scripts/bench.sh");

@@ -231,8 +231,19 @@ fn apps_are_in_their_managers_units_and_refreshes_wait_for_them() {
         !procs.iter().any(|p| p["unit"] == SVC),
         "the service is not waited for: {st}"
     );
+    // Its service's processes are listed apart, with their unit: the refresh stops them.
+    let main: u32 = w.sd.show(SVC, "MainPID").parse().unwrap();
+    assert!(
+        st["services"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|p| p["pid"] == main && p["unit"] == SVC)),
+        "status lists the service with its unit: {st}"
+    );
     let listed = w.ctl_ok(&["status", SNAP]);
-    assert!(listed.contains(&unit), "{listed}");
+    assert!(
+        listed.contains(&unit) && listed.contains(SVC) && listed.contains("Its services"),
+        "{listed}"
+    );
     nothing_outside_systemds_tree(&w.sd);
 
     assert_eq!(publish(&w, "1.1"), 2);

@@ -568,6 +568,7 @@ pub fn snap_status(st: &SnapStatus, clock: &Clock, paint: Paint) -> String {
             ": a refresh would not wait"
         };
         let _ = writeln!(out, "No process of {name} is running{tail}.");
+        services_table(&mut out, st, &paint, clock);
         return out;
     }
     let lead = if st.waiting.is_some() {
@@ -600,7 +601,36 @@ pub fn snap_status(st: &SnapStatus, clock: &Clock, paint: Paint) -> String {
         &["PID", "User", "Started", "Command"]
     };
     out.push_str(&table(head, &rows));
+    services_table(&mut out, st, &paint, clock);
     out
+}
+
+/// The processes of the snap's services, in their units: a refresh stops and starts them.
+fn services_table(out: &mut String, st: &SnapStatus, paint: &Paint, clock: &Clock) {
+    if st.services.is_empty() {
+        return;
+    }
+    let lead = "Its services' processes (a refresh stops and starts the services itself):";
+    let _ = writeln!(out, "\n{}", paint.bold(lead));
+    let rows: Vec<Vec<String>> = st
+        .services
+        .iter()
+        .map(|p| {
+            vec![
+                p.pid.to_string(),
+                owner(p),
+                clock.maybe_relative(p.started),
+                p.unit
+                    .as_deref()
+                    .map_or_else(|| "-".into(), |u| printable(u).into_owned()),
+                command_line(p),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["PID", "User", "Started", "Unit", "Command"],
+        &rows,
+    ));
 }
 
 /// `alice (1000)`, or the bare uid when it has no name.
@@ -1040,6 +1070,7 @@ ID  Status  Spawn          Ready           Summary
                 since: ts("2026-11-21T21:57:30Z"),
                 reason: "waiting for 2 processes to exit: ...".into(),
             }),
+            services: vec![],
             processes: vec![
                 process(
                     4242,
@@ -1077,6 +1108,7 @@ PID   User          Started         Command
         let idle = SnapStatus {
             change: None,
             waiting: None,
+            services: vec![],
             processes: vec![],
             ..blocked()
         };
@@ -1087,6 +1119,7 @@ PID   User          Started         Command
             "{out}"
         );
         let running = SnapStatus {
+            services: vec![],
             processes: vec![process(9, Some("bob"), Some(&[]))],
             ..idle.clone()
         };

@@ -29,6 +29,11 @@ pub struct SnapStatus {
     /// Every process of the snap now, from its cgroups, by pid. A refresh waits until there
     /// is none; it never stops them.
     pub processes: Vec<SnapProcess>,
+    /// The processes of the snap's services, in their systemd units, where systemd is PID 1
+    /// (empty elsewhere; absent from older daemons). A refresh stops and starts the services
+    /// itself: it does not wait for these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<SnapProcess>,
     /// The snap's hold, as in `GET /v1/snaps/NAME`: `"forever"`, a time, or `"reverted"`;
     /// null when its refreshes are not held.
     #[serde(default)]

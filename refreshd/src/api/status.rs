@@ -72,31 +72,35 @@ pub async fn status(
     });
     let ctx = st.ops.ctx.clone();
     let n = name.clone();
-    let (processes, inhibited) = st
+    let (processes, services, inhibited) = st
         .ops
         .workers
         .run(move || -> std::io::Result<_> {
             let tr = &ctx.tracking;
             let pids = tr.procs(&n)?;
+            let service_pids = tr.service_procs(&n);
             let hidden = crate::procfs::hidepid();
             let clock = crate::procfs::Clock::read();
             // One look-up per owner, however many processes they have.
             let mut users = std::collections::HashMap::new();
-            let processes: Vec<SnapProcess> = pids
-                .into_iter()
-                .filter_map(|pid| process(pid, &clock))
-                .map(|mut p| {
-                    p.user = users
-                        .entry(p.uid)
-                        .or_insert_with(|| user_name(p.uid))
-                        .clone();
-                    if hidden && !admin && p.uid != peer.uid {
-                        p.command = None;
-                    }
-                    p
-                })
-                .collect();
-            Ok((processes, tr.is_inhibited(&n)))
+            let mut describe = |pids: Vec<u32>| -> Vec<SnapProcess> {
+                pids.into_iter()
+                    .filter_map(|pid| process(pid, &clock))
+                    .map(|mut p| {
+                        p.user = users
+                            .entry(p.uid)
+                            .or_insert_with(|| user_name(p.uid))
+                            .clone();
+                        if hidden && !admin && p.uid != peer.uid {
+                            p.command = None;
+                        }
+                        p
+                    })
+                    .collect()
+            };
+            let processes = describe(pids);
+            let services = describe(service_pids);
+            Ok((processes, services, tr.is_inhibited(&n)))
         })
         .await?
         .map_err(|e| ApiError::internal(format!("cannot read the cgroups of snap {name}: {e}")))?;
@@ -109,6 +113,7 @@ pub async fn status(
         change: change.map(|(c, tasks)| change_json(&c, &tasks, false, view)),
         waiting,
         processes,
+        services,
         hold: row
             .and_then(|r| r.hold)
             .filter(|h| HoldUntil::active(Some(h), jiff::Timestamp::now()).is_some()),

@@ -111,6 +111,8 @@ pub struct Tracking {
     /// Where the v1 freezer hierarchy is mounted, if it is: its `release_agent` is what the
     /// kernel runs, shown by `refreshctl status` whatever the backend.
     freezer_mount: Option<PathBuf>,
+    /// Where systemd is PID 1, its cgroup2 mount: the snap's services are in its units there.
+    systemd_tree: Option<PathBuf>,
     agent_cache: agent::Cache,
 }
 
@@ -252,6 +254,7 @@ impl Tracking {
             backend,
             markers,
             freezer_mount: mounts.freezer.clone(),
+            systemd_tree: mounts.unified.clone().filter(|_| systemd),
             agent_cache: agent::Cache::default(),
         };
         t.markers.write_backend(t.kind);
@@ -297,6 +300,38 @@ impl Tracking {
     /// ([`Markers::try_lock`]).
     pub fn try_lock(&self, name: &str) -> io::Result<Option<Flock<File>>> {
         self.markers.try_lock(name)
+    }
+
+    /// The processes of the snap's services, in their units' cgroups
+    /// (`system.slice/snap.NAME.APP.service`), where systemd is PID 1; none elsewhere. A
+    /// refresh stops and starts them itself: they are not among [`Tracking::procs`].
+    pub fn service_procs(&self, name: &str) -> Vec<u32> {
+        let Some(tree) = &self.systemd_tree else {
+            return vec![];
+        };
+        let prefix = format!("snap.{name}.");
+        let Ok(rd) = fs::read_dir(tree.join("system.slice")) else {
+            return vec![];
+        };
+        let mut all = vec![];
+        for e in rd.flatten() {
+            let unit = e.file_name();
+            let Some(app) = unit
+                .to_str()
+                .and_then(|u| u.strip_prefix(&prefix))
+                .and_then(|u| u.strip_suffix(".service"))
+            else {
+                continue;
+            };
+            if !refreshd_runctl::valid_app_name(app.as_bytes()) {
+                continue;
+            }
+            if let Ok(text) = fs::read_to_string(e.path().join("cgroup.procs")) {
+                all.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+            }
+        }
+        all.sort_unstable();
+        all
     }
 
     /// Every process of the snap, from the kernel (union over the hierarchies; with `environ`,
