@@ -551,7 +551,9 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
         let long = std::path::PathBuf::from("/".repeat(200));
         assert_eq!(
-            connect_unix(&long, Duration::from_millis(1)).unwrap_err().kind(),
+            connect_unix(&long, Duration::from_millis(1))
+                .unwrap_err()
+                .kind(),
             io::ErrorKind::InvalidInput
         );
     }
