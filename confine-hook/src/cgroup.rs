@@ -100,7 +100,9 @@ fn unit_in(text: &[u8], unit: &[u8]) -> bool {
     })
 }
 
-fn same_cgroup_ns() -> bool {
+/// Whether this process is in PID 1's cgroup namespace (where the paths of systemd's units
+/// mean what they say).
+pub fn same_cgroup_ns() -> bool {
     match (
         std::fs::read_link("/proc/self/ns/cgroup"),
         std::fs::read_link("/proc/1/ns/cgroup"),

@@ -44,7 +44,7 @@ pub struct Joined {
 /// Puts this process into a new scope of a manager and records it in `RUNCTL/units`.
 pub fn join(runctl: &Dir, instance: &[u8], app: &[u8], caller: Uid) -> Result<Joined> {
     let name = show(instance);
-    if !same_cgroup_ns() {
+    if !crate::cgroup::same_cgroup_ns() {
         return Err(fail!(
             "cannot track {name}: this launch is in a cgroup namespace other than PID 1's, where \
              systemd's units cannot be seen; start the app from the machine's own namespace"
@@ -193,16 +193,6 @@ fn hex(bytes: &[u8]) -> [u8; SCOPE_RAND_LEN] {
         out[2 * i + 1] = b"0123456789abcdef"[usize::from(b & 15)];
     }
     out
-}
-
-fn same_cgroup_ns() -> bool {
-    match (
-        std::fs::read_link("/proc/self/ns/cgroup"),
-        std::fs::read_link("/proc/1/ns/cgroup"),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
 }
 
 #[cfg(test)]

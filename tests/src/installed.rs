@@ -127,6 +127,28 @@ pub fn stage(dest: &Path) {
     );
 }
 
+/// Whether a systemd world with refreshd installed can be booted here (root, mksquashfs, make,
+/// tar, and what the harness needs); says why not (a skip) otherwise.
+pub fn can_run() -> bool {
+    if !crate::is_root() || !crate::mksquashfs_available() {
+        crate::skip("needs root and mksquashfs");
+        return false;
+    }
+    for tool in ["make", "tar"] {
+        if crate::find_program(tool).is_none() {
+            crate::skip(&format!("{tool} is not installed"));
+            return false;
+        }
+    }
+    match crate::systemd::can_run() {
+        Ok(()) => true,
+        Err(why) => {
+            crate::skip(&why);
+            false
+        }
+    }
+}
+
 /// A systemd world with refreshd installed by `make install` and its socket enabled.
 pub struct Installed {
     pub sd: Systemd,

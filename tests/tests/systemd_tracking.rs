@@ -9,32 +9,12 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use refreshd_tests::installed::{Installed, Watcher, STORE};
+use refreshd_tests::installed::{can_run, Installed, Watcher, STORE};
 use refreshd_tests::systemd::{self, BootOpts, Systemd};
 use refreshd_tests::*;
 
 const SNAP: &str = "sdapp";
 const SVC: &str = "snap.sdapp.svc.service";
-
-fn can_run() -> bool {
-    if !is_root() || !mksquashfs_available() {
-        skip("needs root and mksquashfs");
-        return false;
-    }
-    for tool in ["make", "tar"] {
-        if find_program(tool).is_none() {
-            skip(&format!("{tool} is not installed"));
-            return false;
-        }
-    }
-    match systemd::can_run() {
-        Ok(()) => true,
-        Err(why) => {
-            skip(&why);
-            false
-        }
-    }
-}
 
 /// An app that says its pid, waits for a line and exits, and a service.
 fn sd_snap(out: &Path, version: &str) {

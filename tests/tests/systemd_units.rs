@@ -14,34 +14,14 @@
 use std::path::Path;
 use std::time::Duration;
 
-use refreshd_tests::installed::{task_status, Installed, STORE};
-use refreshd_tests::systemd::{self, BootOpts, RunningApp};
+use refreshd_tests::installed::{can_run, task_status, Installed, STORE};
+use refreshd_tests::systemd::{BootOpts, RunningApp};
 use refreshd_tests::*;
 
 const SNAP: &str = "unitapp";
 const SVC: &str = "snap.unitapp.svc.service";
 /// Exposure that `systemd-analyze security` must not exceed (docs/systemd.md records the score).
 const MAX_EXPOSURE: f64 = 5.5;
-
-fn can_run() -> bool {
-    if !is_root() || !mksquashfs_available() {
-        skip("needs root and mksquashfs");
-        return false;
-    }
-    for tool in ["make", "tar"] {
-        if find_program(tool).is_none() {
-            skip(&format!("{tool} is not installed"));
-            return false;
-        }
-    }
-    match systemd::can_run() {
-        Ok(()) => true,
-        Err(why) => {
-            skip(&why);
-            false
-        }
-    }
-}
 
 /// An interactive app (says it started, waits for a line, saves it) and a service.
 fn unit_snap(out: &Path, version: &str) {

@@ -45,6 +45,32 @@ pub enum Events {
     },
 }
 
+/// The first watch of an event-driven backend, on `dir` for `mask`; when inotify cannot be had
+/// (EMFILE, ENOSPC: per-user limits another process of the same user may have used up), the
+/// backend polls every `poll_interval` instead of refusing to start or sleeping until the
+/// backstop, and `reason` says so. Returns the inotify instance, or the interval to poll at.
+pub fn watch_or_poll(
+    dir: &std::path::Path,
+    mask: inotify::WatchMask,
+    poll_interval: Duration,
+    reason: &mut String,
+) -> (Option<inotify::Inotify>, Option<Duration>) {
+    let watch = inotify::Inotify::init().and_then(|ino| {
+        ino.watches().add(dir, mask)?;
+        Ok(ino)
+    });
+    match watch {
+        Ok(ino) => (Some(ino), None),
+        Err(e) => {
+            tracing::warn!(
+                "cannot watch for apps exiting ({e}); polling every {poll_interval:?} instead"
+            );
+            *reason = format!("{reason}, polled every {poll_interval:?}: inotify unavailable: {e}");
+            (None, Some(poll_interval))
+        }
+    }
+}
+
 pub trait Backend: Send + Sync {
     fn kind(&self) -> Kind;
 

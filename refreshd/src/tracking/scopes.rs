@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tracing::{debug, warn};
+use tracing::debug;
 
-use super::backend::{Backend, Events, Notice};
+use super::backend::{watch_or_poll, Backend, Events, Notice};
 use super::cgroups::Parents;
 use super::markers::Markers;
 use super::Kind;
@@ -175,21 +175,8 @@ pub fn setup(parents: Parents, registry: Registry, poll_interval: Duration) -> S
         "systemd is PID 1: apps are in scopes of systemd's managers, recorded in {}",
         registry.dir.display()
     );
-    let watch = inotify::Inotify::init().and_then(|ino| {
-        ino.watches().add(
-            &registry.dir,
-            inotify::WatchMask::CREATE | inotify::WatchMask::MOVED_TO,
-        )?;
-        Ok(ino)
-    });
-    let (events, polled) = match watch {
-        Ok(ino) => (Some(ino), None),
-        Err(e) => {
-            warn!("cannot watch for apps exiting ({e}); polling every {poll_interval:?} instead");
-            reason = format!("{reason}, polled every {poll_interval:?}: inotify unavailable: {e}");
-            (None, Some(poll_interval))
-        }
-    };
+    let mask = inotify::WatchMask::CREATE | inotify::WatchMask::MOVED_TO;
+    let (events, polled) = watch_or_poll(&registry.dir, mask, poll_interval, &mut reason);
     Scopes {
         parents,
         reason,

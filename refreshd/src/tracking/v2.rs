@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tracing::warn;
-
-use super::backend::{Backend, Events, Notice};
+use super::backend::{watch_or_poll, Backend, Events, Notice};
 use super::cgroups::Parents;
 use super::Kind;
 
@@ -26,21 +24,12 @@ pub struct V2 {
 pub fn setup(parents: Parents, poll_interval: Duration) -> V2 {
     let parent = parents.v2.clone().unwrap_or_default();
     let mut reason = format!("cgroup v2: cgroup.events under {}", parent.display());
-    let watch = inotify::Inotify::init().and_then(|ino| {
-        ino.watches().add(&parent, inotify::WatchMask::CREATE)?;
-        Ok(ino)
-    });
-    let (events, polled) = match watch {
-        Ok(ino) => (Some(ino), None),
-        Err(e) => {
-            // Out of inotify instances or watches (EMFILE, ENOSPC: the per-user limits, which
-            // another process of the same user may have used up): poll rather than refuse to
-            // start or sleep until the backstop.
-            warn!("cannot watch for apps exiting ({e}); polling every {poll_interval:?} instead");
-            reason = format!("{reason}, polled every {poll_interval:?}: inotify unavailable: {e}");
-            (None, Some(poll_interval))
-        }
-    };
+    let (events, polled) = watch_or_poll(
+        &parent,
+        inotify::WatchMask::CREATE,
+        poll_interval,
+        &mut reason,
+    );
     V2 {
         parents,
         reason,
