@@ -614,3 +614,108 @@ def serve(path, mode):
                              (2, 's', 'org.freedesktop.systemd1.Manager'),
                              (3, 's', 'JobRemoved'), (8, 'g', 'uoss')], body))
 "#;
+
+/// A user's launch during a critical section waits (and says so in the journal, through
+/// syslog), joins nothing meanwhile, and starts in a scope of its user's manager, with the new
+/// revision, once the section is left.
+#[test]
+fn a_launch_in_a_critical_section_waits_then_lands_in_its_users_scope() {
+    if !can_run() {
+        return;
+    }
+    let w = Installed::boot(
+        BootOpts::default(),
+        &format!("--insecure-unsigned-store --store {STORE}"),
+    );
+    let alice = w.sd.login("rfd-waiter");
+    assert_eq!(publish(&w, "1.0"), 1);
+    w.ctl_ok(&["install", SNAP]);
+    // From now on a refresh parks just before it lifts the inhibition, until restarted.
+    w.sd.write_file(
+        "/etc/default/refreshd",
+        format!(
+            "REFRESHD_ARGS=\"--insecure-unsigned-store --store {STORE}\"\n\
+             REFRESHD_FAILPOINTS=park-do:lift-inhibition\n"
+        ),
+    );
+    w.sd.run_ok(&["systemctl", "restart", "refreshd.service"]);
+    assert_eq!(publish(&w, "1.1"), 2);
+    let id = w.ctl_ok(&["refresh", SNAP, "--no-wait"]).trim().to_owned();
+    let mut watch = w.watch(id.parse().unwrap());
+    assert!(
+        watch.until(|c| {
+            c["tasks"].as_array().is_some_and(|ts| {
+                ts.iter()
+                    .any(|t| t["kind"] == "lift-inhibition" && t["status"] == "Wait")
+            })
+        }),
+        "{}",
+        watch.last
+    );
+
+    let launch = std::thread::spawn({
+        let cmd = w.sd.user_command(&alice, &format!("exec /snap/bin/{SNAP}"));
+        move || App::start(cmd)
+    });
+    // The launcher's syslog line is the event that it waits (journald reads /dev/log).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let said = loop {
+        let j = text(
+            &w.sd
+                .run(&[
+                    "journalctl",
+                    "--no-pager",
+                    "-o",
+                    "cat",
+                    "-t",
+                    "confine-hook",
+                ])
+                .stdout,
+        );
+        if let Some(l) = j.lines().find(|l| l.contains("waits for refresh")) {
+            break l.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no wait line: {j}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!("confine-hook: {said}");
+    assert!(
+        !launch.is_finished(),
+        "the app started in a critical section"
+    );
+    let units = w.sd.run_ok(&["ls", "-A", "/run/refreshd/runctl/units"]);
+    assert!(units.trim().is_empty(), "a waiting launch joined: {units}");
+
+    // Without the failpoint the refresh finishes and lifts the inhibition.
+    w.sd.write_file(
+        "/etc/default/refreshd",
+        format!("REFRESHD_ARGS=\"--insecure-unsigned-store --store {STORE}\"\n"),
+    );
+    w.sd.run_ok(&["systemctl", "restart", "refreshd.service"]);
+    let mut watch = w.watch(id.parse().unwrap());
+    assert!(watch.until(|c| c["ready"] == true), "{}", watch.last);
+    assert_eq!(watch.last["status"], "Done", "{}", watch.last);
+    let app = launch.join().unwrap();
+    let cg = cgroup(&w.sd, app.pid);
+    assert!(
+        cg.contains(&format!(
+            "/user@{}.service/app.slice/snap.{SNAP}.{SNAP}.refreshd-",
+            alice.uid
+        )),
+        "{cg}"
+    );
+    let rev = w.sd.run_ok(&[
+        "sh",
+        "-c",
+        &format!(
+            "tr '\\0' '\\n' < /proc/{}/environ | grep ^SNAP_REVISION=",
+            app.pid
+        ),
+    ]);
+    assert_eq!(
+        rev.trim(),
+        "SNAP_REVISION=2",
+        "the launch runs the new revision"
+    );
+    app.release();
+}
