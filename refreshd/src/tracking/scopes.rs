@@ -126,8 +126,15 @@ pub fn populated(cgroup: &Path) -> bool {
 
 fn read_capped(p: &Path) -> io::Result<Vec<u8>> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut v = vec![];
-    fs::File::open(p)?.take(MAX_ENTRY).read_to_end(&mut v)?;
+    // Only root writes there; a link would still not be an entry of a launch's.
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p)?
+        .take(MAX_ENTRY)
+        .read_to_end(&mut v)?;
     Ok(v)
 }
 
