@@ -216,6 +216,13 @@ impl UserSnapDir {
     /// here: root's staging and temporary directories of a copy. Returns what it removed.
     pub fn sweep_root_leftovers(&self) -> Vec<String> {
         let mut removed = vec![];
+        // In root's own tree a root-owned temporary is as likely a copy root's launch is making
+        // right now (under its data lock, which this does not take); that launch, or the next,
+        // removes a stale one itself.
+        let owner = nix::sys::stat::fstat(&self.fd).map(|st| st.st_uid);
+        if owner.is_ok_and(|uid| uid == 0) {
+            return removed;
+        }
         for n in self.names() {
             if !(n.ends_with(".refreshd-staging") || n.contains(".refreshd-tmp-")) {
                 continue;
@@ -513,6 +520,28 @@ mod tests {
         let path = d.join("home").join(name);
         fs::create_dir_all(&path).unwrap();
         Home { path, uid: 0 }
+    }
+
+    /// Root's temporaries in a user's tree are what an older refreshd left; in root's own tree
+    /// they may be a copy root's launch is making now, and stay.
+    #[test]
+    fn root_leftovers_are_swept_only_where_root_cannot_be_copying() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to own and chown the scratch trees");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        for (name, owner, swept) in [("user", 4242, true), ("root", 0, false)] {
+            let h = home(d.path(), name);
+            let data = h.path.join("snap/hello");
+            let tmp = data.join(".x2.refreshd-tmp-12-34");
+            fs::create_dir_all(tmp.join("half")).unwrap();
+            std::os::unix::fs::chown(&data, Some(owner), Some(owner)).unwrap();
+            let u = UserSnapDir::open(&h, "hello").unwrap().unwrap();
+            let gone = u.sweep_root_leftovers();
+            assert_eq!(gone.len(), usize::from(swept), "{name}: {gone:?}");
+            assert_eq!(tmp.exists(), !swept, "{name}");
+        }
     }
 
     #[test]
