@@ -334,9 +334,9 @@ fn forget_unit(
     u: &Unit,
 ) {
     debug!(unit = %u.name, "the scope emptied");
-    if by_wd.remove(wd).is_some() {
-        let _ = watches.remove(wd.clone());
-    }
+    by_wd.remove(wd);
+    // Gone already when systemd removed the cgroup (IN_IGNORED); else it would outlive the unit.
+    let _ = watches.remove(wd.clone());
     let _ = std::fs::remove_file(registry.dir.join(&u.name));
 }
 
